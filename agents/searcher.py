@@ -1,0 +1,181 @@
+"""Inference API: find a query in a reference image with a trained search agent.
+
+    searcher = TemplateSearcher.load("runs/TemplateSearch-v0-seed0/best.zip")
+    result = searcher.locate(query, reference)         # numpy / OpenCV images
+    x0, y0, x1, y1 = result.box                        # pixels of the reference
+    results = searcher.locate_batch(queries, references)
+
+The searcher replays exactly what the agent saw in training -- the whole reference shrunk to
+the query resolution, then one window per trial, resized to that resolution -- with the window
+the size of the query in reference pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+
+from agents.policy import SearchLstmPolicy
+from agents.rollout import policy_step
+from matchenv.envs.actions import make_window_action
+from matchenv.geometry import crop_window, place_window, resize_image, xyxy_to_cxcywh
+
+
+@dataclass
+class SearchResult:
+    """Where the agent found the query.
+
+    :param box: ``(4,)`` float pixel box ``(x0, y0, x1, y1)`` of the answer in the reference.
+    :param path: ``(T, 4)`` every window placed, in order (the last one is :attr:`box` by default).
+    :param scores: ``(T,)`` match score of each window in ``[0, 1]`` from the contrastive head
+        (``1 - distance / margin``, clipped): near 1 the agent believes the window matches.
+    """
+
+    box: np.ndarray
+    path: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def score(self) -> float:
+        """Match score of :attr:`box`."""
+        matches = np.flatnonzero(np.all(self.path == self.box, axis=1))
+        return float(self.scores[matches[-1]]) if len(matches) else float("nan")
+
+
+class TemplateSearcher:
+    """Locate queries in references with a trained :class:`~agents.policy.SearchLstmPolicy`.
+
+    :param policy: the trained policy (continuous ``"absolute"`` actions).
+    :param max_trials: windows per search (the training env's ``max_trials``).
+    :param margin: the contrastive margin the match head was trained with (for :attr:`SearchResult.scores`).
+    :param select: ``"last"`` answers with the final window (the paper's protocol); ``"best_score"``
+        with the window the match head scores highest.
+    """
+
+    def __init__(self, policy: SearchLstmPolicy, max_trials: int = 6, margin: float = 1.0, select: str = "last") -> None:
+        if select not in ("last", "best_score"):
+            raise ValueError(f"select must be 'last' or 'best_score', got {select!r}")
+        self.policy = policy.eval()
+        self.max_trials = int(max_trials)
+        self.margin = float(margin)
+        self.select = select
+        space = policy.observation_space["query"]
+        self.channels, self.query_size = space.shape[0], tuple(space.shape[1:])
+        if policy.action_space.shape != (2,):
+            raise ValueError(
+                f"TemplateSearcher supports policies with fixed-size windows (action shape (2,)), got "
+                f"{policy.action_space.shape}: scale-aware search is not supported here yet"
+            )
+        self.window_action = make_window_action("absolute", None)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], device: str = "cpu", **kwargs) -> "TemplateSearcher":
+        """Load a checkpoint written by ``train/ppo_lstm.py`` (``best.zip`` / ``last.zip``)."""
+        from agents.ppo import SearchRecurrentPPO
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no model at {path}: train one with `python train/ppo_lstm.py`")
+        model = SearchRecurrentPPO.load(path, device=device)
+        kwargs.setdefault("margin", model.aux_margin)
+        return cls(model.policy, **kwargs)
+
+    # ------------------------------------------------------------------ public API
+    def locate(self, query: np.ndarray, reference: np.ndarray) -> SearchResult:
+        """Find ``query`` in ``reference``.
+
+        :param query: ``(h, w)`` grayscale or ``(h, w, 3)`` colour uint8 image (the template).
+        :param reference: ``(H, W)`` or ``(H, W, 3)`` uint8 image to search, at least as large as the query.
+        :return: a :class:`SearchResult` with the box in reference pixels.
+        """
+        return self.locate_batch([query], [reference])[0]
+
+    @torch.no_grad()
+    def locate_batch(self, queries: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> list[SearchResult]:
+        """:meth:`locate` for many pairs at once: one policy forward per trial for the whole batch."""
+        if len(queries) != len(references):
+            raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
+        if len(queries) == 0:
+            return []
+        queries = [self._prepare(q, f"query[{i}]") for i, q in enumerate(queries)]
+        references = [self._prepare(r, f"reference[{i}]") for i, r in enumerate(references)]
+        for i, (q, r) in enumerate(zip(queries, references)):
+            if q.shape[0] > r.shape[0] or q.shape[1] > r.shape[1]:
+                raise ValueError(
+                    f"pair {i}: the query ({q.shape[1]}x{q.shape[0]} px) is larger than the reference "
+                    f"({r.shape[1]}x{r.shape[0]} px); the query must fit inside the image it is searched in"
+                )
+        n = len(queries)
+        query_obs = np.stack([self._chw(resize_image(q, self.query_size)) for q in queries])
+        windows = np.stack([self._chw(resize_image(r, self.query_size)) for r in references])
+        locations = np.tile(np.array([0.5, 0.5, 1.0, 1.0], dtype=np.float32), (n, 1))
+        paths = np.zeros((self.max_trials, n, 4))
+        distances = np.zeros((self.max_trials, n))
+        centers = [(r.shape[1] / 2, r.shape[0] / 2) for r in references]
+        state = None
+        for t in range(self.max_trials):
+            obs = {
+                "query": query_obs,
+                "window": windows,
+                "location": locations,
+                "trials_left": np.full((n, 1), (self.max_trials - t) / self.max_trials, dtype=np.float32),
+            }
+            mean, state = policy_step(self.policy, obs, state)
+            actions = np.clip(mean.cpu().numpy(), -1.0, 1.0)
+            window_list = []
+            for i, (q, r) in enumerate(zip(queries, references)):
+                img_h, img_w = r.shape[:2]
+                cx, cy, _ = self.window_action.apply(actions[i, :2], centers[i], 1.0, (img_h, img_w), q.shape[:2])
+                box = place_window(cx, cy, q.shape[1], q.shape[0], img_w, img_h)
+                centers[i] = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+                paths[t, i] = box
+                locations[i] = xyxy_to_cxcywh(box, img_w, img_h)
+                window_list.append(self._chw(crop_window(r, box, self.query_size)))
+            windows = np.stack(window_list)
+            distances[t] = self._match_distance(query_obs, windows)
+        scores = np.clip(1.0 - distances / self.margin, 0.0, 1.0)
+        results = []
+        for i in range(n):
+            pick = self.max_trials - 1 if self.select == "last" else int(np.argmax(scores[:, i]))
+            results.append(SearchResult(box=paths[pick, i].copy(), path=paths[:, i].copy(), scores=scores[:, i].copy()))
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _match_distance(self, query_obs: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        extractor = self.policy.features_extractor
+        to_tensor = lambda a: torch.as_tensor(a, device=self.policy.device).float().div_(255.0)  # noqa: E731
+        query_emb, window_emb = extractor.cnn(to_tensor(query_obs)), extractor.cnn(to_tensor(windows))
+        return self.policy.match_distance(query_emb, window_emb).cpu().numpy()
+
+    def _prepare(self, image: np.ndarray, name: str) -> np.ndarray:
+        """Validate an image and convert it to channel-last uint8 with the policy's channel count."""
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array (e.g. from cv2.imread), got {type(image).__name__}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ValueError(f"{name} must be (H, W) grayscale or (H, W, 3) colour, got shape {image.shape}")
+        if min(image.shape[:2]) < 1:
+            raise ValueError(f"{name} is empty: shape {image.shape}")
+        if image.dtype != np.uint8:
+            if np.issubdtype(image.dtype, np.floating) and np.nanmax(image) <= 1.0 and np.nanmin(image) >= 0.0:
+                image = (image * 255.0).round().astype(np.uint8)  # floats in [0, 1]
+            else:
+                raise ValueError(f"{name} must be uint8 (0-255) or float in [0, 1], got {image.dtype}")
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]
+        if self.channels == 1 and image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        if image.ndim == 2:
+            image = image[:, :, None] if self.channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
+        return image
+
+    @staticmethod
+    def _chw(image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
+

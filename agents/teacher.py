@@ -1,0 +1,52 @@
+"""The privileged teacher: the action a perfect searcher takes, read from the target box.
+
+Only training code calls this (imitation targets, demos); a policy never sees its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def target_action(
+    target_box: Sequence[float],
+    reference_size: tuple[int, int],
+    window_size: tuple[int, int],
+    scale_range: Optional[tuple[float, float]] = None,
+) -> np.ndarray:
+    """The ``"absolute"`` action that places the window on ``target_box``.
+
+    Inverse of :class:`matchenv.envs.actions.AbsoluteAction`: the centre maps linearly onto the
+    positions where the window fits, and the scale log-uniformly onto ``scale_range``.
+
+    :param target_box: pixel box ``(x0, y0, x1, y1)`` of the target.
+    :param reference_size: ``(height, width)`` of the reference in pixels.
+    :param window_size: nominal ``(height, width)`` of the window in pixels.
+    :param scale_range: the env's window scale range, or ``None`` for a fixed-size window.
+    :return: float32 action of shape ``(2,)`` (``(3,)`` with scale), inside ``[-1, 1]``.
+    """
+    x0, y0, x1, y1 = (float(v) for v in target_box)
+    img_h, img_w = reference_size
+    scale = 1.0
+    if scale_range is not None:
+        scale = min(max(math.sqrt((x1 - x0) * (y1 - y0) / (window_size[0] * window_size[1])), scale_range[0]), scale_range[1])
+    win_w, win_h = min(window_size[1] * scale, img_w), min(window_size[0] * scale, img_h)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    action = [
+        2.0 * (cx - win_w / 2) / (img_w - win_w) - 1.0 if img_w > win_w else 0.0,
+        2.0 * (cy - win_h / 2) / (img_h - win_h) - 1.0 if img_h > win_h else 0.0,
+    ]
+    if scale_range is not None:
+        lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
+        action.append(2.0 * (math.log(scale) - lo) / (hi - lo) - 1.0 if hi > lo else 0.0)
+    return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+
+
+def env_target_action(env) -> np.ndarray:
+    """:func:`target_action` for a (possibly wrapped) ``TemplateSearchEnv``'s current pair."""
+    base = env.unwrapped
+    info = base.privileged_info()
+    return target_action(info["target_box"], info["reference_size"], base.window_size, base.scale_range)

@@ -1,0 +1,36 @@
+"""matchenv: template matching learned as a search.
+
+Importing the package registers the Gymnasium environments::
+
+    import gymnasium as gym
+    import matchenv
+
+    env = gym.make("TemplateSearch-v0")                 # Cluttered MNIST
+    env = gym.make("TemplateSearch-MixedMNIST-v0")      # one id per built-in dataset
+
+``gym.make("matchenv:TemplateSearch-v0")`` imports the package by itself.
+"""
+
+from gymnasium.envs.registration import register, registry
+
+from matchenv.datasets import DATASETS, make_dataset
+from matchenv.envs import TemplateSearchEnv
+
+__version__ = "0.1.0"
+
+ENTRY_POINT = "matchenv.envs.template_search:TemplateSearchEnv"
+
+#: Registered environment ids and the kwargs each one stands for.
+ENV_IDS: dict[str, dict] = {"TemplateSearch-v0": {"dataset": "ClutteredMNIST"}}
+ENV_IDS.update({f"TemplateSearch-{name}-v0": {"dataset": name} for name in DATASETS})
+
+
+def _register_envs() -> None:
+    for env_id, kwargs in ENV_IDS.items():
+        if env_id not in registry:  # importing twice (e.g. reload) must not warn about re-registration
+            register(id=env_id, entry_point=ENTRY_POINT, kwargs=kwargs)
+
+
+_register_envs()
+
+__all__ = ["DATASETS", "ENV_IDS", "TemplateSearchEnv", "__version__", "make_dataset"]

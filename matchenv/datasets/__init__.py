@@ -1,0 +1,45 @@
+"""Datasets of query/reference pairs, by name.
+
+``make_dataset("ClutteredMNIST", noise_std=40)`` builds a dataset from its registered name;
+``DATASETS`` maps every name to its class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matchenv.datasets.base import PairDataset, SearchPair
+from matchenv.datasets.noisy_mnist import ClutteredMNIST, MixedMNIST, NoisyMNIST, TranslatedMNIST
+
+DATASETS: dict[str, type[PairDataset]] = {
+    "TranslatedMNIST": TranslatedMNIST,
+    "ClutteredMNIST": ClutteredMNIST,
+    "MixedMNIST": MixedMNIST,
+}
+
+
+def make_dataset(name: str, **kwargs: Any) -> PairDataset:
+    """Instantiate the dataset registered as ``name`` with ``kwargs``.
+
+    :raises ValueError: for an unknown name (the message lists the valid ones) or bad kwargs.
+    """
+    try:
+        cls = DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}") from None
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # an unknown keyword: say which dataset rejected it
+        raise ValueError(f"bad dataset_kwargs for {name}: {err}") from None
+
+
+__all__ = [
+    "DATASETS",
+    "ClutteredMNIST",
+    "MixedMNIST",
+    "NoisyMNIST",
+    "PairDataset",
+    "SearchPair",
+    "TranslatedMNIST",
+    "make_dataset",
+]

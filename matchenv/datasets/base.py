@@ -1,0 +1,84 @@
+"""The dataset interface shared by every source of query/reference pairs."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class SearchPair:
+    """One episode's data: a query, the reference to search and where the query is.
+
+    :param query: ``(Hq, Wq, C)`` uint8 query image at the dataset's query resolution (channel-last).
+    :param reference: ``(H, W, C)`` uint8 reference image (channel-last).
+    :param target_box: ``(4,)`` float64 pixel box ``(x0, y0, x1, y1)`` of the match in ``reference``.
+    :param distractor_boxes: ``(K, 4)`` float64 pixel boxes of look-alike candidates that are *not*
+        the match (e.g. the other digits of Mixed MNIST); ``K = 0`` where a dataset has none.
+        Privileged: for teachers and analysis only, never for a policy's input.
+    :param label: class of the target (digit, brand), or ``None``.
+    :param meta: provenance (source indices, split, ...), for tests and debugging.
+    """
+
+    query: np.ndarray
+    reference: np.ndarray
+    target_box: np.ndarray
+    distractor_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    label: Optional[int] = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class PairDataset(abc.ABC):
+    """A source of :class:`SearchPair` s with a random training stream and a fixed test split.
+
+    Subclasses set the class attributes below and implement :meth:`sample` and :meth:`test_pair`.
+    Training pairs are drawn from a caller-supplied generator (the environment's ``np_random``),
+    so a seeded environment replays the same episodes. Test pair ``i`` depends only on
+    ``(test_seed, i)``: evaluation sets are fixed by seed and size.
+    """
+
+    #: Number of image channels (1 for grayscale, 3 for colour).
+    channels: int = 1
+    #: ``(height, width)`` at which the query (and each window) is observed.
+    query_size: tuple[int, int] = (28, 28)
+    #: Nominal ``(height, width)`` of the target in reference pixels: the default window size.
+    window_size: tuple[int, int] = (28, 28)
+    #: ``(min, max)`` factor on :attr:`window_size` that the agent may choose, or ``None`` when
+    #: every target has the nominal size (the action then has no scale component).
+    scale_range: Optional[tuple[float, float]] = None
+    #: Number of pairs in the fixed test split.
+    test_size: int = 1000
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @abc.abstractmethod
+    def sample(self, rng: np.random.Generator) -> SearchPair:
+        """Draw a training pair using ``rng`` (training images only)."""
+
+    @abc.abstractmethod
+    def test_pair(self, index: int) -> SearchPair:
+        """Return pair ``index`` of the fixed test split (held-out images only)."""
+
+    def pair(self, split: str, rng: np.random.Generator) -> SearchPair:
+        """A training pair, or a uniformly chosen test pair, drawn with ``rng``."""
+        check_split(split)
+        if split == "train":
+            return self.sample(rng)
+        return self.test_pair(int(rng.integers(self.test_size)))
+
+    def _check_test_index(self, index: int) -> int:
+        if not 0 <= int(index) < self.test_size:
+            raise IndexError(f"test pair index {index} is out of range: {self.name} has test_size={self.test_size}")
+        return int(index)
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")

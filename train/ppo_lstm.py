@@ -1,0 +1,334 @@
+"""Train the recurrent search agent: imitation warm start, then RecurrentPPO fine-tuning.
+
+    python train/ppo_lstm.py                                   # Cluttered MNIST, both stages
+    python train/ppo_lstm.py --env-id TemplateSearch-TranslatedMNIST-v0
+    python train/ppo_lstm.py --no-imitation                    # RL only (the paper's setting)
+    python train/ppo_lstm.py --no-ppo                          # imitation only
+    python train/ppo_lstm.py --aux-weight 0                    # without the contrastive head
+    python train/ppo_lstm.py --resume runs/<run>/last.zip      # continue an interrupted run
+
+Stage 1 (imitation, DAgger): the policy plays noisy episodes; a privileged teacher, which reads
+the target box from the environment, labels every decision with the window it should have
+chosen; the actor regresses onto it, the critic onto the returns, the match head learns
+match/no-match from the windows' IoU. Stage 2 (PPO): SearchRecurrentPPO with the paper's sparse
+reward (``--reward-mode dense`` for shaping), the contrastive loss, and a small exploration noise.
+
+Outputs in ``--out-dir``: TensorBoard logs (``tb/``), ``best.zip`` (best test success) and
+``last.zip`` checkpoints with ``state.json`` (what ``--resume`` continues from), ``summary.json``
+and ``search_paths.png`` (the final model on a few test pairs). Ctrl-C saves a checkpoint first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger, configure
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv
+from tqdm import tqdm
+
+import matchenv
+from agents.imitation import DAggerTrainer, ImitationConfig
+from agents.ppo import SearchRecurrentPPO
+from agents.rollout import EpisodeBatch, run_episodes
+from matchenv.rendering import frame_strip, render_search, save_frames
+
+
+@dataclass
+class Args:
+    """Every hyperparameter of a run, in one place (each is also a command-line flag)."""
+
+    env_id: str = "TemplateSearch-v0"
+    seed: int = 0
+    out_dir: str = ""  # default: runs/<env_id>-seed<seed>
+    device: str = "auto"  # "auto" uses a GPU when torch sees one
+    threads: int = 2  # torch CPU threads: the number of physical cores is usually best
+    reward_mode: str = "sparse"  # the paper's reward; "dense" = IoU improvement per step
+    # model
+    lstm_hidden_size: int = 128
+    aux_weight: float = 0.5  # contrastive match loss weight (0: no contrastive head)
+    aux_margin: float = 1.0
+    # stage 1: imitation (DAgger from the privileged teacher)
+    imitation: bool = True
+    imitation_steps: int = 400_000  # environment steps (windows placed)
+    imitation_envs: int = 64  # episodes per DAgger batch
+    imitation_lr: float = 1e-3
+    rollout_noise: float = 0.3  # std of the noise on the policy's actions while collecting
+    imitation_epochs: int = 1  # gradient steps per collected batch
+    # stage 2: PPO
+    ppo: bool = True
+    ppo_timesteps: int = 200_000
+    n_envs: int = 16
+    n_steps: int = 48  # per env and update: 8 episodes of 6 windows
+    batch_size: int = 256
+    n_epochs: int = 4
+    learning_rate: float = 1e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    ppo_log_std: float = -2.0  # exploration std exp(-2) = 0.14 action units at the start of PPO
+    # evaluation and checkpoints
+    eval_pairs: int = 500  # first N pairs of the fixed test split
+    eval_every: int = 100_000  # environment steps between evaluations
+    checkpoint_every: int = 50_000  # environment steps between last.zip checkpoints
+    render_pairs: int = 4
+    resume: str = ""
+
+
+def parse_args() -> Args:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in dataclasses.fields(Args):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default)
+    args = Args(**vars(parser.parse_args()))
+    if args.env_id not in matchenv.ENV_IDS:
+        parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(matchenv.ENV_IDS)}")
+    if not (args.imitation or args.ppo):
+        parser.error("--no-imitation and --no-ppo together leave nothing to train")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation on the fixed test split
+# ---------------------------------------------------------------------------------------------
+class TestSplitEvaluator:
+    """Deterministic policy on test pairs ``0..n-1`` (the same pairs for every run and seed)."""
+
+    def __init__(self, env_id: str, n_pairs: int, env_kwargs: dict, batch: int = 100) -> None:
+        self.n_pairs = n_pairs
+        self.envs = [gym.make(env_id, split="test", **env_kwargs).unwrapped for _ in range(min(batch, n_pairs))]
+
+    def __call__(self, policy) -> dict[str, float]:
+        success, ious = [], []
+        for start in range(0, self.n_pairs, len(self.envs)):
+            indices = range(start, min(start + len(self.envs), self.n_pairs))
+            envs = self.envs[: len(indices)]
+            batch = run_episodes(policy, envs, [{"pair_index": i} for i in indices])
+            success.append(batch.success)
+            ious.append(batch.final_iou)
+        return {"success_rate": float(np.mean(np.concatenate(success))), "mean_iou": float(np.mean(np.concatenate(ious)))}
+
+    def render_paths(self, policy, n: int, path: Path) -> Path:
+        """Save the final frame of the policy's search on test pairs ``0..n-1`` as one PNG strip."""
+        envs = self.envs[:n]
+        batch: EpisodeBatch = run_episodes(policy, envs, [{"pair_index": i} for i in range(n)])
+        frames = []
+        for i, env in enumerate(envs):
+            pair = env.dataset.test_pair(i)
+            verdict = "found" if batch.success[i] else "missed"
+            frames.append(render_search(pair.reference, pair.query, batch.window_boxes[:, i], pair.target_box,
+                                        title=f"test pair {i}: {verdict} (IoU {batch.final_iou[i]:.2f})"))
+        return save_frames([frame_strip(frames)], path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run state: checkpoints that --resume continues from
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RunState:
+    imitation_steps_done: int = 0
+    best_success: float = -1.0
+    minutes_imitation: float = 0.0
+    minutes_ppo: float = 0.0
+    evaluations: list = dataclasses.field(default_factory=list)
+
+
+class Checkpointer:
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def save(self, model: SearchRecurrentPPO, state: RunState, name: str = "last") -> None:
+        # Write to a temporary name and rename: a crash mid-write never leaves a broken checkpoint.
+        tmp = self.out_dir / f".{name}.tmp.zip"
+        model.save(tmp)
+        tmp.replace(self.out_dir / f"{name}.zip")
+        if name == "last":
+            (self.out_dir / "state.json").write_text(json.dumps(dataclasses.asdict(state), indent=2))
+
+    @staticmethod
+    def load_state(checkpoint: Path) -> RunState:
+        state_file = checkpoint.parent / "state.json"
+        if not state_file.exists():
+            raise FileNotFoundError(f"--resume needs {state_file} next to the checkpoint (written with last.zip)")
+        return RunState(**json.loads(state_file.read_text()))
+
+
+def evaluate_and_log(model, evaluator, state: RunState, logger: Logger, checkpointer: Checkpointer, step: int) -> dict:
+    result = evaluator(model.policy)
+    state.evaluations.append({"step": step, **result})
+    logger.record("eval/success_rate", result["success_rate"])
+    logger.record("eval/mean_iou", result["mean_iou"])
+    logger.dump(step)
+    if result["success_rate"] > state.best_success:
+        state.best_success = result["success_rate"]
+        checkpointer.save(model, state, "best")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2 callback: progress bar, periodic evaluation and checkpoints during PPO
+# ---------------------------------------------------------------------------------------------
+class PPOProgress(BaseCallback):
+    def __init__(self, args: Args, bar: tqdm, evaluator, state: RunState, checkpointer: Checkpointer) -> None:
+        super().__init__()
+        self.args, self.bar, self.evaluator, self.state, self.checkpointer = args, bar, evaluator, state, checkpointer
+        self.last_eval = self.last_ckpt = 0
+        self.postfix: dict[str, str] = {}
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        done = self.model.num_timesteps
+        if done - self.last_ckpt >= self.args.checkpoint_every:
+            self.last_ckpt = done
+            self.checkpointer.save(self.model, self.state)
+        if done - self.last_eval >= self.args.eval_every:
+            self.last_eval = done
+            result = evaluate_and_log(self.model, self.evaluator, self.state, self.model.logger, self.checkpointer,
+                                      self.state.imitation_steps_done + done)
+            self.postfix["test_success"] = f"{result['success_rate']:.3f}"
+            self.bar.set_postfix(self.postfix, refresh=False)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if len(self.model.ep_success_buffer):
+            self.postfix["train_success"] = f"{np.mean(self.model.ep_success_buffer):.2f}"
+            self.bar.set_postfix(self.postfix, refresh=False)
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    set_random_seed(args.seed)
+    out_dir = Path(args.out_dir or f"runs/{args.env_id}-seed{args.seed}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    env_kwargs = {"reward_mode": args.reward_mode}
+
+    # --- the model: one SearchRecurrentPPO object holds the policy through both stages ----------
+    ppo_env = DummyVecEnv([lambda: gym.make(args.env_id, **env_kwargs) for _ in range(args.n_envs)])
+    ppo_env.seed(args.seed)
+    ppo_kwargs = dict(
+        n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs, learning_rate=args.learning_rate,
+        gamma=args.gamma, gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef,
+        aux_weight=args.aux_weight, aux_margin=args.aux_margin, device=args.device, seed=args.seed,
+    )
+    if args.resume:
+        model = SearchRecurrentPPO.load(args.resume, env=ppo_env, **ppo_kwargs)
+        state = Checkpointer.load_state(Path(args.resume))
+        print(f"resumed from {args.resume}: {state.imitation_steps_done} imitation steps, {model.num_timesteps} PPO steps")
+    else:
+        model = SearchRecurrentPPO(
+            "SearchLstmPolicy", ppo_env, policy_kwargs=dict(lstm_hidden_size=args.lstm_hidden_size), **ppo_kwargs
+        )
+        state = RunState()
+    logger = configure(str(out_dir / "tb"), ["tensorboard", "csv"])
+    model.set_logger(logger)
+    checkpointer = Checkpointer(out_dir)
+    evaluator = TestSplitEvaluator(args.env_id, args.eval_pairs, env_kwargs)
+    data_source = ppo_env.envs[0].unwrapped.dataset.source
+    print(f"{args.env_id}: MNIST from {data_source}; outputs in {out_dir}")
+
+    total = (args.imitation_steps if args.imitation else 0) + (args.ppo_timesteps if args.ppo else 0)
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True, desc="train")
+    bar.update(state.imitation_steps_done + model.num_timesteps)
+    try:
+        # --- stage 1: imitation ---------------------------------------------------------------
+        if args.imitation and state.imitation_steps_done < args.imitation_steps:
+            bar.set_description("imitation")
+            envs = [gym.make(args.env_id, **env_kwargs).unwrapped for _ in range(args.imitation_envs)]
+            for i, env in enumerate(envs):
+                env.reset(seed=args.seed * 100_003 + state.imitation_steps_done + i)  # fresh pairs after a resume
+            for group in model.policy.optimizer.param_groups:
+                group["lr"] = args.imitation_lr
+            config = ImitationConfig(rollout_noise=args.rollout_noise, epochs=args.imitation_epochs,
+                                     aux_weight=args.aux_weight, margin=args.aux_margin, gamma=args.gamma)
+            trainer = DAggerTrainer(model.policy, envs, config, seed=args.seed + state.imitation_steps_done)
+            start, next_eval, next_ckpt = time.time(), args.eval_every, args.checkpoint_every
+            done_at_start = state.imitation_steps_done
+            successes: list[float] = []
+            while state.imitation_steps_done < args.imitation_steps:
+                batch, losses = trainer.iteration()
+                steps = batch.actions.shape[0] * batch.actions.shape[1]
+                state.imitation_steps_done += steps
+                successes = (successes + batch.success.tolist())[-500:]
+                bar.update(steps)
+                bar.set_postfix(train_success=f"{np.mean(successes):.2f}", bc=f"{losses['bc']:.3f}", refresh=False)
+                for key, value in losses.items():
+                    logger.record(f"imitation/{key}", value)
+                logger.record("imitation/success_rate_noisy", float(np.mean(batch.success)))
+                logger.record("imitation/mean_iou_noisy", float(np.mean(batch.final_iou)))
+                logger.record("imitation/steps_per_second", (state.imitation_steps_done - done_at_start) / (time.time() - start))
+                if state.imitation_steps_done >= next_ckpt:
+                    next_ckpt += args.checkpoint_every
+                    checkpointer.save(model, state)
+                if state.imitation_steps_done >= next_eval or state.imitation_steps_done >= args.imitation_steps:
+                    next_eval += args.eval_every
+                    result = evaluate_and_log(model, evaluator, state, logger, checkpointer, state.imitation_steps_done)
+                    bar.set_postfix(test_success=f"{result['success_rate']:.3f}", refresh=True)
+                else:
+                    logger.dump(state.imitation_steps_done)
+            state.minutes_imitation += (time.time() - start) / 60
+            checkpointer.save(model, state)
+
+        # --- stage 2: PPO fine-tuning ---------------------------------------------------------
+        if args.ppo and model.num_timesteps < args.ppo_timesteps:
+            bar.set_description("ppo")
+            with torch.no_grad():
+                model.policy.log_std.fill_(args.ppo_log_std)
+            for group in model.policy.optimizer.param_groups:
+                group["lr"] = args.learning_rate
+            start = time.time()
+            model.learn(
+                args.ppo_timesteps - model.num_timesteps,
+                callback=PPOProgress(args, bar, evaluator, state, checkpointer),
+                reset_num_timesteps=False,
+            )
+            state.minutes_ppo += (time.time() - start) / 60
+            evaluate_and_log(model, evaluator, state, logger, checkpointer, state.imitation_steps_done + model.num_timesteps)
+            checkpointer.save(model, state)
+    except KeyboardInterrupt:
+        checkpointer.save(model, state)
+        bar.close()
+        print(f"\ninterrupted: saved {out_dir / 'last.zip'}; continue with --resume {out_dir / 'last.zip'}")
+        return
+    bar.close()
+
+    # --- final evaluation, summary and pictures -------------------------------------------------
+    final = evaluator(model.policy)
+    paths_png = evaluator.render_paths(model.policy, args.render_pairs, out_dir / "search_paths.png")
+    summary = {
+        "env_id": args.env_id,
+        "data_source": data_source,
+        "test_pairs": args.eval_pairs,
+        "final": final,
+        "best_success_rate": state.best_success,
+        "minutes": {"imitation": round(state.minutes_imitation, 2), "ppo": round(state.minutes_ppo, 2)},
+        "imitation_steps": state.imitation_steps_done,
+        "ppo_steps": int(model.num_timesteps),
+        "evaluations": state.evaluations,
+        "args": dataclasses.asdict(args),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"final test success {final['success_rate']:.3f} (mean IoU {final['mean_iou']:.2f}) on {args.eval_pairs} pairs; "
+          f"imitation {state.minutes_imitation:.1f} min, PPO {state.minutes_ppo:.1f} min")
+    print(f"model: {out_dir / 'last.zip'} (best: {out_dir / 'best.zip'}); search paths: {paths_png}")
+
+
+if __name__ == "__main__":
+    main()
