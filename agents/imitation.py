@@ -33,15 +33,18 @@ class ImitationConfig:
     :param value_weight: weight of the critic's regression loss.
     :param gamma: discount of the returns the critic learns (use PPO's).
     :param match_iou: IoU above which a window counts as a match for the contrastive labels.
+    :param teacher: ``"target"`` (go straight to the target) or ``"search"`` (visit look-alike
+        candidates until the target is found; for datasets with distractors such as Mixed MNIST).
     """
 
     rollout_noise: float = 0.3
-    epochs: int = 2
+    epochs: int = 1
     aux_weight: float = 0.5
     margin: float = 1.0
     value_weight: float = 0.5
     gamma: float = 0.99
     match_iou: float = 0.5
+    teacher: str = "target"
 
 
 def imitation_losses(
@@ -119,7 +122,10 @@ class DAggerTrainer:
 
         :return: the batch (its success rate is that of the *noisy* rollout policy) and mean losses.
         """
-        batch = run_episodes(self.policy, self.envs, noise_std=self.config.rollout_noise, rng=self.rng, with_teacher=True)
+        batch = run_episodes(
+            self.policy, self.envs, noise_std=self.config.rollout_noise, rng=self.rng, with_teacher=True,
+            teacher=self.config.teacher,
+        )
         self.policy.set_training_mode(True)
         logs: dict[str, list[float]] = {}
         for _ in range(self.config.epochs):

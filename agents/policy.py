@@ -109,3 +109,15 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
     def match_distance(self, query_emb: torch.Tensor, window_emb: torch.Tensor) -> torch.Tensor:
         """``(N,)`` distances of the match head; small means the window matches the query."""
         return self.match_head(query_emb, window_emb)
+
+    def actor_step(
+        self, features: torch.Tensor, lstm_state: Optional[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One recurrent step of the actor for a batch of episodes.
+
+        :param features: ``(B, features_dim)`` LSTM inputs of this step.
+        :param lstm_state: ``(h, c)`` from the previous step, or ``None`` at an episode start.
+        :return: ``(B, A)`` action means (or logits for discrete actions) and the new ``(h, c)``.
+        """
+        latent, lstm_state = self.lstm_actor(features.unsqueeze(0), lstm_state)
+        return self.action_net(self.mlp_extractor.forward_actor(latent[0])), lstm_state

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from agents.policy import SearchLstmPolicy
-from agents.teacher import env_target_action
+from agents.teacher import env_search_action, env_target_action
 
 
 @dataclass
@@ -48,9 +48,7 @@ def policy_step(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One step of the actor: ``(B, A)`` action means (or logits) and the new LSTM state."""
     obs_t, _ = policy.obs_to_tensor(obs)
-    features = policy.extract_features(obs_t)
-    latent, state = policy.lstm_actor(features.unsqueeze(0), state)
-    return policy.action_net(policy.mlp_extractor.forward_actor(latent[0])), state
+    return policy.actor_step(policy.extract_features(obs_t), state)
 
 
 @torch.no_grad()
@@ -61,6 +59,7 @@ def run_episodes(
     noise_std: float = 0.0,
     rng: Optional[np.random.Generator] = None,
     with_teacher: bool = False,
+    teacher: str = "target",
 ) -> EpisodeBatch:
     """Play one episode in each of ``envs`` (``TemplateSearchEnv`` instances, already seeded).
 
@@ -70,7 +69,10 @@ def run_episodes(
     :param noise_std: std of Gaussian noise added to the action means (0: deterministic policy).
     :param rng: generator for that noise.
     :param with_teacher: also record the privileged teacher's action at every decision.
+    :param teacher: ``"target"`` (go to the target) or ``"search"`` (visit look-alike candidates
+        left to right until the target is covered; see :func:`agents.teacher.search_target_box`).
     """
+    teacher_fn = {"target": env_target_action, "search": env_search_action}[teacher]
     policy.set_training_mode(False)
     n = len(envs)
     options = reset_options or [None] * n
@@ -79,11 +81,11 @@ def run_episodes(
     steps = envs[0].unwrapped.max_trials
     obs_seq = [_stack([o for o, _ in first])]
     ious = [np.array([info["iou"] for _, info in first])]
-    actions, teacher, rewards, boxes = [], [], [], []
+    actions, teacher_actions, rewards, boxes = [], [], [], []
     state = None
     for _ in range(steps):
         if with_teacher:
-            teacher.append(np.stack([env_target_action(env) for env in envs]))
+            teacher_actions.append(np.stack([teacher_fn(env) for env in envs]))
         mean, state = policy_step(policy, obs_seq[-1], state)
         action = mean.cpu().numpy()
         if noise_std > 0:
@@ -99,7 +101,7 @@ def run_episodes(
     return EpisodeBatch(
         observations=observations,
         actions=np.stack(actions),
-        teacher_actions=np.stack(teacher) if with_teacher else None,
+        teacher_actions=np.stack(teacher_actions) if with_teacher else None,
         ious=np.stack(ious),
         rewards=np.stack(rewards),
         window_boxes=np.stack(boxes),

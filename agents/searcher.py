@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from agents.policy import SearchLstmPolicy
-from agents.rollout import policy_step
 from matchenv.envs.actions import make_window_action
 from matchenv.geometry import crop_window, place_window, resize_image, xyxy_to_cxcywh
 
@@ -60,7 +59,7 @@ class TemplateSearcher:
     def __init__(self, policy: SearchLstmPolicy, max_trials: int = 6, margin: float = 1.0, select: str = "last") -> None:
         if select not in ("last", "best_score"):
             raise ValueError(f"select must be 'last' or 'best_score', got {select!r}")
-        self.policy = policy.eval()
+        self.policy = policy.eval()  # inference only: the searcher puts the policy in eval mode
         self.max_trials = int(max_trials)
         self.margin = float(margin)
         self.select = select
@@ -111,33 +110,29 @@ class TemplateSearcher:
                     f"({r.shape[1]}x{r.shape[0]} px); the query must fit inside the image it is searched in"
                 )
         n = len(queries)
-        query_obs = np.stack([self._chw(resize_image(q, self.query_size)) for q in queries])
-        windows = np.stack([self._chw(resize_image(r, self.query_size)) for r in references])
+        query_emb = self._embed([resize_image(q, self.query_size) for q in queries])  # once per search
+        window_emb = self._embed([resize_image(r, self.query_size) for r in references])  # the global view
         locations = np.tile(np.array([0.5, 0.5, 1.0, 1.0], dtype=np.float32), (n, 1))
         paths = np.zeros((self.max_trials, n, 4))
         distances = np.zeros((self.max_trials, n))
         centers = [(r.shape[1] / 2, r.shape[0] / 2) for r in references]
-        state = None
+        extractor, state = self.policy.features_extractor, None
         for t in range(self.max_trials):
-            obs = {
-                "query": query_obs,
-                "window": windows,
-                "location": locations,
-                "trials_left": np.full((n, 1), (self.max_trials - t) / self.max_trials, dtype=np.float32),
-            }
-            mean, state = policy_step(self.policy, obs, state)
+            trials_left = np.full((n, 1), (self.max_trials - t) / self.max_trials, dtype=np.float32)
+            scalars = {"location": self._tensor(locations), "trials_left": self._tensor(trials_left)}
+            mean, state = self.policy.actor_step(extractor.combine(query_emb, window_emb, scalars), state)
             actions = np.clip(mean.cpu().numpy(), -1.0, 1.0)
-            window_list = []
+            crops = []
             for i, (q, r) in enumerate(zip(queries, references)):
                 img_h, img_w = r.shape[:2]
-                cx, cy, _ = self.window_action.apply(actions[i, :2], centers[i], 1.0, (img_h, img_w), q.shape[:2])
+                cx, cy, _ = self.window_action.apply(actions[i], centers[i], 1.0, (img_h, img_w), q.shape[:2])
                 box = place_window(cx, cy, q.shape[1], q.shape[0], img_w, img_h)
                 centers[i] = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
                 paths[t, i] = box
                 locations[i] = xyxy_to_cxcywh(box, img_w, img_h)
-                window_list.append(self._chw(crop_window(r, box, self.query_size)))
-            windows = np.stack(window_list)
-            distances[t] = self._match_distance(query_obs, windows)
+                crops.append(crop_window(r, box, self.query_size))
+            window_emb = self._embed(crops)
+            distances[t] = self.policy.match_distance(query_emb, window_emb).cpu().numpy()
         scores = np.clip(1.0 - distances / self.margin, 0.0, 1.0)
         results = []
         for i in range(n):
@@ -146,11 +141,13 @@ class TemplateSearcher:
         return results
 
     # ------------------------------------------------------------------ internals
-    def _match_distance(self, query_obs: np.ndarray, windows: np.ndarray) -> np.ndarray:
-        extractor = self.policy.features_extractor
-        to_tensor = lambda a: torch.as_tensor(a, device=self.policy.device).float().div_(255.0)  # noqa: E731
-        query_emb, window_emb = extractor.cnn(to_tensor(query_obs)), extractor.cnn(to_tensor(windows))
-        return self.policy.match_distance(query_emb, window_emb).cpu().numpy()
+    def _embed(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Siamese CNN embeddings ``(N, E)`` of channel-last uint8 images at the query resolution."""
+        batch = np.stack(images).transpose(0, 3, 1, 2)
+        return self.policy.features_extractor.cnn(self._tensor(batch).div_(255.0))
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(array), device=self.policy.device).float()
 
     def _prepare(self, image: np.ndarray, name: str) -> np.ndarray:
         """Validate an image and convert it to channel-last uint8 with the policy's channel count."""
@@ -163,7 +160,7 @@ class TemplateSearcher:
         if min(image.shape[:2]) < 1:
             raise ValueError(f"{name} is empty: shape {image.shape}")
         if image.dtype != np.uint8:
-            if np.issubdtype(image.dtype, np.floating) and np.nanmax(image) <= 1.0 and np.nanmin(image) >= 0.0:
+            if np.issubdtype(image.dtype, np.floating) and np.all((image >= 0.0) & (image <= 1.0)):  # NaN fails
                 image = (image * 255.0).round().astype(np.uint8)  # floats in [0, 1]
             else:
                 raise ValueError(f"{name} must be uint8 (0-255) or float in [0, 1], got {image.dtype}")
@@ -174,8 +171,3 @@ class TemplateSearcher:
         if image.ndim == 2:
             image = image[:, :, None] if self.channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
         return image
-
-    @staticmethod
-    def _chw(image: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(image.transpose(2, 0, 1))
-

@@ -19,7 +19,6 @@ class SiameseCNN(nn.Module):
     :param in_channels: image channels (1 for MNIST, 3 for photographs).
     :param channels: output channels of the five conv layers.
     :param strides: strides of the five conv layers.
-    :param coord_channels: append normalised x/y coordinate channels to the input.
     """
 
     def __init__(
@@ -27,17 +26,12 @@ class SiameseCNN(nn.Module):
         in_channels: int = 1,
         channels: Sequence[int] = (8, 16, 32, 32, 32),
         strides: Sequence[int] = (2, 2, 1, 2, 1),
-        coord_channels: bool = True,
     ) -> None:
         super().__init__()
         if len(channels) != 5 or len(strides) != 5:
             raise ValueError(f"the siamese CNN has five conv layers: got {len(channels)} channels, {len(strides)} strides")
         layers: list[nn.Module] = []
-        # Two coordinate channels (CoordConv): global average pooling discards *where* features
-        # are, but ReLU(conv(ink, x, y)) averaged over the image measures ink-weighted position,
-        # which the LSTM needs to move the window onto the target.
-        self.coord_channels = 2 if coord_channels else 0
-        prev = in_channels + self.coord_channels
+        prev = in_channels
         for out, stride in zip(channels, strides):
             layers += [nn.Conv2d(prev, out, kernel_size=3, stride=stride, padding=1), nn.ReLU()]
             prev = out
@@ -46,12 +40,6 @@ class SiameseCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """:param images: ``(N, C, H, W)`` float in ``[0, 1]``. :return: ``(N, embedding_dim)``."""
-        if self.coord_channels:
-            n, _, h, w = images.shape
-            ys = torch.linspace(-1.0, 1.0, h, device=images.device, dtype=images.dtype)
-            xs = torch.linspace(-1.0, 1.0, w, device=images.device, dtype=images.dtype)
-            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(n, 2, h, w)
-            images = torch.cat([images, grid], dim=1)
         return self.convs(images).mean(dim=(2, 3))
 
 

@@ -50,3 +50,46 @@ def env_target_action(env) -> np.ndarray:
     base = env.unwrapped
     info = base.privileged_info()
     return target_action(info["target_box"], info["reference_size"], base.window_size, base.scale_range)
+
+
+def search_target_box(
+    target_box: Sequence[float], distractor_boxes: np.ndarray, window_boxes: Sequence[np.ndarray], match_iou: float = 0.5
+) -> np.ndarray:
+    """Where a *searching* teacher puts the next window when look-alike candidates exist.
+
+    The teacher visits the candidates (target and distractors) from left to right, the order a
+    policy can read off the global view, skipping those a window has already covered, until a
+    window covers the target; from then on it stays there. Unlike "go to the target", this is
+    a function of what the policy can observe (where the digits are, what it has seen so far),
+    so imitating it teaches search-and-verify instead of collapsing onto the mean position.
+
+    :param target_box: the target's pixel box.
+    :param distractor_boxes: ``(K, 4)`` pixel boxes of the other candidates.
+    :param window_boxes: the windows placed so far this episode.
+    :param match_iou: IoU at which a window counts as having covered a candidate.
+    :return: the pixel box the next window should cover.
+    """
+    from matchenv.geometry import iou
+
+    target = np.asarray(target_box, dtype=np.float64)
+    candidates = np.concatenate([target[None], np.asarray(distractor_boxes, dtype=np.float64).reshape(-1, 4)])
+    if len(window_boxes):
+        windows = np.asarray(window_boxes, dtype=np.float64)
+        covered = np.array([np.max(iou(windows, c)) > match_iou for c in candidates])
+        if covered[0]:
+            return target
+    else:
+        covered = np.zeros(len(candidates), dtype=bool)
+    order = np.argsort((candidates[:, 0] + candidates[:, 2]) / 2, kind="stable")
+    for index in order:
+        if not covered[index]:
+            return candidates[index]
+    return target
+
+
+def env_search_action(env) -> np.ndarray:
+    """:func:`target_action` towards :func:`search_target_box` for a ``TemplateSearchEnv``."""
+    base = env.unwrapped
+    info = base.privileged_info()
+    box = search_target_box(info["target_box"], info["distractor_boxes"], base.window_boxes)
+    return target_action(box, info["reference_size"], base.window_size, base.scale_range)

@@ -32,6 +32,13 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 # No "Hello from the pygame community" banner in the test output.
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
+try:  # tiny networks on a shared 2-core machine: extra torch threads only contend
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
 if _hypothesis_settings is not None:
     # No per-example deadline: the machine running the tests is shared and its timing noisy.
     _hypothesis_settings.register_profile("matchenv", max_examples=100, deadline=None)

@@ -23,7 +23,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import matchenv
-from matchenv.datasets import PairDataset, SearchPair
+from matchenv.datasets import PairListDataset, SearchPair
 from matchenv.geometry import iou, xyxy_to_cxcywh
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -106,19 +106,6 @@ def run_episode(env: gym.Env, actions) -> list[tuple]:
 
 def box_inside(box, img_w: int, img_h: int) -> bool:
     return 0 <= box[0] < box[2] <= img_w and 0 <= box[1] < box[3] <= img_h
-
-
-class FixedPairDataset(PairDataset):
-    """Always returns the given pair (for both splits)."""
-
-    def __init__(self, pair: SearchPair) -> None:
-        self._pair = pair
-
-    def sample(self, rng):
-        return self._pair
-
-    def test_pair(self, index):
-        return self._pair
 
 
 # ============================================================================ checkers
@@ -426,7 +413,7 @@ def test_observation_does_not_depend_on_the_target_box(env_id):
     moved = SearchPair(pair.query, pair.reference, new_box, pair.distractor_boxes, pair.label, pair.meta)
     episodes = []
     for p in (pair, moved):
-        e = matchenv.TemplateSearchEnv(dataset=FixedPairDataset(p))
+        e = matchenv.TemplateSearchEnv(dataset=PairListDataset([p], window_size=(28, 28)))
         obs, _ = e.reset(seed=0)
         episodes.append([obs] + [e.step(a)[0] for a in random_actions(e, 6, seed=3)])
     assert_same(episodes[0], episodes[1])

@@ -8,7 +8,7 @@ import pytest
 
 import matchenv
 from matchenv import DATASETS, TemplateSearchEnv
-from matchenv.datasets import PairDataset, SearchPair
+from matchenv.datasets import PairListDataset, SearchPair
 
 
 def make_pair(
@@ -22,21 +22,8 @@ def make_pair(
     )
 
 
-class CustomDataset(PairDataset):
-    """A user's dataset returning one fixed pair; ``window_size`` is the 28x28 default."""
-
-    def __init__(self, pair: SearchPair) -> None:
-        self._pair = pair
-
-    def sample(self, rng):
-        return self._pair
-
-    def test_pair(self, index):
-        return self._pair
-
-
 def reset_with(pair: SearchPair):
-    return TemplateSearchEnv(dataset=CustomDataset(pair)).reset(seed=0)
+    return TemplateSearchEnv(dataset=PairListDataset([pair], window_size=(28, 28))).reset(seed=0)
 
 
 def test_custom_dataset_with_a_valid_pair_works():
@@ -108,7 +95,7 @@ def test_encoder_returning_the_wrong_shape_raises_value_error():
 
 def test_dataset_kwargs_with_a_dataset_instance_raise_value_error():
     with pytest.raises(ValueError, match="dataset_kwargs"):
-        TemplateSearchEnv(dataset=CustomDataset(make_pair()), dataset_kwargs={"noise_std": 0})
+        TemplateSearchEnv(dataset=PairListDataset([make_pair()], window_size=(28, 28)), dataset_kwargs={"noise_std": 0})
 
 
 def test_bad_dataset_kwargs_through_gym_make_raise_value_error():
@@ -184,12 +171,12 @@ def test_target_box_outside_the_image_raises_value_error(target_box):
 
 
 def test_dataset_returning_something_else_than_a_search_pair_raises_type_error():
-    class Broken(CustomDataset):
+    class Broken(PairListDataset):
         def sample(self, rng):
             return {"query": None}
 
     with pytest.raises(TypeError, match="SearchPair"):
-        TemplateSearchEnv(dataset=Broken(make_pair())).reset(seed=0)
+        TemplateSearchEnv(dataset=Broken([make_pair()])).reset(seed=0)
 
 
 def test_dataset_that_is_not_a_pair_dataset_raises_type_error():

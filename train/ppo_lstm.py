@@ -35,7 +35,6 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
 import matchenv
@@ -43,6 +42,7 @@ from agents.imitation import DAggerTrainer, ImitationConfig
 from agents.ppo import SearchRecurrentPPO
 from agents.rollout import EpisodeBatch, run_episodes
 from matchenv.rendering import frame_strip, render_search, save_frames
+from matchenv.vector import make_vec_env
 
 
 @dataclass
@@ -66,6 +66,7 @@ class Args:
     imitation_lr: float = 1e-3
     rollout_noise: float = 0.3  # std of the noise on the policy's actions while collecting
     imitation_epochs: int = 1  # gradient steps per collected batch
+    teacher: str = "auto"  # "target", "search" (visit look-alikes), "auto": search where the data has distractors
     # stage 2: PPO
     ppo: bool = True
     ppo_timesteps: int = 200_000
@@ -78,7 +79,7 @@ class Args:
     gae_lambda: float = 0.95
     clip_range: float = 0.2
     ent_coef: float = 0.0
-    ppo_log_std: float = -2.0  # exploration std exp(-2) = 0.14 action units at the start of PPO
+    ppo_log_std: float = -2.0  # exploration std exp(-2) = 0.14 action units when PPO starts after imitation
     # evaluation and checkpoints
     eval_pairs: int = 500  # first N pairs of the fixed test split
     eval_every: int = 100_000  # environment steps between evaluations
@@ -190,6 +191,10 @@ class PPOProgress(BaseCallback):
         self.last_eval = self.last_ckpt = 0
         self.postfix: dict[str, str] = {}
 
+    def _on_training_start(self) -> None:
+        # After --resume, count the intervals from where the run stopped, not from zero.
+        self.last_eval = self.last_ckpt = self.model.num_timesteps
+
     def _on_step(self) -> bool:
         self.bar.update(self.training_env.num_envs)
         done = self.model.num_timesteps
@@ -221,8 +226,7 @@ def main() -> None:
     env_kwargs = {"reward_mode": args.reward_mode}
 
     # --- the model: one SearchRecurrentPPO object holds the policy through both stages ----------
-    ppo_env = DummyVecEnv([lambda: gym.make(args.env_id, **env_kwargs) for _ in range(args.n_envs)])
-    ppo_env.seed(args.seed)
+    ppo_env = make_vec_env(args.env_id, num_envs=args.n_envs, seed=args.seed, **env_kwargs)
     ppo_kwargs = dict(
         n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs, learning_rate=args.learning_rate,
         gamma=args.gamma, gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef,
@@ -241,7 +245,7 @@ def main() -> None:
     model.set_logger(logger)
     checkpointer = Checkpointer(out_dir)
     evaluator = TestSplitEvaluator(args.env_id, args.eval_pairs, env_kwargs)
-    data_source = ppo_env.envs[0].unwrapped.dataset.source
+    data_source = evaluator.envs[0].dataset.source
     print(f"{args.env_id}: MNIST from {data_source}; outputs in {out_dir}")
 
     total = (args.imitation_steps if args.imitation else 0) + (args.ppo_timesteps if args.ppo else 0)
@@ -256,8 +260,11 @@ def main() -> None:
                 env.reset(seed=args.seed * 100_003 + state.imitation_steps_done + i)  # fresh pairs after a resume
             for group in model.policy.optimizer.param_groups:
                 group["lr"] = args.imitation_lr
+            teacher = args.teacher
+            if teacher == "auto":
+                teacher = "search" if envs[0].dataset.has_distractors else "target"
             config = ImitationConfig(rollout_noise=args.rollout_noise, epochs=args.imitation_epochs,
-                                     aux_weight=args.aux_weight, margin=args.aux_margin, gamma=args.gamma)
+                                     aux_weight=args.aux_weight, margin=args.aux_margin, gamma=args.gamma, teacher=teacher)
             trainer = DAggerTrainer(model.policy, envs, config, seed=args.seed + state.imitation_steps_done)
             start, next_eval, next_ckpt = time.time(), args.eval_every, args.checkpoint_every
             done_at_start = state.imitation_steps_done
@@ -289,8 +296,10 @@ def main() -> None:
         # --- stage 2: PPO fine-tuning ---------------------------------------------------------
         if args.ppo and model.num_timesteps < args.ppo_timesteps:
             bar.set_description("ppo")
-            with torch.no_grad():
-                model.policy.log_std.fill_(args.ppo_log_std)
+            if model.num_timesteps == 0 and state.imitation_steps_done > 0:
+                # Warm start: the imitated policy is already close, so explore only a little.
+                with torch.no_grad():
+                    model.policy.log_std.fill_(args.ppo_log_std)
             for group in model.policy.optimizer.param_groups:
                 group["lr"] = args.learning_rate
             start = time.time()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from matchenv.datasets.base import PairDataset, SearchPair
+from matchenv.datasets.base import PairDataset, PairListDataset, SearchPair
 from matchenv.datasets.noisy_mnist import ClutteredMNIST, MixedMNIST, NoisyMNIST, TranslatedMNIST
 
 DATASETS: dict[str, type[PairDataset]] = {
@@ -39,6 +39,7 @@ __all__ = [
     "MixedMNIST",
     "NoisyMNIST",
     "PairDataset",
+    "PairListDataset",
     "SearchPair",
     "TranslatedMNIST",
     "make_dataset",

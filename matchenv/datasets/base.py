@@ -53,6 +53,9 @@ class PairDataset(abc.ABC):
     scale_range: Optional[tuple[float, float]] = None
     #: Number of pairs in the fixed test split.
     test_size: int = 1000
+    #: Whether pairs come with look-alike distractor boxes (``SearchPair.distractor_boxes``), so
+    #: that a teacher should demonstrate *search* rather than go straight to the target.
+    has_distractors: bool = False
 
     @property
     def name(self) -> str:
@@ -82,3 +85,38 @@ class PairDataset(abc.ABC):
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
+
+
+class PairListDataset(PairDataset):
+    """A dataset of pairs you already have in memory (e.g. your own images).
+
+    Training episodes draw a pair uniformly with the env's generator; test pair ``i`` is
+    ``test_pairs[i]`` (the training pairs when no test pairs are given).
+
+    :param pairs: the training pairs; all must share the channel count.
+    :param test_pairs: the fixed test split, or ``None`` to evaluate on ``pairs``.
+    :param window_size: nominal ``(height, width)`` of the target in reference pixels; by
+        default the first query's size.
+    """
+
+    def __init__(
+        self,
+        pairs: list[SearchPair],
+        test_pairs: Optional[list[SearchPair]] = None,
+        window_size: Optional[tuple[int, int]] = None,
+    ) -> None:
+        if not pairs:
+            raise ValueError("PairListDataset needs at least one pair")
+        self.pairs = list(pairs)
+        self.test_pairs = list(test_pairs) if test_pairs is not None else self.pairs
+        first = self.pairs[0].query
+        self.channels = int(first.shape[2]) if getattr(first, "ndim", 0) == 3 else 1
+        self.query_size = tuple(first.shape[:2])
+        self.window_size = tuple(window_size) if window_size is not None else self.query_size
+        self.test_size = len(self.test_pairs)
+
+    def sample(self, rng: np.random.Generator) -> SearchPair:
+        return self.pairs[int(rng.integers(len(self.pairs)))]
+
+    def test_pair(self, index: int) -> SearchPair:
+        return self.test_pairs[self._check_test_index(index)]

@@ -118,6 +118,10 @@ class NoisyMNIST(PairDataset):
         return self._digits[split]
 
     @property
+    def has_distractors(self) -> bool:
+        return self.n_distractors[1] > 0
+
+    @property
     def source(self) -> str:
         """Where the MNIST digits come from (loads the training split if needed)."""
         return self.digits("train").source

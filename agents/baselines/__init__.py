@@ -1,0 +1,105 @@
+"""Baseline template matchers, all behind one interface: ``locate(query, reference) -> MatchResult``.
+
+``make_matcher("ncc")`` builds a matcher from its registered name; ``MATCHERS`` maps every name
+to its factory. The learned-feature baselines need a trained agent::
+
+    make_matcher("qatm", checkpoint="runs/.../best.zip")
+    make_matcher("embedding-exhaustive", checkpoint="runs/.../best.zip")
+
+``bbs`` and ``ddis`` are imported only when built, so this package imports without them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Union
+
+from agents.baselines.base import Matcher, MatchResult, check_pair
+from agents.baselines.embedding import UNTRAINED, EmbeddingSlidingWindow
+from agents.baselines.mtm import MTMMatcher
+from agents.baselines.ncc import DEFAULT_SCALES, OpenCVMatcher
+from agents.baselines.qatm import QATMMatcher
+
+
+def _ncc(**kwargs: Any) -> Matcher:
+    return OpenCVMatcher("ccoeff_normed", **kwargs)
+
+
+def _ncc_multiscale(scales=DEFAULT_SCALES, **kwargs: Any) -> Matcher:
+    return OpenCVMatcher("ccoeff_normed", scales=scales, **kwargs)
+
+
+def _ssd(**kwargs: Any) -> Matcher:
+    return OpenCVMatcher("sqdiff_normed", **kwargs)
+
+
+def _qatm(checkpoint: Union[str, Path], **kwargs: Any) -> Matcher:
+    # Only from a trained checkpoint: QATM on random features must never reach a results table.
+    return QATMMatcher.from_checkpoint(checkpoint, **kwargs)
+
+
+def _embedding(checkpoint: Union[str, Path], **kwargs: Any) -> Matcher:
+    return EmbeddingSlidingWindow.from_checkpoint(checkpoint, **kwargs)
+
+
+def _lazy_class(module: str, *class_names: str) -> type:
+    """The first of ``class_names`` defined in ``agents.baselines.<module>``, imported only now.
+
+    Lets this package import (and every other matcher work) before that module exists, and
+    tolerates either class name the module may use.
+    """
+    import importlib
+
+    mod = importlib.import_module(f"agents.baselines.{module}")
+    for class_name in class_names:
+        if hasattr(mod, class_name):
+            return getattr(mod, class_name)
+    raise ImportError(f"agents.baselines.{module} defines none of {', '.join(class_names)}")
+
+
+def _bbs(**kwargs: Any) -> Matcher:
+    return _lazy_class("bbs", "BestBuddiesMatcher", "BBS")(**kwargs)
+
+
+def _ddis(**kwargs: Any) -> Matcher:
+    return _lazy_class("ddis", "DDISMatcher", "DDIS")(**kwargs)
+
+
+#: Benchmark name -> factory ``(**kwargs) -> Matcher``.
+MATCHERS: dict[str, Callable[..., Matcher]] = {
+    "ncc": _ncc,
+    "ncc-multiscale": _ncc_multiscale,
+    "ssd": _ssd,
+    "mtm": MTMMatcher,
+    "qatm": _qatm,
+    "embedding-exhaustive": _embedding,
+    "bbs": _bbs,
+    "ddis": _ddis,
+}
+
+
+def make_matcher(name: str, **kwargs: Any) -> Matcher:
+    """Build the matcher registered as ``name`` with ``kwargs``.
+
+    :raises ValueError: for an unknown name (the message lists the valid ones).
+    """
+    try:
+        factory = MATCHERS[name]
+    except KeyError:
+        raise ValueError(f"unknown matcher {name!r}; valid names: {', '.join(sorted(MATCHERS))}") from None
+    return factory(**kwargs)
+
+
+__all__ = [
+    "DEFAULT_SCALES",
+    "MATCHERS",
+    "UNTRAINED",
+    "EmbeddingSlidingWindow",
+    "MTMMatcher",
+    "MatchResult",
+    "Matcher",
+    "OpenCVMatcher",
+    "QATMMatcher",
+    "check_pair",
+    "make_matcher",
+]

@@ -1,0 +1,115 @@
+"""train/ppo_lstm.py end to end, as a user runs it: a subprocess with tiny settings.
+
+The environment variables set by tests/conftest.py (offline, bundled MNIST, private cache) are
+inherited by the subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import matchenv
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train" / "ppo_lstm.py"
+ENV_ID = "TemplateSearch-TranslatedMNIST-v0"
+TINY = [
+    "--env-id", ENV_ID, "--imitation-steps", "768", "--imitation-envs", "16", "--ppo-timesteps", "256",
+    "--n-envs", "4", "--n-steps", "12", "--batch-size", "24", "--eval-pairs", "20", "--eval-every", "512",
+    "--checkpoint-every", "256", "--render-pairs", "2", "--threads", "1",
+]
+
+
+def train(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    check_ok(train(*TINY, "--out-dir", str(out)))
+    return out
+
+
+def test_tiny_run_writes_every_output(tiny_run):
+    for name in ("last.zip", "best.zip", "state.json", "summary.json", "search_paths.png", "args.json"):
+        assert (tiny_run / name).is_file(), name
+    assert list((tiny_run / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert json.loads((tiny_run / "args.json").read_text())["env_id"] == ENV_ID
+
+
+def test_tiny_run_summary(tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert 0.0 <= summary["final"]["success_rate"] <= 1.0
+    assert set(summary["minutes"]) == {"imitation", "ppo"}
+    assert summary["evaluations"] and all(0.0 <= e["success_rate"] <= 1.0 for e in summary["evaluations"])
+    assert summary["imitation_steps"] >= 768 and summary["ppo_steps"] >= 256
+    state = json.loads((tiny_run / "state.json").read_text())
+    assert state["imitation_steps_done"] == summary["imitation_steps"]
+
+
+def test_resume_continues_ppo_without_redoing_imitation(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)  # leave the shared run untouched
+    before = json.loads((run / "state.json").read_text())
+    proc = train(*TINY, "--out-dir", str(run), "--resume", str(run / "last.zip"), "--ppo-timesteps", "512")
+    check_ok(proc)
+    assert "resumed from" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    state = json.loads((run / "state.json").read_text())
+    assert summary["ppo_steps"] >= 512
+    assert state["imitation_steps_done"] == before["imitation_steps_done"] == summary["imitation_steps"]
+    assert state["minutes_imitation"] == before["minutes_imitation"]  # no imitation time was added
+    assert "imitation:" not in proc.stderr  # the progress bar never entered the imitation stage
+    assert state["minutes_ppo"] > before["minutes_ppo"]
+
+
+def test_bad_command_lines_exit_with_a_message(tmp_path):
+    # Both start together: most of each run is importing torch.
+    nothing = subprocess.Popen([sys.executable, str(SCRIPT), "--no-imitation", "--no-ppo", "--out-dir", str(tmp_path / "a")],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    unknown = subprocess.Popen([sys.executable, str(SCRIPT), "--env-id", "NoSuchEnv-v0", "--out-dir", str(tmp_path / "b")],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, nothing_err = nothing.communicate(timeout=60)
+    _, unknown_err = unknown.communicate(timeout=60)
+    assert nothing.returncode != 0 and "nothing to train" in nothing_err
+    assert unknown.returncode != 0 and "NoSuchEnv-v0" in unknown_err
+    assert all(env_id in unknown_err for env_id in matchenv.ENV_IDS)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, "--imitation-steps", "1000000", "--checkpoint-every", "96", "--eval-every", "1000000", "--out-dir", str(out)]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "last.zip").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert (out / "last.zip").exists(), "no checkpoint within 60 s"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "interrupted" in stdout and f"--resume {out / 'last.zip'}" in stdout
+    assert (out / "last.zip").is_file() and not list(out.glob(".*.tmp.zip"))
+    state = json.loads((out / "state.json").read_text())
+    assert 0 < state["imitation_steps_done"] < 1_000_000
+    assert not (out / "summary.json").exists()  # an interrupted run does not pretend to have finished

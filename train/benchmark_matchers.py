@@ -1,0 +1,264 @@
+"""Side-by-side benchmark: success rate and milliseconds per query of every matcher and agent.
+
+    MATCHENV_DATA=/path/to/mnist python train/benchmark_matchers.py --dataset ClutteredMNIST \\
+        --agent runs/TemplateSearch-v0-seed0/best.zip --out runs/bench/cluttered
+    python train/benchmark_matchers.py --dataset ClutteredMNIST --agent ... --scaling --out runs/bench/scaling
+
+What is measured, and how it is kept fair:
+
+* every method answers the same pairs: the first ``--pairs`` pairs of the dataset's fixed test split;
+* success = IoU(answer, target) > 0.5; the answer never uses the target's box or size;
+* each method runs **in its own process** with one CPU thread (``torch.set_num_threads(1)``,
+  ``cv2.setNumThreads(1)``); the pairs are generated in memory before timing (no image decoding
+  in the timed region); the first ``--warmup`` queries are run and not timed; the reported time
+  is the **median** over the timed queries of one ``locate(query, reference)`` call;
+* "evaluated" is the number of windows or positions a method scores per query (median);
+* QATM and the exhaustive embedding search run on the agent's trained siamese CNN
+  (``--features-checkpoint``, default: the first ``--agent``), because ImageNet weights cannot
+  be downloaded here; without a checkpoint they are left out rather than run on random features.
+
+``--scaling`` instead measures median ms per query as the reference grows from 100x100 to
+2000x2000 pixels with the same 28x28 target (Cluttered MNIST canvases of that size, clutter
+scaled with the area); a method whose single query exceeds ``--max-seconds`` at some size is not
+run at larger sizes. Outputs: a markdown table on stdout, ``results.json``, and a PNG plot
+(accuracy vs log time; or log-log time vs size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+#: Published numbers the table is compared with (success at IoU > 0.5, ms per query), Noisy MNIST.
+PUBLISHED = {
+    "TranslatedMNIST": {"prototype agent": (0.95, 1), "MTM": (0.68, 2), "BBS": (0.70, 132)},
+    "ClutteredMNIST": {"prototype agent": (0.91, 3), "MTM": (0.20, 3), "BBS": (0.11, 141)},
+    "MixedMNIST": {"prototype agent": (0.88, 4), "MTM": (0.15, 5), "BBS": (0.08, 148)},
+}
+CLASSIC_METHODS = ["ncc", "ssd", "mtm", "bbs", "ddis"]
+FEATURE_METHODS = ["qatm", "embedding-exhaustive"]
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, 1 thread per method, Python {platform.python_version()}"
+
+
+def make_method(name: str, features_checkpoint: Optional[str]):
+    """Build a matcher (or an agent wrapped as one) inside the worker process."""
+    from agents.baselines import make_matcher
+
+    if name.startswith("agent:"):
+        return AgentMatcher(name.split(":", 1)[1])
+    if name in FEATURE_METHODS:
+        return make_matcher(name, checkpoint=features_checkpoint)
+    return make_matcher(name)
+
+
+class AgentMatcher:
+    """The trained search agent behind the matcher interface (one query at a time)."""
+
+    def __init__(self, checkpoint: str) -> None:
+        from agents.searcher import TemplateSearcher
+
+        self.searcher = TemplateSearcher.load(checkpoint)
+        self.name = f"agent ({Path(checkpoint).parent.name})"
+
+    def locate(self, query: np.ndarray, reference: np.ndarray):
+        from agents.baselines.base import MatchResult
+
+        result = self.searcher.locate(query, reference)
+        return MatchResult(box=result.box, score=result.score, evaluated=len(result.path))
+
+
+def make_pairs(dataset: str, n: int, dataset_kwargs: dict) -> list:
+    from matchenv.datasets import make_dataset
+
+    data = make_dataset(dataset, test_size=max(n, 1), **dataset_kwargs)
+    return [data.test_pair(i) for i in range(n)]
+
+
+def run_method(job: dict[str, Any]) -> dict[str, Any]:
+    """Worker: time one method on the pairs (runs in a fresh process, single-threaded)."""
+    import cv2
+    import torch
+
+    from matchenv.geometry import iou
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    pairs = make_pairs(job["dataset"], job["pairs"], job["dataset_kwargs"])
+    method = make_method(job["method"], job["features_checkpoint"])
+    for pair in pairs[: job["warmup"]]:
+        method.locate(pair.query, pair.reference)
+    times, ious, evaluated = [], [], []
+    deadline = time.perf_counter() + job["max_seconds_total"]
+    for pair in pairs:
+        start = time.perf_counter()
+        result = method.locate(pair.query, pair.reference)
+        times.append(time.perf_counter() - start)
+        ious.append(iou(result.box, pair.target_box))
+        evaluated.append(result.evaluated)
+        if time.perf_counter() > deadline:
+            break
+    ious_arr = np.asarray(ious)
+    return {
+        "method": getattr(method, "name", job["method"]),
+        "key": job["method"],
+        "pairs": len(times),
+        "success_rate": float(np.mean(ious_arr > 0.5)),
+        "mean_iou": float(np.mean(ious_arr)),
+        "median_ms": 1000 * statistics.median(times),
+        "evaluated": int(statistics.median(evaluated)),
+        "features": getattr(method, "features", None),
+    }
+
+
+def in_own_process(job: dict[str, Any]) -> dict[str, Any]:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_method, (job,))
+
+
+def accuracy_table(results: list[dict], dataset: str) -> str:
+    lines = ["| method | success (IoU>0.5) | mean IoU | median ms / query | windows or positions evaluated | pairs |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(results, key=lambda r: -r["success_rate"]):
+        lines.append(f"| {r['method']} | {r['success_rate']:.3f} | {r['mean_iou']:.2f} | {r['median_ms']:.2f} | "
+                     f"{r['evaluated']} | {r['pairs']} |")
+    for name, (success, ms) in PUBLISHED.get(dataset, {}).items():
+        lines.append(f"| published: {name} | {success:.2f} | | {ms} | | |")
+    return "\n".join(lines)
+
+
+def plot_accuracy(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        ax.scatter(r["median_ms"], r["success_rate"], s=40)
+        ax.annotate(r["method"], (r["median_ms"], r["success_rate"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("median ms per query (1 CPU thread, log scale)")
+    ax.set_ylabel("success rate (IoU > 0.5)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_scaling(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((r["size"], r["median_ms"]) for r in rows if r["method"] == method)
+        ax.plot(*zip(*pts), marker="o", label=method)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("reference side (pixels; target 28x28)")
+    ax.set_ylabel("median ms per query (1 CPU thread)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ClutteredMNIST")
+    parser.add_argument("--pairs", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(CLASSIC_METHODS + FEATURE_METHODS),
+                        help="comma-separated matcher names (see agents.baselines.MATCHERS)")
+    parser.add_argument("--agent", action="append", default=[], help="trained checkpoint to include (repeatable)")
+    parser.add_argument("--features-checkpoint", default=None, help="agent checkpoint whose CNN QATM/embedding use")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="time budget per method (and size)")
+    parser.add_argument("--scaling", action="store_true", help="run the cost-versus-reference-size benchmark")
+    parser.add_argument("--sizes", default="100,250,500,1000,2000")
+    parser.add_argument("--scaling-pairs", type=int, default=20)
+    parser.add_argument("--out", default="runs/bench")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    features_checkpoint = args.features_checkpoint or (args.agent[0] if args.agent else None)
+    methods = [m for m in args.methods.split(",") if m]
+    if features_checkpoint is None:
+        skipped = [m for m in methods if m in FEATURE_METHODS]
+        methods = [m for m in methods if m not in FEATURE_METHODS]
+        if skipped:
+            print(f"left out {skipped}: they need a trained agent checkpoint (--agent or --features-checkpoint)")
+    methods += [f"agent:{path}" for path in args.agent]
+    machine = machine_description()
+    print(f"machine: {machine}")
+
+    if not args.scaling:
+        results = []
+        for method in methods:
+            job = dict(method=method, dataset=args.dataset, pairs=args.pairs, warmup=args.warmup, dataset_kwargs={},
+                       features_checkpoint=features_checkpoint, max_seconds_total=args.max_seconds)
+            result = in_own_process(job)
+            print(f"{result['method']}: success {result['success_rate']:.3f}, {result['median_ms']:.2f} ms/query "
+                  f"({result['pairs']} pairs)", flush=True)
+            results.append(result)
+        table = accuracy_table(results, args.dataset)
+        print(f"\n{args.dataset}, first {args.pairs} test pairs; {machine}\n\n{table}")
+        (out / "results.json").write_text(json.dumps({"dataset": args.dataset, "machine": machine, "results": results}, indent=2))
+        (out / "results.md").write_text(f"{args.dataset}; {machine}\n\n{table}\n")
+        plot_accuracy(results, out / "accuracy_vs_time.png", f"{args.dataset}: success vs time per query")
+        return
+
+    rows, too_slow = [], set()
+    for size in (int(s) for s in args.sizes.split(",")):
+        kwargs = {"canvas_size": size, "n_clutter": int(round(8 * (size / 100) ** 2))}
+        for method in methods:
+            if method in too_slow:
+                continue
+            job = dict(method=method, dataset="ClutteredMNIST", pairs=args.scaling_pairs, warmup=1, dataset_kwargs=kwargs,
+                       features_checkpoint=features_checkpoint, max_seconds_total=args.max_seconds)
+            result = in_own_process(job)
+            result["size"] = size
+            rows.append(result)
+            print(f"{size}x{size} {result['method']}: {result['median_ms']:.2f} ms/query ({result['pairs']} pairs)", flush=True)
+            if result["median_ms"] / 1000 > args.max_seconds / max(args.scaling_pairs, 1):
+                too_slow.add(method)
+    sizes = sorted({r["size"] for r in rows})
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| method | " + " | ".join(f"{s}x{s}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for name in names:
+        cells = {r["size"]: f"{r['median_ms']:.1f}" for r in rows if r["method"] == name}
+        lines.append(f"| {name} | " + " | ".join(cells.get(s, "-") for s in sizes) + " |")
+    table = "\n".join(lines)
+    print(f"\nmedian ms per query vs reference size (target 28x28); {machine}\n\n{table}")
+    (out / "scaling.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    (out / "scaling.md").write_text(f"{machine}\n\n{table}\n")
+    plot_scaling(rows, out / "scaling.png")
+
+
+if __name__ == "__main__":
+    main()
