@@ -5,8 +5,6 @@ to its factory. The learned-feature baselines need a trained agent::
 
     make_matcher("qatm", checkpoint="runs/.../best.zip")
     make_matcher("embedding-exhaustive", checkpoint="runs/.../best.zip")
-
-``bbs`` and ``ddis`` are imported only when built, so this package imports without them.
 """
 
 from __future__ import annotations
@@ -15,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from agents.baselines.base import Matcher, MatchResult, check_pair
+from agents.baselines.bbs import BBS
+from agents.baselines.ddis import DDIS
 from agents.baselines.embedding import UNTRAINED, EmbeddingSlidingWindow
 from agents.baselines.mtm import MTMMatcher
 from agents.baselines.ncc import DEFAULT_SCALES, OpenCVMatcher
@@ -42,29 +42,6 @@ def _embedding(checkpoint: Union[str, Path], **kwargs: Any) -> Matcher:
     return EmbeddingSlidingWindow.from_checkpoint(checkpoint, **kwargs)
 
 
-def _lazy_class(module: str, *class_names: str) -> type:
-    """The first of ``class_names`` defined in ``agents.baselines.<module>``, imported only now.
-
-    Lets this package import (and every other matcher work) before that module exists, and
-    tolerates either class name the module may use.
-    """
-    import importlib
-
-    mod = importlib.import_module(f"agents.baselines.{module}")
-    for class_name in class_names:
-        if hasattr(mod, class_name):
-            return getattr(mod, class_name)
-    raise ImportError(f"agents.baselines.{module} defines none of {', '.join(class_names)}")
-
-
-def _bbs(**kwargs: Any) -> Matcher:
-    return _lazy_class("bbs", "BestBuddiesMatcher", "BBS")(**kwargs)
-
-
-def _ddis(**kwargs: Any) -> Matcher:
-    return _lazy_class("ddis", "DDISMatcher", "DDIS")(**kwargs)
-
-
 #: Benchmark name -> factory ``(**kwargs) -> Matcher``.
 MATCHERS: dict[str, Callable[..., Matcher]] = {
     "ncc": _ncc,
@@ -73,8 +50,8 @@ MATCHERS: dict[str, Callable[..., Matcher]] = {
     "mtm": MTMMatcher,
     "qatm": _qatm,
     "embedding-exhaustive": _embedding,
-    "bbs": _bbs,
-    "ddis": _ddis,
+    "bbs": BBS,
+    "ddis": DDIS,
 }
 
 
@@ -91,6 +68,8 @@ def make_matcher(name: str, **kwargs: Any) -> Matcher:
 
 
 __all__ = [
+    "BBS",
+    "DDIS",
     "DEFAULT_SCALES",
     "MATCHERS",
     "UNTRAINED",
