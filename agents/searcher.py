@@ -94,7 +94,7 @@ class TemplateSearcher:
         """
         return self.locate_batch([query], [reference])[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def locate_batch(self, queries: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> list[SearchResult]:
         """:meth:`locate` for many pairs at once: one policy forward per trial for the whole batch."""
         if len(queries) != len(references):
@@ -114,7 +114,7 @@ class TemplateSearcher:
         window_emb = self._embed([resize_image(r, self.query_size) for r in references])  # the global view
         locations = np.tile(np.array([0.5, 0.5, 1.0, 1.0], dtype=np.float32), (n, 1))
         paths = np.zeros((self.max_trials, n, 4))
-        distances = np.zeros((self.max_trials, n))
+        window_embs: list[torch.Tensor] = []
         centers = [(r.shape[1] / 2, r.shape[0] / 2) for r in references]
         extractor, state = self.policy.features_extractor, None
         for t in range(self.max_trials):
@@ -132,7 +132,10 @@ class TemplateSearcher:
                 locations[i] = xyxy_to_cxcywh(box, img_w, img_h)
                 crops.append(crop_window(r, box, self.query_size))
             window_emb = self._embed(crops)
-            distances[t] = self.policy.match_distance(query_emb, window_emb).cpu().numpy()
+            window_embs.append(window_emb)
+        # Score every placed window in one call of the match head (it does not steer the search).
+        distances = self.policy.match_distance(query_emb.repeat(self.max_trials, 1), torch.cat(window_embs))
+        distances = distances.cpu().numpy().reshape(self.max_trials, n)
         scores = np.clip(1.0 - distances / self.margin, 0.0, 1.0)
         results = []
         for i in range(n):

@@ -80,7 +80,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| dataset | recipe | contrastive head | test success | mean IoU | env steps | minutes |",
              "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        success = "failed" if r["success_rate"] is None else f"{r['success_rate']:.3f}"
+        success = "no result" if r["success_rate"] is None else f"{r['success_rate']:.3f}"
         iou = "" if r.get("mean_iou") is None else f"{r['mean_iou']:.2f}"
         lines.append(f"| {r['env_id']} | {r['recipe']} | {r.get('contrastive', '')} | {success} | {iou} | "
                      f"{r.get('steps', '')} | {r.get('minutes', '')} |")

@@ -78,7 +78,8 @@ class AgentMatcher:
         from agents.searcher import TemplateSearcher
 
         self.searcher = TemplateSearcher.load(checkpoint)
-        self.name = f"agent ({Path(checkpoint).parent.name})"
+        self.name = "agent"
+        self.features = f"trained agent: {checkpoint}"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
         from agents.baselines.base import MatchResult
@@ -146,16 +147,21 @@ def accuracy_table(results: list[dict], dataset: str) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy(results: list[dict], path: Path, title: str) -> None:
+def plot_accuracy(results: list[dict], path: Path, title: str, dataset: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(sorted(results, key=lambda r: r["median_ms"])):
         ax.scatter(r["median_ms"], r["success_rate"], s=40)
-        ax.annotate(r["method"], (r["median_ms"], r["success_rate"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+        # Alternate labels above/below: neighbours on the log axis often share a success rate.
+        ax.annotate(r["method"], (r["median_ms"], r["success_rate"]), textcoords="offset points",
+                    xytext=(4, 6 if i % 2 == 0 else -12), fontsize=8)
+    for name, (success, ms) in PUBLISHED.get(dataset, {}).items():
+        ax.scatter(ms, success, s=40, facecolors="none", edgecolors="gray")
+        ax.annotate(f"published {name}", (ms, success), textcoords="offset points", xytext=(4, -12), fontsize=7, color="gray")
     ax.set_xscale("log")
     ax.set_xlabel("median ms per query (1 CPU thread, log scale)")
     ax.set_ylabel("success rate (IoU > 0.5)")
@@ -202,10 +208,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,250,500,1000,2000")
     parser.add_argument("--scaling-pairs", type=int, default=20)
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--replot", action="store_true", help="redraw the plot from <out>/results.json")
     args = parser.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        saved = json.loads((out / "results.json").read_text())
+        plot_accuracy(saved["results"], out / "accuracy_vs_time.png", f"{saved['dataset']}: success vs time per query",
+                      saved["dataset"])
+        (out / "results.md").write_text(f"{saved['dataset']}; {saved['machine']}\n\n{accuracy_table(saved['results'], saved['dataset'])}\n")
+        return
     features_checkpoint = args.features_checkpoint or (args.agent[0] if args.agent else None)
     methods = [m for m in args.methods.split(",") if m]
     if features_checkpoint is None:
@@ -230,7 +243,7 @@ def main() -> None:
         print(f"\n{args.dataset}, first {args.pairs} test pairs; {machine}\n\n{table}")
         (out / "results.json").write_text(json.dumps({"dataset": args.dataset, "machine": machine, "results": results}, indent=2))
         (out / "results.md").write_text(f"{args.dataset}; {machine}\n\n{table}\n")
-        plot_accuracy(results, out / "accuracy_vs_time.png", f"{args.dataset}: success vs time per query")
+        plot_accuracy(results, out / "accuracy_vs_time.png", f"{args.dataset}: success vs time per query", args.dataset)
         return
 
     rows, too_slow = [], set()

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +51,8 @@ from matchenv.vector import make_vec_env
 class Args:
     """Every hyperparameter of a run, in one place (each is also a command-line flag)."""
 
-    env_id: str = "TemplateSearch-v0"
-    seed: int = 0
+    env_id: str = "TemplateSearch-v0"  # a registered TemplateSearch id (one per dataset)
+    seed: int = 0  # seeds the networks, the training episodes and the exploration noise
     out_dir: str = ""  # default: runs/<env_id>-seed<seed>
     device: str = "auto"  # "auto" uses a GPU when torch sees one
     threads: int = 2  # torch CPU threads: the number of physical cores is usually best
@@ -60,7 +62,7 @@ class Args:
     aux_weight: float = 0.5  # contrastive match loss weight (0: no contrastive head)
     aux_margin: float = 1.0
     # stage 1: imitation (DAgger from the privileged teacher)
-    imitation: bool = True
+    imitation: bool = True  # stage 1 on/off
     imitation_steps: int = 400_000  # environment steps (windows placed)
     imitation_envs: int = 64  # episodes per DAgger batch
     imitation_lr: float = 1e-3
@@ -68,7 +70,7 @@ class Args:
     imitation_epochs: int = 1  # gradient steps per collected batch
     teacher: str = "auto"  # "target", "search" (visit look-alikes), "auto": search where the data has distractors
     # stage 2: PPO
-    ppo: bool = True
+    ppo: bool = True  # stage 2 on/off
     ppo_timesteps: int = 200_000
     n_envs: int = 16
     n_steps: int = 48  # per env and update: 8 episodes of 6 windows
@@ -85,17 +87,33 @@ class Args:
     eval_every: int = 100_000  # environment steps between evaluations
     checkpoint_every: int = 50_000  # environment steps between last.zip checkpoints
     render_pairs: int = 4
-    resume: str = ""
+    resume: str = ""  # a last.zip to continue from (its state.json says how far the run got)
+
+
+CHOICES = {"reward_mode": ["sparse", "dense"], "teacher": ["auto", "target", "search"]}
+
+
+def field_comments() -> dict[str, str]:
+    """The ``# comment`` after each field of :class:`Args`: the flags' help, written once."""
+    comments = {}
+    for line in inspect.getsource(Args).splitlines():
+        match = re.match(r"\s+(\w+): \w+ = [^#]+#\s*(.+)", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return comments
 
 
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    comments = field_comments()
     for field in dataclasses.fields(Args):
         flag = "--" + field.name.replace("_", "-")
+        help_text = f"{comments.get(field.name, '')} (default: {field.default!r})".strip()
         if field.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
         else:
-            parser.add_argument(flag, type=type(field.default), default=field.default)
+            parser.add_argument(flag, type=type(field.default), default=field.default, help=help_text,
+                                choices=CHOICES.get(field.name))
     args = Args(**vars(parser.parse_args()))
     if args.env_id not in matchenv.ENV_IDS:
         parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(matchenv.ENV_IDS)}")
