@@ -46,6 +46,30 @@ class Matcher(abc.ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+class ScoreMapMatcher(Matcher):
+    """An exhaustive matcher: it scores every window on a ``stride`` grid and answers with the best.
+
+    Subclasses implement :meth:`score_map`; :meth:`locate` returns the query-size box at the
+    highest score (ties: first in row-major order) and counts every scored window as evaluated.
+    """
+
+    #: Step in pixels between the top-left corners of scored windows.
+    stride: int = 1
+
+    @abc.abstractmethod
+    def score_map(self, query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """``(ny, nx)`` scores; entry ``[iy, ix]`` is the window whose top-left pixel is
+        ``(ix * stride, iy * stride)`` (higher is better)."""
+
+    def locate(self, query: np.ndarray, reference: np.ndarray) -> MatchResult:
+        scores = self.score_map(query, reference)
+        iy, ix = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        h, w = query.shape[:2]
+        x0, y0 = int(ix) * self.stride, int(iy) * self.stride
+        box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float64)
+        return MatchResult(box=box, score=float(scores[iy, ix]), evaluated=int(scores.size))
+
+
 def check_pair(query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate a query/reference pair and return both as channel-last uint8 with the same channels.
 

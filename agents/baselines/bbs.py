@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.baselines.base import Matcher, MatchResult, check_pair
+from agents.baselines.base import ScoreMapMatcher, check_pair
 
 #: Distances are computed in squared grey levels (intensities 0..255, exact integers, see
 #: :func:`_appearance`) instead of the papers' [0, 1] units: the spatial term is multiplied by
@@ -61,7 +61,7 @@ _APP_SCALE = 255.0 * 255.0
 _CACHE_ELEMENTS = 2**18
 
 
-class BBS(Matcher):
+class BBS(ScoreMapMatcher):
     """Best-Buddies Similarity matcher (exhaustive over window positions).
 
     :param lam: weight of the squared spatial distance against the squared appearance distance,
@@ -90,23 +90,6 @@ class BBS(Matcher):
         self.chunk_elements = int(chunk_elements)
 
     # ------------------------------------------------------------------ public API
-    def locate(self, query: np.ndarray, reference: np.ndarray) -> MatchResult:
-        """Find ``query`` in ``reference``: the window with the highest BBS.
-
-        :param query: ``(h, w)`` / ``(h, w, 1)`` grayscale or ``(h, w, 3)`` colour uint8, ``h, w >= gamma``.
-        :param reference: ``(H, W[, C])`` uint8 image at least as large as the query.
-        :return: box of the query's size at the best window (ties: first in row-major order),
-            ``score`` its BBS in ``[0, 1]``, ``evaluated`` the number of window positions scored.
-        :raises ValueError: for invalid images (see :func:`~agents.baselines.base.check_pair`) or a
-            query smaller than one patch.
-        """
-        scores = self.score_map(query, reference)
-        iy, ix = np.unravel_index(int(np.argmax(scores)), scores.shape)
-        h, w = query.shape[:2]
-        x0, y0 = int(ix) * self.stride, int(iy) * self.stride
-        box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float64)
-        return MatchResult(box=box, score=float(scores[iy, ix]), evaluated=int(scores.size))
-
     def score_map(self, query: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """BBS of every scored window.
 

@@ -47,13 +47,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.baselines.base import Matcher, MatchResult, check_pair
+from agents.baselines.base import ScoreMapMatcher, check_pair
 from agents.baselines.bbs import _fit, _ranges, _to_tensor  # shared tiling / conversion helpers
 
 PATCH = 3  #: side of the dense patches the features are made of, in pixels (the paper's 3x3)
 
 
-class DDIS(Matcher):
+class DDIS(ScoreMapMatcher):
     """Deformable Diversity Similarity matcher (exhaustive over window positions).
 
     :param stride: distance in pixels between scored window positions, in x and in y.
@@ -72,23 +72,6 @@ class DDIS(Matcher):
         self.chunk_elements = int(chunk_elements)
 
     # ------------------------------------------------------------------ public API
-    def locate(self, query: np.ndarray, reference: np.ndarray) -> MatchResult:
-        """Find ``query`` in ``reference``: the window with the highest DDIS.
-
-        :param query: ``(h, w)`` / ``(h, w, 1)`` grayscale or ``(h, w, 3)`` colour uint8, ``h, w >= 3``.
-        :param reference: ``(H, W[, C])`` uint8 image at least as large as the query.
-        :return: box of the query's size at the best window (ties: first in row-major order),
-            ``score`` its DDIS in ``[0, 1]``, ``evaluated`` the number of window positions scored.
-        :raises ValueError: for invalid images (see :func:`~agents.baselines.base.check_pair`) or a
-            query smaller than one 3x3 patch.
-        """
-        scores = self.score_map(query, reference)
-        iy, ix = np.unravel_index(int(np.argmax(scores)), scores.shape)
-        h, w = query.shape[:2]
-        x0, y0 = int(ix) * self.stride, int(iy) * self.stride
-        box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float64)
-        return MatchResult(box=box, score=float(scores[iy, ix]), evaluated=int(scores.size))
-
     def score_map(self, query: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """DDIS of every scored window.
 
