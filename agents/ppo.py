@@ -11,6 +11,8 @@ observations reach the policy: the action and value computations never see them.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
@@ -239,3 +241,14 @@ class SearchRecurrentPPO(RecurrentPPO):
         self.logger.record("train/clip_range", clip_range)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+
+
+def load_trained_model(path: Union[str, "os.PathLike[str]"], device: str = "cpu") -> SearchRecurrentPPO:
+    """Load a checkpoint written by ``train/ppo_lstm.py`` (``best.zip`` / ``last.zip``).
+
+    :raises FileNotFoundError: when ``path`` does not exist, saying how to make one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no agent checkpoint at {path}: train one with `python train/ppo_lstm.py`")
+    return SearchRecurrentPPO.load(path, device=device)

@@ -75,12 +75,9 @@ class TemplateSearcher:
     @classmethod
     def load(cls, path: Union[str, Path], device: str = "cpu", **kwargs) -> "TemplateSearcher":
         """Load a checkpoint written by ``train/ppo_lstm.py`` (``best.zip`` / ``last.zip``)."""
-        from agents.ppo import SearchRecurrentPPO
+        from agents.ppo import load_trained_model
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no model at {path}: train one with `python train/ppo_lstm.py`")
-        model = SearchRecurrentPPO.load(path, device=device)
+        model = load_trained_model(path, device=device)
         kwargs.setdefault("margin", model.aux_margin)
         return cls(model.policy, **kwargs)
 

@@ -40,12 +40,9 @@ def load_agent_policy(path: Union[str, Path], device: str = "cpu"):
     :return: the policy (in eval mode) on ``device``.
     :raises FileNotFoundError: when ``path`` does not exist.
     """
-    from agents.ppo import SearchRecurrentPPO  # heavy (sb3-contrib): only when a checkpoint is loaded
+    from agents.ppo import load_trained_model  # heavy (sb3-contrib): only when a checkpoint is loaded
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no agent checkpoint at {path}: train one with `python train/ppo_lstm.py`")
-    return SearchRecurrentPPO.load(path, device=device).policy.eval()
+    return load_trained_model(path, device=device).policy.eval()
 
 
 def cnn_input(image: np.ndarray, in_channels: int, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
