@@ -113,3 +113,21 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     state = json.loads((out / "state.json").read_text())
     assert 0 < state["imitation_steps_done"] < 1_000_000
     assert not (out / "summary.json").exists()  # an interrupted run does not pretend to have finished
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_held_until_the_write_is_done():
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("ppo_lstm_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["ppo_lstm_script"] = script  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with script._sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal is delivered here; the block must still run to its end
+            finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -21,11 +21,14 @@ and ``search_paths.png`` (the final model on a few test pairs). Ctrl-C saves a c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
 import logging
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,17 +170,36 @@ class RunState:
     evaluations: list = dataclasses.field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold SIGINT inside the block and raise KeyboardInterrupt after it, if one arrived."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 class Checkpointer:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
 
     def save(self, model: SearchRecurrentPPO, state: RunState, name: str = "last") -> None:
         # Write to a temporary name and rename: a crash mid-write never leaves a broken checkpoint.
-        tmp = self.out_dir / f".{name}.tmp.zip"
-        model.save(tmp)
-        tmp.replace(self.out_dir / f"{name}.zip")
-        if name == "last":
-            (self.out_dir / "state.json").write_text(json.dumps(dataclasses.asdict(state), indent=2))
+        # Ctrl-C is held until the write is done: interrupting torch's zip writer turns the
+        # KeyboardInterrupt into a RuntimeError, which would skip the save-on-Ctrl-C handler.
+        with _sigint_deferred():
+            tmp = self.out_dir / f".{name}.tmp.zip"
+            model.save(tmp)
+            tmp.replace(self.out_dir / f"{name}.zip")
+            if name == "last":
+                (self.out_dir / "state.json").write_text(json.dumps(dataclasses.asdict(state), indent=2))
 
     @staticmethod
     def load_state(checkpoint: Path) -> RunState:
