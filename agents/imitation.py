@@ -33,8 +33,12 @@ class ImitationConfig:
     :param value_weight: weight of the critic's regression loss.
     :param gamma: discount of the returns the critic learns (use PPO's).
     :param match_iou: IoU above which a window counts as a match for the contrastive labels.
-    :param teacher: ``"target"`` (go straight to the target) or ``"search"`` (visit look-alike
-        candidates until the target is found; for datasets with distractors such as Mixed MNIST).
+    :param teacher: ``"target"`` (go straight to the target), ``"search"`` (visit look-alike
+        candidates until the target is found; for datasets with distractors such as Mixed MNIST)
+        or ``"zoom"`` (coarse to fine, for photographs).
+    :param localization_weight: weight of the similarity-map localisation loss (policies with an
+        ``overview`` only; see :func:`localization_loss`).
+    :param localization_temperature: multiplies the cosine similarities before the softmax.
     """
 
     rollout_noise: float = 0.3
@@ -45,6 +49,8 @@ class ImitationConfig:
     gamma: float = 0.99
     match_iou: float = 0.5
     teacher: str = "target"
+    localization_weight: float = 1.0
+    localization_temperature: float = 10.0
 
 
 def imitation_losses(
@@ -56,7 +62,7 @@ def imitation_losses(
         and the detached ``match_accuracy`` of the match head (distance < margin / 2).
     """
     steps_plus_one, n = batch.ious.shape
-    features = episode_features(policy, batch.observations)
+    features, similarity = episode_features(policy, batch.observations, return_similarity=True)
     query_emb, window_emb = policy.last_embeddings
 
     latent_pi, _ = policy.lstm_actor(features)
@@ -84,22 +90,70 @@ def imitation_losses(
         match_accuracy = (predicted == labels[1:]).float().mean()
 
     loss = bc + config.value_weight * value + config.aux_weight * aux
-    return {"loss": loss, "bc": bc, "value": value, "aux": aux, "match_accuracy": match_accuracy}
+    logs = {"bc": bc, "value": value, "aux": aux, "match_accuracy": match_accuracy}
+    if similarity is not None and batch.target_in_overview is not None and config.localization_weight > 0:
+        overview_hw = policy.observation_space["overview"].shape[1:]
+        localization, hit = localization_loss(
+            similarity, batch.target_in_overview, policy.features_extractor.map_size, overview_hw,
+            config.localization_temperature,
+        )
+        loss = loss + config.localization_weight * localization
+        logs.update(localization=localization, localization_accuracy=hit)
+    return {"loss": loss, **logs}
 
 
-def episode_features(policy: SearchLstmPolicy, observations: dict[str, np.ndarray]) -> torch.Tensor:
+def localization_loss(
+    similarity: torch.Tensor,
+    target_xy: np.ndarray,
+    map_size: tuple[int, int],
+    overview_size: tuple[int, int],
+    temperature: float = 10.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the softmax over the similarity map against the cell holding the target.
+
+    This teaches the siamese CNN features with which the query's embedding lights up where the
+    target is in the overview -- the part of "where to look" that regressing onto the teacher's
+    action learns only slowly. The target's cell is a privileged label, used only in this loss.
+
+    :param similarity: ``(B, h' * w')`` cosine similarities (one map per episode, row-major).
+    :param target_xy: ``(B, 2)`` target centres in overview pixels.
+    :param map_size: ``(h', w')`` cells of the similarity map.
+    :param overview_size: ``(H', W')`` pixels of the overview.
+    :param temperature: multiplies the similarities before the softmax.
+    :return: the loss and the (detached) fraction of episodes whose arg-max cell is the target's.
+    """
+    map_h, map_w = map_size
+    cols = np.clip((target_xy[:, 0] * map_w / overview_size[1]).astype(np.int64), 0, map_w - 1)
+    rows = np.clip((target_xy[:, 1] * map_h / overview_size[0]).astype(np.int64), 0, map_h - 1)
+    cells = torch.as_tensor(rows * map_w + cols, device=similarity.device)
+    loss = F.cross_entropy(similarity * temperature, cells)
+    with torch.no_grad():
+        hit = (similarity.argmax(dim=1) == cells).float().mean()
+    return loss, hit
+
+
+def episode_features(policy: SearchLstmPolicy, observations: dict[str, np.ndarray], return_similarity: bool = False):
     """LSTM inputs ``(T + 1, B, F)`` for whole episodes, embedding each episode's query only once.
 
-    The query is the same at every step of an episode, so embedding it once instead of
-    ``T + 1`` times saves ~40% of the CNN's forward and backward work.
+    With ``return_similarity``, also the ``(B, h' * w')`` similarity maps (``None`` without an overview).
+
+    The query (and the overview, if any) is the same at every step of an episode, so embedding
+    it once instead of ``T + 1`` times saves ~40% of the CNN's forward and backward work.
     """
     steps_plus_one, n = observations["location"].shape[:2]
     flat = {k: v.reshape(steps_plus_one * n, *v.shape[2:]) for k, v in observations.items()}
     obs_t = preprocess_obs(policy.obs_to_tensor(flat)[0], policy.observation_space, policy.normalize_images)
     extractor = policy.features_extractor
-    query_emb = extractor.cnn(obs_t["query"][:n]).repeat(steps_plus_one, 1)
+    first_query_emb = extractor.cnn(obs_t["query"][:n])
+    query_emb = first_query_emb.repeat(steps_plus_one, 1)
     window_emb = extractor.cnn(obs_t["window"])
-    return extractor.combine(query_emb, window_emb, obs_t).view(steps_plus_one, n, -1)
+    similarity = None
+    if extractor.map_size is not None:  # the overview is constant over an episode too
+        similarity = extractor.similarity_map(first_query_emb, obs_t["overview"][:n]).repeat(steps_plus_one, 1)
+    features = extractor.combine(query_emb, window_emb, obs_t, similarity).view(steps_plus_one, n, -1)
+    if return_similarity:
+        return features, None if similarity is None else similarity[:n]
+    return features
 
 
 class DAggerTrainer:

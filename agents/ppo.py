@@ -83,6 +83,9 @@ class SearchRecurrentPPO(RecurrentPPO):
     :param aux_weight: weight of the contrastive loss in the PPO loss.
     :param aux_margin: contrastive margin ``m``.
     :param match_iou: IoU above which a window counts as a match.
+    :param search_config: how the training environment showed images to the agent
+        (``max_trials``, ``scale_range``, ``letterbox``, ``max_side``), saved with the model so
+        :class:`~agents.searcher.TemplateSearcher` replays it; see :func:`search_config_of`.
     :param kwargs: everything else goes to ``RecurrentPPO``.
     """
 
@@ -95,8 +98,10 @@ class SearchRecurrentPPO(RecurrentPPO):
         aux_weight: float = 0.5,
         aux_margin: float = 1.0,
         match_iou: float = 0.5,
+        search_config: Optional[dict[str, Any]] = None,
         **kwargs: Any,
     ) -> None:
+        self.search_config = dict(search_config or {})
         self.aux_weight = float(aux_weight)
         self.aux_margin = float(aux_margin)
         self.match_iou = float(match_iou)
@@ -252,3 +257,23 @@ def load_trained_model(path: Union[str, "os.PathLike[str]"], device: str = "cpu"
     if not path.exists():
         raise FileNotFoundError(f"no agent checkpoint at {path}: train one with `python train/ppo_lstm.py`")
     return SearchRecurrentPPO.load(path, device=device)
+
+
+def search_config_of(env) -> dict[str, Any]:
+    """What :class:`~agents.searcher.TemplateSearcher` must know about a training env to replay it.
+
+    :param env: a (possibly wrapped) ``TemplateSearchEnv``.
+    :return: ``max_trials``, ``scale_range`` (or ``None``), ``letterbox``, ``max_side`` (the
+        photograph working size, or ``None``) and ``window_fraction`` (photographs: the nominal
+        window relative to the reference, see :func:`matchenv.datasets.photos.nominal_window`;
+        ``None``: the query's size) -- plain Python values, saved inside the model.
+    """
+    base = env.unwrapped
+    max_side = getattr(base.dataset, "max_side", None)
+    return {
+        "max_trials": int(base.max_trials),
+        "scale_range": None if base.scale_range is None else [float(v) for v in base.scale_range],
+        "letterbox": bool(base.letterbox),
+        "max_side": None if max_side is None else int(max_side),
+        "window_fraction": getattr(base.dataset, "window_fraction", None),
+    }

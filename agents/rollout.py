@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from agents.policy import SearchLstmPolicy
-from agents.teacher import env_search_action, env_target_action
+from agents.teacher import env_search_action, env_target_action, env_zoom_action
+
+TEACHERS = {"target": env_target_action, "search": env_search_action, "zoom": env_zoom_action}
 
 
 @dataclass
@@ -28,6 +30,9 @@ class EpisodeBatch:
     :param rewards: ``(T, B)`` rewards.
     :param window_boxes: ``(T, B, 4)`` pixel boxes of the placed windows.
     :param success: ``(B,)`` bool, final window's IoU above the env's ``iou_threshold``.
+    :param target_in_overview: ``(B, 2)`` privileged target centres ``(x, y)`` in pixels of the
+        ``overview`` observation (for the localisation loss; ``None`` unless ``with_teacher`` and
+        the envs have an overview).
     """
 
     observations: dict[str, np.ndarray]
@@ -37,6 +42,7 @@ class EpisodeBatch:
     rewards: np.ndarray
     window_boxes: np.ndarray
     success: np.ndarray
+    target_in_overview: Optional[np.ndarray] = None
 
     @property
     def final_iou(self) -> np.ndarray:
@@ -69,10 +75,12 @@ def run_episodes(
     :param noise_std: std of Gaussian noise added to the action means (0: deterministic policy).
     :param rng: generator for that noise.
     :param with_teacher: also record the privileged teacher's action at every decision.
-    :param teacher: ``"target"`` (go to the target) or ``"search"`` (visit look-alike candidates
-        left to right until the target is covered; see :func:`agents.teacher.search_target_box`).
+    :param teacher: ``"target"`` (go to the target), ``"search"`` (visit look-alike candidates
+        left to right until the target is covered; see :func:`agents.teacher.search_target_box`)
+        or ``"zoom"`` (coarse to fine: windows around the target shrinking onto it; see
+        :func:`agents.teacher.zoom_target_box`).
     """
-    teacher_fn = {"target": env_target_action, "search": env_search_action}[teacher]
+    teacher_fn = TEACHERS[teacher]
     policy.set_training_mode(False)
     n = len(envs)
     options = reset_options or [None] * n
@@ -98,6 +106,12 @@ def run_episodes(
         ious.append(np.array([r[4]["iou"] for r in results]))
         boxes.append(np.stack([r[4]["window_box"] for r in results]))
     observations = {k: np.stack([o[k] for o in obs_seq]) for k in obs_seq[0]}
+    target_in_overview = None
+    if with_teacher and envs[0].unwrapped.overview_size is not None:
+        target_in_overview = np.zeros((n, 2))
+        for i, env in enumerate(envs):
+            x0, y0, x1, y1 = env.unwrapped.privileged_info()["target_box"]
+            target_in_overview[i] = env.unwrapped.overview_point((x0 + x1) / 2, (y0 + y1) / 2)
     return EpisodeBatch(
         observations=observations,
         actions=np.stack(actions),
@@ -106,6 +120,7 @@ def run_episodes(
         rewards=np.stack(rewards),
         window_boxes=np.stack(boxes),
         success=ious[-1] > envs[0].unwrapped.iou_threshold,
+        target_in_overview=target_in_overview,
     )
 
 

@@ -42,13 +42,22 @@ class SiameseCNN(nn.Module):
         """:param images: ``(N, C, H, W)`` float in ``[0, 1]``. :return: ``(N, embedding_dim)``."""
         return self.convs(images).mean(dim=(2, 3))
 
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last conv layer before pooling: ``(N, embedding_dim, H / 8, W / 8)`` with the default strides."""
+        return self.convs(images)
+
 
 class SearchFeaturesExtractor(BaseFeaturesExtractor):
     """SB3 features extractor for ``TemplateSearch`` pixel observations.
 
     Embeds ``query`` and ``window`` with one :class:`SiameseCNN` (shared weights) and
     concatenates ``[query_emb, window_emb, location, trials_left]``:
-    ``features_dim = 2 * embedding_dim + 5``. Works with SB3's ``MultiInputPolicy``
+    ``features_dim = 2 * embedding_dim + 5``. With an ``overview`` observation (the whole
+    reference at a higher resolution) it also appends the **similarity map**: the cosine
+    similarity of the query embedding with every cell of the overview's CNN feature map,
+    flattened (``h' * w'`` more features). That map is where the query probably is: the policy
+    reads its first window off it, and its gradient teaches the CNN features that localise.
+    Works with SB3's ``MultiInputPolicy``
     (``policy_kwargs=dict(features_extractor_class=SearchFeaturesExtractor)``), whose default
     NatureCNN cannot take 28x28 images.
 
@@ -62,6 +71,12 @@ class SearchFeaturesExtractor(BaseFeaturesExtractor):
         in_channels = observation_space["query"].shape[0]
         cnn = SiameseCNN(in_channels=in_channels, **cnn_kwargs)
         extra = observation_space["location"].shape[0] + observation_space["trials_left"].shape[0]
+        self.map_size: tuple[int, int] | None = None
+        if "overview" in observation_space.spaces:
+            with torch.no_grad():
+                cells = cnn.feature_map(torch.zeros(1, *observation_space["overview"].shape)).shape[2:]
+            self.map_size = (int(cells[0]), int(cells[1]))
+            extra += self.map_size[0] * self.map_size[1]
         super().__init__(observation_space, features_dim=2 * cnn.embedding_dim + extra)
         self.cnn = cnn
 
@@ -77,11 +92,33 @@ class SearchFeaturesExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         query_emb, window_emb = self.embed(observations)
-        return self.combine(query_emb, window_emb, observations)
+        similarity = None
+        if self.map_size is not None:
+            similarity = self.similarity_map(query_emb, observations["overview"])
+        return self.combine(query_emb, window_emb, observations, similarity)
+
+    def similarity_map(self, query_emb: torch.Tensor, overview: torch.Tensor) -> torch.Tensor:
+        """``(N, h' * w')`` cosine similarity of each query embedding with its overview's feature cells.
+
+        :param query_emb: ``(N, embedding_dim)``.
+        :param overview: ``(N, C, H', W')`` float images in ``[0, 1]``.
+        """
+        cells = self.cnn.feature_map(overview)
+        return torch.nn.functional.cosine_similarity(cells, query_emb[:, :, None, None], dim=1, eps=1e-6).flatten(1)
 
     def combine(
-        self, query_emb: torch.Tensor, window_emb: torch.Tensor, observations: dict[str, torch.Tensor]
+        self,
+        query_emb: torch.Tensor,
+        window_emb: torch.Tensor,
+        observations: dict[str, torch.Tensor],
+        similarity: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Features from precomputed embeddings (lets a caller embed each episode's query once)."""
+        """Features from precomputed embeddings (lets a caller embed each episode's query and
+        overview once): ``similarity`` is :meth:`similarity_map`'s output, needed with an overview."""
         self.last_embeddings = (query_emb, window_emb)
-        return torch.cat([query_emb, window_emb, observations["location"], observations["trials_left"]], dim=1)
+        parts = [query_emb, window_emb, observations["location"], observations["trials_left"]]
+        if self.map_size is not None:
+            if similarity is None:
+                raise ValueError("this extractor has an overview: pass combine() its similarity_map")
+            parts.append(similarity)
+        return torch.cat(parts, dim=1)

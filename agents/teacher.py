@@ -93,3 +93,41 @@ def env_search_action(env) -> np.ndarray:
     info = base.privileged_info()
     box = search_target_box(info["target_box"], info["distractor_boxes"], base.window_boxes)
     return target_action(box, info["reference_size"], base.window_size, base.scale_range)
+
+
+def zoom_target_box(
+    target_box: Sequence[float], trial: int, reference_size: tuple[int, int], zoom_trials: int = 2, max_zoom: float = 3.0
+) -> np.ndarray:
+    """Where a *coarse-to-fine* teacher puts window ``trial`` (0-based): around the target, shrinking to it.
+
+    The first look at a photograph is the whole image at the query resolution (e.g. 32x32), where
+    a logo is a few pixels: too little to find it exactly, enough to find the region. So the
+    teacher first asks for a window ``max_zoom`` times the target's side centred on it, then
+    shrinks geometrically to the target itself after ``zoom_trials`` windows; every window it asks
+    for contains the target, at a resolution where the next decision can be made.
+
+    :param target_box: the target's pixel box.
+    :param trial: windows placed so far this episode.
+    :param reference_size: ``(height, width)`` of the reference (the box is clipped to it).
+    :param zoom_trials: windows spent zooming in (0: straight to the target).
+    :param max_zoom: enlargement of the first window's side.
+    :return: the pixel box the next window should cover.
+    """
+    x0, y0, x1, y1 = (float(v) for v in target_box)
+    if trial >= zoom_trials:
+        return np.array([x0, y0, x1, y1])
+    zoom = max_zoom ** (1.0 - trial / zoom_trials)
+    img_h, img_w = reference_size
+    half_w, half_h = min((x1 - x0) * zoom, img_w) / 2, min((y1 - y0) * zoom, img_h) / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    # Shift (not shrink) the enlarged box into the image, so it keeps its size and holds the target.
+    cx, cy = min(max(cx, half_w), img_w - half_w), min(max(cy, half_h), img_h - half_h)
+    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+
+
+def env_zoom_action(env) -> np.ndarray:
+    """:func:`target_action` towards :func:`zoom_target_box` for a ``TemplateSearchEnv``."""
+    base = env.unwrapped
+    info = base.privileged_info()
+    box = zoom_target_box(info["target_box"], len(base.window_boxes), info["reference_size"])
+    return target_action(box, info["reference_size"], base.window_size, base.scale_range)

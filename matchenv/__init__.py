@@ -20,17 +20,21 @@ __version__ = "0.1.0"
 
 ENTRY_POINT = "matchenv.envs.template_search:TemplateSearchEnv"
 
-#: Registered environment ids and the kwargs each one stands for.
+#: Registered environment ids whose data ships with matchenv (they work offline), and their kwargs.
 ENV_IDS: dict[str, dict] = {"TemplateSearch-v0": {"dataset": "ClutteredMNIST"}}
-ENV_IDS.update({f"TemplateSearch-{name}-v0": {"dataset": name} for name in DATASETS})
+ENV_IDS.update({f"TemplateSearch-{name}-v0": {"dataset": name} for name in ("TranslatedMNIST", "ClutteredMNIST", "MixedMNIST")})
+#: Registered ids whose data is found on disk or downloaded on first use (FlickrLogos-27: ~100 MB).
+#: Other photograph datasets need a path: ``gym.make("TemplateSearch-v0", dataset="ManifestPairs",
+#: dataset_kwargs={"path": "pairs.csv"})``.
+DOWNLOAD_ENV_IDS: dict[str, dict] = {"TemplateSearch-FlickrLogos27-v0": {"dataset": "FlickrLogos27"}}
 
 
 def _register_envs() -> None:
-    for env_id, kwargs in ENV_IDS.items():
+    for env_id, kwargs in {**ENV_IDS, **DOWNLOAD_ENV_IDS}.items():
         if env_id not in registry:  # importing twice (e.g. reload) must not warn about re-registration
             register(id=env_id, entry_point=ENTRY_POINT, kwargs=kwargs)
 
 
 _register_envs()
 
-__all__ = ["DATASETS", "ENV_IDS", "TemplateSearchEnv", "__version__", "make_dataset"]
+__all__ = ["DATASETS", "DOWNLOAD_ENV_IDS", "ENV_IDS", "TemplateSearchEnv", "__version__", "make_dataset"]

@@ -140,3 +140,36 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if resized.ndim == 2 and image.ndim == 3:  # cv2 drops a singleton channel axis
         resized = resized[:, :, None]
     return resized
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], fill: int = 0) -> np.ndarray:
+    """Resize ``image`` to fit inside ``size = (height, width)`` keeping its aspect, centred and padded.
+
+    This is how a logo query is shown to the agent (the paper's protocol): the crop keeps its shape
+    and the rest of the square is ``fill``. Windows of a letterboxing dataset are shown the same
+    way, so query and window are comparable pixel for pixel.
+
+    :param image: ``(H, W)`` or ``(H, W, C)`` uint8 image.
+    :return: ``(height, width)`` or ``(height, width, C)`` uint8 array (a new array).
+    """
+    out_h, out_w = size
+    h, w = image.shape[:2]
+    factor = min(out_h / h, out_w / w)
+    new_h = min(max(int(round(h * factor)), 1), out_h)
+    new_w = min(max(int(round(w * factor)), 1), out_w)
+    resized = resize_image(image, (new_h, new_w))
+    out = np.full((out_h, out_w) + image.shape[2:], fill, dtype=image.dtype)
+    y0, x0 = (out_h - new_h) // 2, (out_w - new_w) // 2
+    out[y0 : y0 + new_h, x0 : x0 + new_w] = resized
+    return out
+
+
+def crop_letterboxed(image: np.ndarray, box: BoxLike, out_size: tuple[int, int], fill: int = 0) -> np.ndarray:
+    """:func:`crop_window`, but the crop keeps its aspect ratio (see :func:`letterbox`)."""
+    h_img, w_img = image.shape[:2]
+    x0, y0, x1, y1 = (int(round(v)) for v in as_boxes(box))
+    x0, x1 = max(x0, 0), min(x1, w_img)
+    y0, y1 = max(y0, 0), min(y1, h_img)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"window {tuple(np.round(as_boxes(box), 2))} has no pixels inside the {w_img}x{h_img} image")
+    return letterbox(image[y0:y1, x0:x1], out_size, fill)

@@ -25,7 +25,7 @@ Which parts are batched:
   ``window_action.apply`` per environment);
 - the crop: one gather from the stacked references when all references have the same shape and
   the window is the observation size (fixed-scale windows on MNIST); otherwise
-  :func:`~matchenv.geometry.crop_window` per environment (which resizes);
+  the environment's own ``window_image`` per environment (which resizes, or letterboxes photographs);
 - IoU, reward, ``location``, ``trials_left`` and the dones.
 
 ``obs_mode="features"`` encodes each window with the environment's encoder one at a time (so
@@ -45,7 +45,6 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 
 from matchenv.envs.actions import AbsoluteAction, RelativeAction
 from matchenv.envs.template_search import TemplateSearchEnv
-from matchenv.geometry import crop_window
 
 #: Key order of a single environment's observation, hence of ``info["terminal_observation"]``.
 OBS_KEYS = ("query", "window", "location", "trials_left")
@@ -86,6 +85,7 @@ class TemplateSearchVecEnv(VecEnv):
         super().__init__(len(self.envs), env.observation_space, env.action_space)
         self.metadata = env.metadata
         self._keys = list(self.observation_space.spaces)  # DummyVecEnv's key order: the space's (sorted)
+        self._env_keys = [key for key in OBS_KEYS + ("overview",) if key in self._keys]  # a single env's order
         self._actions: Optional[np.ndarray] = None
         self._stale: set[int] = set(range(self.num_envs))  # envs whose state the batch must (re)load
         n = self.num_envs
@@ -99,6 +99,10 @@ class TemplateSearchVecEnv(VecEnv):
         self._target_area = np.zeros(n)
         self._has_pair = np.zeros(n, dtype=bool)
         self._query = np.zeros((n, *env.observation_space["query"].shape), dtype=env.observation_space["query"].dtype)
+        self._overview = None
+        if "overview" in env.observation_space.spaces:
+            space = env.observation_space["overview"]
+            self._overview = np.zeros((n, *space.shape), dtype=space.dtype)
         self._refs: list[Optional[np.ndarray]] = [None] * n
         self._ref_stack: Optional[np.ndarray] = None  # (N, H, W, C) when every reference has one shape
         self._in_stack = np.zeros(n, dtype=bool)
@@ -160,6 +164,8 @@ class TemplateSearchVecEnv(VecEnv):
             "location": np.concatenate([(p0 + p1) / (2 * self._img), (p1 - p0) / self._img], axis=1).astype(np.float32),
             "trials_left": ((self._max_trials - trial) / self._max_trials).astype(np.float32)[:, None],
         }
+        if self._overview is not None:
+            parts["overview"] = self._overview.copy()
         obs = {key: parts[key] for key in self._keys}
 
         info_boxes = boxes.copy()  # the infos and the envs' window lists must not share arrays
@@ -188,7 +194,7 @@ class TemplateSearchVecEnv(VecEnv):
 
         if any(done_list):
             for i in np.flatnonzero(terminated).tolist():  # SB3 autoreset, as in DummyVecEnv
-                infos[i]["terminal_observation"] = {key: obs[key][i].copy() for key in OBS_KEYS}
+                infos[i]["terminal_observation"] = {key: obs[key][i].copy() for key in self._env_keys}
                 env_obs, self.reset_infos[i] = self.envs[i].reset()
                 self._load(i)
                 self._write_obs(obs, i, env_obs)
@@ -266,11 +272,14 @@ class TemplateSearchVecEnv(VecEnv):
             self._target[i] = pair.target_box
             t = self._target[i]
             self._target_area[i] = max(t[2] - t[0], 0.0) * max(t[3] - t[1], 0.0)
+            self._win[i] = env.window_size[1], env.window_size[0]  # photograph pairs carry their own
             self._center[i] = env._center
             self._scale[i] = env._scale
             self._trial[i] = env._trial
             self._last_iou[i] = env._last_iou
             self._query[i] = env._query_obs
+            if self._overview is not None:
+                self._overview[i] = env._overview_obs
             self._stack_reference(i, ref)
 
     def _stack_reference(self, i: int, ref: np.ndarray) -> None:
@@ -360,8 +369,8 @@ class TemplateSearchVecEnv(VecEnv):
         if idx.size:
             out[idx] = self._gather(idx, p0[idx])
         for i in np.flatnonzero(~fast).tolist():  # other sizes: crop and resize, one env at a time
-            window = crop_window(self._refs[i], boxes[i], self._query_size)
-            out[i] = self.envs[i]._to_obs_image(window)
+            env = self.envs[i]
+            out[i] = env._to_obs_image(env.window_image(boxes[i]))
         return out
 
     def _gather(self, idx: np.ndarray, p0: np.ndarray) -> np.ndarray:

@@ -497,6 +497,18 @@ def test_locate_depends_on_the_images(searcher):
     assert any(not np.array_equal(paths[0], p) for p in paths[1:])
 
 
+@pytest.mark.parametrize("env_id", [ENV_ID, "TemplateSearch-ClutteredMNIST-v0"])
+def test_searcher_replays_the_environment_exactly(untrained_policy, env_id):
+    """locate() must show the policy what the env showed it in training, window for window."""
+    envs = [gym.make(env_id, split="test").unwrapped for _ in range(4)]
+    batch = run_episodes(untrained_policy, envs, [{"pair_index": i} for i in range(4)])
+    searcher = TemplateSearcher(untrained_policy)
+    for i, env in enumerate(envs):
+        pair = env.dataset.test_pair(i)
+        np.testing.assert_allclose(searcher.locate(pair.query, pair.reference).path, batch.window_boxes[:, i], atol=1e-6)
+    assert len({tuple(batch.window_boxes[-1, i]) for i in range(4)}) > 1  # not a constant answer
+
+
 def test_locate_batch_equals_locate_per_pair(searcher):
     pairs = [images(1), images(2, (20, 24), (50, 90)), images(3, (28, 28), (100, 100))]
     batch = searcher.locate_batch([q for q, _ in pairs], [r for _, r in pairs])
@@ -520,8 +532,12 @@ def test_locate_converts_colour_to_grey_for_a_one_channel_policy(searcher):
 
     rng = np.random.default_rng(5)
     query, reference = rng.integers(0, 256, (28, 28, 3), np.uint8), rng.integers(0, 256, (60, 60, 3), np.uint8)
-    grey = lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)  # noqa: E731
+    grey = lambda img: cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)  # noqa: E731
     assert_same_result(searcher.locate(query, reference), searcher.locate(grey(query), grey(reference)))
+    # channel_order="bgr" (cv2.imread's order) converts with the BGR weights instead
+    bgr_searcher = TemplateSearcher(searcher.policy, channel_order="bgr")
+    bgr_grey = lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)  # noqa: E731
+    assert_same_result(bgr_searcher.locate(query, reference), searcher.locate(bgr_grey(query), bgr_grey(reference)))
 
 
 def test_locate_query_larger_than_reference(searcher):

@@ -70,3 +70,23 @@ def test_ablation_reads_imitation_only_at_the_end_of_the_imitation_stage(tmp_pat
     assert (both["recipe"], both["success_rate"], both["steps"], both["minutes"]) == ("imitation + RL", 0.9, 600, 3.0)
     missing = ablation.rows_for("Env-v0", tmp_path / "absent", "rl-only_contrastive")
     assert "no result" in ablation.markdown(missing)
+
+
+def test_matcher_benchmark_runs_photograph_pairs_with_templates_and_a_scale_grid():
+    bench = load_script("benchmark_matchers")
+    fixture = Path(__file__).resolve().parent / "fixtures" / "bbs_pairs"
+    job = dict(method="ncc-multiscale", dataset="TemplateTargetPairs", pairs=100, warmup=0,
+               dataset_kwargs={"path": str(fixture)}, features_checkpoint=None, max_seconds_total=60.0)
+    result = bench.run_method(job)
+    from matchenv.datasets import make_dataset
+
+    assert result["pairs"] == make_dataset("TemplateTargetPairs", path=str(fixture)).test_size  # all of them
+    assert result["method"] == "ncc-multiscale" and result["evaluated"] > 0
+
+
+def test_scale_grid_is_geometric_and_contains_one():
+    bench = load_script("benchmark_matchers")
+    grid = bench.scale_grid((0.25, 3.0))
+    assert grid[0] == pytest.approx(0.25) and 1.0 in grid and grid[-1] <= 3.0
+    ratios = [b / a for a, b in zip(grid, grid[1:])]
+    assert all(r == pytest.approx(2 ** 0.25, rel=1e-3) for r in ratios)

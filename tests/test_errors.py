@@ -201,4 +201,12 @@ def test_pair_index_out_of_range_raises_index_error():
 
 def test_every_registered_id_is_listed_in_env_ids():
     registered = {env_id for env_id in gym.registry if env_id.startswith("TemplateSearch")}
-    assert registered == set(matchenv.ENV_IDS)
+    assert registered == set(matchenv.ENV_IDS) | set(matchenv.DOWNLOAD_ENV_IDS)
+    assert not set(matchenv.ENV_IDS) & set(matchenv.DOWNLOAD_ENV_IDS)
+
+
+def test_flickrlogos27_id_without_the_data_offline_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("MATCHENV_FLICKRLOGOS27", raising=False)
+    monkeypatch.setenv("MATCHENV_CACHE", str(tmp_path))  # an empty cache; conftest sets MATCHENV_OFFLINE=1
+    with pytest.raises(FileNotFoundError, match="MATCHENV_FLICKRLOGOS27"):
+        gym.make("TemplateSearch-FlickrLogos27-v0")

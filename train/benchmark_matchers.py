@@ -43,6 +43,9 @@ PUBLISHED = {
     "TranslatedMNIST": {"prototype agent": (0.95, 1), "MTM": (0.68, 2), "BBS": (0.70, 132)},
     "ClutteredMNIST": {"prototype agent": (0.91, 3), "MTM": (0.20, 3), "BBS": (0.11, 141)},
     "MixedMNIST": {"prototype agent": (0.88, 4), "MTM": (0.15, 5), "BBS": (0.08, 148)},
+    "FlickrLogos32": {"prototype agent": (0.39, 6), "MTM": (0.28, 230), "BBS": (0.36, 2400)},
+    # The prototype was measured on FlickrLogos-32 (on request only); FL-27 is the public stand-in.
+    "FlickrLogos27": {"prototype agent (FL-32)": (0.39, 6), "MTM (FL-32)": (0.28, 230), "BBS (FL-32)": (0.36, 2400)},
 }
 CLASSIC_METHODS = ["ncc", "ssd", "mtm", "bbs", "ddis"]
 FEATURE_METHODS = ["qatm", "embedding-exhaustive"]
@@ -60,15 +63,29 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, 1 thread per method, Python {platform.python_version()}"
 
 
-def make_method(name: str, features_checkpoint: Optional[str]):
-    """Build a matcher (or an agent wrapped as one) inside the worker process."""
+def make_method(name: str, features_checkpoint: Optional[str], scale_range: Optional[tuple[float, float]] = None):
+    """Build a matcher (or an agent wrapped as one) inside the worker process.
+
+    :param scale_range: the dataset's window scale range; multi-scale matchers search a geometric
+        grid over it (photographs), else their default grid (Noisy MNIST).
+    """
     from agents.baselines import make_matcher
 
     if name.startswith("agent:"):
         return AgentMatcher(name.split(":", 1)[1])
     if name in FEATURE_METHODS:
         return make_matcher(name, checkpoint=features_checkpoint)
+    if name == "ncc-multiscale" and scale_range is not None:
+        return make_matcher(name, scales=scale_grid(scale_range))
     return make_matcher(name)
+
+
+def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tuple[float, ...]:
+    """Factors from ``scale_range[0]`` to ``scale_range[1]`` in geometric steps of ``step``, through 1."""
+    lo, hi = scale_range
+    down = [step ** -k for k in range(1, 64) if step ** -k >= lo - 1e-9]
+    up = [step ** k for k in range(1, 64) if step ** k <= hi + 1e-9]
+    return tuple(round(v, 4) for v in sorted(down) + [1.0] + up)
 
 
 class AgentMatcher:
@@ -77,8 +94,12 @@ class AgentMatcher:
     def __init__(self, checkpoint: str) -> None:
         from agents.searcher import TemplateSearcher
 
-        self.searcher = TemplateSearcher.load(checkpoint)
-        self.name = "agent"
+        if checkpoint.startswith("pretrained:"):  # an agent shipped with matchenv
+            self.searcher = TemplateSearcher.from_pretrained(checkpoint.split(":", 1)[1])
+        else:
+            self.searcher = TemplateSearcher.load(checkpoint)
+        # Name agents apart in the table: "agent (pretrained:photo)", "agent (fl27-zoom/best.zip)".
+        self.name = f"agent ({checkpoint if checkpoint.startswith('pretrained:') else '/'.join(Path(checkpoint).parts[-2:])})"
         self.features = f"trained agent: {checkpoint}"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
@@ -88,11 +109,17 @@ class AgentMatcher:
         return MatchResult(box=result.box, score=result.score, evaluated=len(result.path))
 
 
-def make_pairs(dataset: str, n: int, dataset_kwargs: dict) -> list:
-    from matchenv.datasets import make_dataset
+def make_pairs(dataset: str, n: int, dataset_kwargs: dict):
+    """The first ``n`` pairs of the dataset's fixed test split (all of them if it has fewer), and the dataset."""
+    import inspect
 
-    data = make_dataset(dataset, test_size=max(n, 1), **dataset_kwargs)
-    return [data.test_pair(i) for i in range(n)]
+    from matchenv.datasets import DATASETS, make_dataset
+
+    kwargs = dict(dataset_kwargs)
+    if "test_size" in inspect.signature(DATASETS[dataset]).parameters:  # generated datasets: as many as asked
+        kwargs.setdefault("test_size", max(n, 1))
+    data = make_dataset(dataset, **kwargs)
+    return [data.test_pair(i) for i in range(min(n, data.test_size))], data
 
 
 def run_method(job: dict[str, Any]) -> dict[str, Any]:
@@ -104,15 +131,16 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    pairs = make_pairs(job["dataset"], job["pairs"], job["dataset_kwargs"])
-    method = make_method(job["method"], job["features_checkpoint"])
+    pairs, data = make_pairs(job["dataset"], job["pairs"], job["dataset_kwargs"])
+    method = make_method(job["method"], job["features_checkpoint"], data.scale_range)
+    # Photograph pairs: every method gets the template at its natural size (agents letterbox it).
     for pair in pairs[: job["warmup"]]:
-        method.locate(pair.query, pair.reference)
+        method.locate(pair.matcher_query, pair.reference)
     times, ious, evaluated = [], [], []
     deadline = time.perf_counter() + job["max_seconds_total"]
     for pair in pairs:
         start = time.perf_counter()
-        result = method.locate(pair.query, pair.reference)
+        result = method.locate(pair.matcher_query, pair.reference)
         times.append(time.perf_counter() - start)
         ious.append(iou(result.box, pair.target_box))
         evaluated.append(result.evaluated)
@@ -196,12 +224,14 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="ClutteredMNIST")
+    parser.add_argument("--dataset", default="ClutteredMNIST", help="a name from matchenv.datasets.DATASETS")
+    parser.add_argument("--dataset-kwargs", default="{}", help='JSON keyword arguments, e.g. \'{"root": "data/fl27"}\'')
     parser.add_argument("--pairs", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--methods", default=",".join(CLASSIC_METHODS + FEATURE_METHODS),
                         help="comma-separated matcher names (see agents.baselines.MATCHERS)")
-    parser.add_argument("--agent", action="append", default=[], help="trained checkpoint to include (repeatable)")
+    parser.add_argument("--agent", action="append", default=[],
+                        help="trained checkpoint, or pretrained:<name>, to include (repeatable)")
     parser.add_argument("--features-checkpoint", default=None, help="agent checkpoint whose CNN QATM/embedding use")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time budget per method (and size)")
     parser.add_argument("--scaling", action="store_true", help="run the cost-versus-reference-size benchmark")
@@ -220,6 +250,10 @@ def main() -> None:
         (out / "results.md").write_text(f"{saved['dataset']}; {saved['machine']}\n\n{accuracy_table(saved['results'], saved['dataset'])}\n")
         return
     features_checkpoint = args.features_checkpoint or (args.agent[0] if args.agent else None)
+    if features_checkpoint and features_checkpoint.startswith("pretrained:"):
+        from agents.pretrained import pretrained_path
+
+        features_checkpoint = str(pretrained_path(features_checkpoint.split(":", 1)[1]))
     methods = [m for m in args.methods.split(",") if m]
     if features_checkpoint is None:
         skipped = [m for m in methods if m in FEATURE_METHODS]
@@ -233,7 +267,8 @@ def main() -> None:
     if not args.scaling:
         results = []
         for method in methods:
-            job = dict(method=method, dataset=args.dataset, pairs=args.pairs, warmup=args.warmup, dataset_kwargs={},
+            job = dict(method=method, dataset=args.dataset, pairs=args.pairs, warmup=args.warmup,
+                       dataset_kwargs=json.loads(args.dataset_kwargs),
                        features_checkpoint=features_checkpoint, max_seconds_total=args.max_seconds)
             result = in_own_process(job)
             print(f"{result['method']}: success {result['success_rate']:.3f}, {result['median_ms']:.2f} ms/query "

@@ -6,6 +6,8 @@
     python train/ppo_lstm.py --no-ppo                          # imitation only
     python train/ppo_lstm.py --aux-weight 0                    # without the contrastive head
     python train/ppo_lstm.py --resume runs/<run>/last.zip      # continue an interrupted run
+    python train/ppo_lstm.py --dataset FlickrLogos27           # any dataset by name (photographs: colour, scale)
+    python train/ppo_lstm.py --dataset SelfSupervisedPhotos --dataset-kwargs '{"images": "my_photos/"}'
 
 Stage 1 (imitation, DAgger): the policy plays noisy episodes; a privileged teacher, which reads
 the target box from the environment, labels every decision with the window it should have
@@ -44,7 +46,7 @@ from tqdm import tqdm
 
 import matchenv
 from agents.imitation import DAggerTrainer, ImitationConfig
-from agents.ppo import SearchRecurrentPPO
+from agents.ppo import SearchRecurrentPPO, search_config_of
 from agents.rollout import EpisodeBatch, run_episodes
 from matchenv.rendering import frame_strip, render_search, save_frames
 from matchenv.vector import make_vec_env
@@ -55,6 +57,10 @@ class Args:
     """Every hyperparameter of a run, in one place (each is also a command-line flag)."""
 
     env_id: str = "TemplateSearch-v0"  # a registered TemplateSearch id (one per dataset)
+    dataset: str = ""  # instead of --env-id: a dataset name from matchenv.datasets.DATASETS
+    dataset_kwargs: str = "{}"  # JSON keyword arguments for --dataset, e.g. '{"root": "data/fl27"}'
+    max_trials: int = 6  # windows per episode
+    overview_size: int = 0  # >0: also observe the whole reference at this side (the similarity-map first look)
     seed: int = 0  # seeds the networks, the training episodes and the exploration noise
     out_dir: str = ""  # default: runs/<env_id>-seed<seed>
     device: str = "auto"  # "auto" uses a GPU when torch sees one
@@ -62,6 +68,7 @@ class Args:
     reward_mode: str = "sparse"  # the paper's reward; "dense" = IoU improvement per step
     # model
     lstm_hidden_size: int = 128
+    cnn_channels: str = "8,16,32,32,32"  # output channels of the siamese CNN's five conv layers
     aux_weight: float = 0.5  # contrastive match loss weight (0: no contrastive head)
     aux_margin: float = 1.0
     # stage 1: imitation (DAgger from the privileged teacher)
@@ -69,9 +76,11 @@ class Args:
     imitation_steps: int = 400_000  # environment steps (windows placed)
     imitation_envs: int = 64  # episodes per DAgger batch
     imitation_lr: float = 1e-3
+    imitation_lr_final: float = 1.0  # the lr at the end of imitation, as a fraction of --imitation-lr (linear decay)
     rollout_noise: float = 0.3  # std of the noise on the policy's actions while collecting
     imitation_epochs: int = 1  # gradient steps per collected batch
-    teacher: str = "auto"  # "target", "search" (visit look-alikes), "auto": search where the data has distractors
+    localization_weight: float = 1.0  # similarity-map localisation loss (with --overview-size only)
+    teacher: str = "auto"  # "target", "search" (visit look-alikes), "zoom" (coarse to fine), "auto": see teacher_for
     # stage 2: PPO
     ppo: bool = True  # stage 2 on/off
     ppo_timesteps: int = 200_000
@@ -93,7 +102,15 @@ class Args:
     resume: str = ""  # a last.zip to continue from (its state.json says how far the run got)
 
 
-CHOICES = {"reward_mode": ["sparse", "dense"], "teacher": ["auto", "target", "search"]}
+CHOICES = {"reward_mode": ["sparse", "dense"], "teacher": ["auto", "target", "search", "zoom"]}
+
+
+def teacher_for(dataset) -> str:
+    """The ``--teacher auto`` choice: search among look-alikes where the data has them, zoom in on
+    scale-aware datasets (photographs, where the first look is too coarse), else go to the target."""
+    if dataset.has_distractors:
+        return "search"
+    return "zoom" if dataset.scale_range is not None and getattr(dataset, "letterbox", False) else "target"
 
 
 def field_comments() -> dict[str, str]:
@@ -118,8 +135,22 @@ def parse_args() -> Args:
             parser.add_argument(flag, type=type(field.default), default=field.default, help=help_text,
                                 choices=CHOICES.get(field.name))
     args = Args(**vars(parser.parse_args()))
-    if args.env_id not in matchenv.ENV_IDS:
-        parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(matchenv.ENV_IDS)}")
+    env_ids = {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}
+    if args.env_id not in env_ids:
+        parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(env_ids)}")
+    if args.dataset and args.dataset not in matchenv.DATASETS:
+        parser.error(f"unknown --dataset {args.dataset!r}; valid names: {', '.join(sorted(matchenv.DATASETS))}")
+    try:
+        if not isinstance(json.loads(args.dataset_kwargs), dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        parser.error(f"--dataset-kwargs must be a JSON object like '{{\"root\": \"data\"}}': {err}")
+    try:
+        channels = [int(c) for c in args.cnn_channels.split(",")]
+        if len(channels) != 5 or min(channels) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--cnn-channels must be five positive integers like 8,16,32,32,32, got {args.cnn_channels!r}")
     if not (args.imitation or args.ppo):
         parser.error("--no-imitation and --no-ppo together leave nothing to train")
     return args
@@ -132,6 +163,9 @@ class TestSplitEvaluator:
     """Deterministic policy on test pairs ``0..n-1`` (the same pairs for every run and seed)."""
 
     def __init__(self, env_id: str, n_pairs: int, env_kwargs: dict, batch: int = 100) -> None:
+        dataset = env_kwargs.get("dataset")
+        if dataset is not None and not isinstance(dataset, str):
+            n_pairs = min(n_pairs, dataset.test_size)  # small real test sets (e.g. FlickrLogos-27)
         self.n_pairs = n_pairs
         self.envs = [gym.make(env_id, split="test", **env_kwargs).unwrapped for _ in range(min(batch, n_pairs))]
 
@@ -153,7 +187,7 @@ class TestSplitEvaluator:
         for i, env in enumerate(envs):
             pair = env.dataset.test_pair(i)
             verdict = "found" if batch.success[i] else "missed"
-            frames.append(render_search(pair.reference, pair.query, batch.window_boxes[:, i], pair.target_box,
+            frames.append(render_search(pair.reference, pair.matcher_query, batch.window_boxes[:, i], pair.target_box,
                                         title=f"test pair {i}: {verdict} (IoU {batch.final_iou[i]:.2f})"))
         return save_frames([frame_strip(frames)], path)
 
@@ -260,10 +294,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     set_random_seed(args.seed)
-    out_dir = Path(args.out_dir or f"runs/{args.env_id}-seed{args.seed}")
+    out_dir = Path(args.out_dir or f"runs/{args.dataset or args.env_id}-seed{args.seed}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
-    env_kwargs = {"reward_mode": args.reward_mode}
+    env_kwargs = {"reward_mode": args.reward_mode, "max_trials": args.max_trials}
+    if args.overview_size:
+        env_kwargs["overview_size"] = (args.overview_size, args.overview_size)
+    if args.dataset:
+        # One dataset object shared by every env: photograph datasets cache decoded images.
+        env_kwargs["dataset"] = matchenv.make_dataset(args.dataset, **json.loads(args.dataset_kwargs))
+    run_name = args.dataset or args.env_id
 
     # --- the model: one SearchRecurrentPPO object holds the policy through both stages ----------
     ppo_env = make_vec_env(args.env_id, num_envs=args.n_envs, seed=args.seed, **env_kwargs)
@@ -271,6 +311,7 @@ def main() -> None:
         n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs, learning_rate=args.learning_rate,
         gamma=args.gamma, gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef,
         aux_weight=args.aux_weight, aux_margin=args.aux_margin, device=args.device, seed=args.seed,
+        search_config=search_config_of(gym.make(args.env_id, **env_kwargs)),
     )
     if args.resume:
         model = SearchRecurrentPPO.load(args.resume, env=ppo_env, **ppo_kwargs)
@@ -278,15 +319,20 @@ def main() -> None:
         print(f"resumed from {args.resume}: {state.imitation_steps_done} imitation steps, {model.num_timesteps} PPO steps")
     else:
         model = SearchRecurrentPPO(
-            "SearchLstmPolicy", ppo_env, policy_kwargs=dict(lstm_hidden_size=args.lstm_hidden_size), **ppo_kwargs
+            "SearchLstmPolicy", ppo_env, **ppo_kwargs,
+            policy_kwargs=dict(
+                lstm_hidden_size=args.lstm_hidden_size,
+                features_extractor_kwargs=dict(channels=tuple(int(c) for c in args.cnn_channels.split(","))),
+            ),
         )
         state = RunState()
     logger = configure(str(out_dir / "tb"), ["tensorboard", "csv"])
     model.set_logger(logger)
     checkpointer = Checkpointer(out_dir)
     evaluator = TestSplitEvaluator(args.env_id, args.eval_pairs, env_kwargs)
-    data_source = evaluator.envs[0].dataset.source
-    print(f"{args.env_id}: MNIST from {data_source}; outputs in {out_dir}")
+    dataset = evaluator.envs[0].dataset
+    data_source = str(getattr(dataset, "source", "") or getattr(dataset, "root", "") or dataset.name)
+    print(f"{run_name}: data from {data_source}; {evaluator.n_pairs} test pairs; outputs in {out_dir}")
 
     total = (args.imitation_steps if args.imitation else 0) + (args.ppo_timesteps if args.ppo else 0)
     bar = tqdm(total=total, unit="step", dynamic_ncols=True, desc="train")
@@ -302,14 +348,18 @@ def main() -> None:
                 group["lr"] = args.imitation_lr
             teacher = args.teacher
             if teacher == "auto":
-                teacher = "search" if envs[0].dataset.has_distractors else "target"
+                teacher = teacher_for(envs[0].dataset)
             config = ImitationConfig(rollout_noise=args.rollout_noise, epochs=args.imitation_epochs,
-                                     aux_weight=args.aux_weight, margin=args.aux_margin, gamma=args.gamma, teacher=teacher)
+                                     aux_weight=args.aux_weight, margin=args.aux_margin, gamma=args.gamma, teacher=teacher,
+                                     localization_weight=args.localization_weight)
             trainer = DAggerTrainer(model.policy, envs, config, seed=args.seed + state.imitation_steps_done)
             start, next_eval, next_ckpt = time.time(), args.eval_every, args.checkpoint_every
             done_at_start = state.imitation_steps_done
             successes: list[float] = []
             while state.imitation_steps_done < args.imitation_steps:
+                progress = state.imitation_steps_done / args.imitation_steps
+                for group in model.policy.optimizer.param_groups:  # a decay steadies the last checkpoints
+                    group["lr"] = args.imitation_lr * (1.0 - (1.0 - args.imitation_lr_final) * progress)
                 batch, losses = trainer.iteration()
                 steps = batch.actions.shape[0] * batch.actions.shape[1]
                 state.imitation_steps_done += steps
@@ -363,8 +413,9 @@ def main() -> None:
     paths_png = evaluator.render_paths(model.policy, args.render_pairs, out_dir / "search_paths.png")
     summary = {
         "env_id": args.env_id,
+        "dataset": args.dataset or None,
         "data_source": data_source,
-        "test_pairs": args.eval_pairs,
+        "test_pairs": evaluator.n_pairs,
         "final": final,
         "best_success_rate": state.best_success,
         "minutes": {"imitation": round(state.minutes_imitation, 2), "ppo": round(state.minutes_ppo, 2)},
@@ -374,7 +425,7 @@ def main() -> None:
         "args": dataclasses.asdict(args),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"final test success {final['success_rate']:.3f} (mean IoU {final['mean_iou']:.2f}) on {args.eval_pairs} pairs; "
+    print(f"final test success {final['success_rate']:.3f} (mean IoU {final['mean_iou']:.2f}) on {evaluator.n_pairs} pairs; "
           f"imitation {state.minutes_imitation:.1f} min, PPO {state.minutes_ppo:.1f} min")
     print(f"model: {out_dir / 'last.zip'} (best: {out_dir / 'best.zip'}); search paths: {paths_png}")
 

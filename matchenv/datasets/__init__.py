@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from matchenv.datasets.appearance import AppearanceChange
 from matchenv.datasets.base import PairDataset, PairListDataset, SearchPair
+from matchenv.datasets.logos import FlickrLogos27, FlickrLogos32
 from matchenv.datasets.noisy_mnist import ClutteredMNIST, MixedMNIST, NoisyMNIST, TranslatedMNIST
+from matchenv.datasets.pair_files import ManifestPairs, TemplateTargetPairs
+from matchenv.datasets.self_supervised import SelfSupervisedPhotos
 
 DATASETS: dict[str, type[PairDataset]] = {
     "TranslatedMNIST": TranslatedMNIST,
     "ClutteredMNIST": ClutteredMNIST,
     "MixedMNIST": MixedMNIST,
+    "SelfSupervisedPhotos": SelfSupervisedPhotos,
+    "FlickrLogos27": FlickrLogos27,
+    "FlickrLogos32": FlickrLogos32,
+    "TemplateTargetPairs": TemplateTargetPairs,
+    "ManifestPairs": ManifestPairs,
 }
 
 
@@ -34,13 +43,19 @@ def make_dataset(name: str, **kwargs: Any) -> PairDataset:
 
 
 __all__ = [
+    "AppearanceChange",
     "DATASETS",
     "ClutteredMNIST",
+    "FlickrLogos27",
+    "FlickrLogos32",
+    "ManifestPairs",
     "MixedMNIST",
     "NoisyMNIST",
     "PairDataset",
     "PairListDataset",
     "SearchPair",
+    "SelfSupervisedPhotos",
+    "TemplateTargetPairs",
     "TranslatedMNIST",
     "make_dataset",
 ]

@@ -22,7 +22,14 @@ class SearchPair:
         the match (e.g. the other digits of Mixed MNIST); ``K = 0`` where a dataset has none.
         Privileged: for teachers and analysis only, never for a policy's input.
     :param label: class of the target (digit, brand), or ``None``.
-    :param meta: provenance (source indices, split, ...), for tests and debugging.
+    :param meta: provenance (source indices, split, ...), for tests and debugging. Photograph
+        datasets add ``working_scale`` and ``original_size`` (see :mod:`matchenv.datasets.photos`).
+    :param template: the query at its natural size and aspect, ``(h, w, C)`` uint8 in reference-scale
+        pixels, or ``None`` when ``query`` is already that (Noisy MNIST). Exhaustive matchers slide
+        this; the agent sees ``query``.
+    :param window_size: this pair's nominal window ``(height, width)`` in reference pixels (the
+        template's size), or ``None`` for the dataset's :attr:`PairDataset.window_size`. It must be
+        derived from the query alone, never from the target.
     """
 
     query: np.ndarray
@@ -31,6 +38,13 @@ class SearchPair:
     distractor_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     label: Optional[int] = None
     meta: dict[str, Any] = field(default_factory=dict)
+    template: Optional[np.ndarray] = None
+    window_size: Optional[tuple[float, float]] = None
+
+    @property
+    def matcher_query(self) -> np.ndarray:
+        """What an exhaustive matcher slides over the reference: the template, else the query."""
+        return self.query if self.template is None else self.template
 
 
 class PairDataset(abc.ABC):
@@ -56,6 +70,9 @@ class PairDataset(abc.ABC):
     #: Whether pairs come with look-alike distractor boxes (``SearchPair.distractor_boxes``), so
     #: that a teacher should demonstrate *search* rather than go straight to the target.
     has_distractors: bool = False
+    #: Whether query and windows are shown letterboxed (aspect kept, padded) instead of stretched
+    #: to ``query_size`` (photographs: see :mod:`matchenv.datasets.photos`).
+    letterbox: bool = False
 
     @property
     def name(self) -> str:

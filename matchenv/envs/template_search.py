@@ -12,7 +12,7 @@ from matchenv.datasets import PairDataset, SearchPair, make_dataset
 from matchenv.datasets.base import check_split
 from matchenv.encoders import as_encoder
 from matchenv.envs.actions import make_window_action
-from matchenv.geometry import crop_window, iou, place_window, resize_image
+from matchenv.geometry import crop_letterboxed, crop_window, iou, letterbox, place_window, resize_image
 
 REWARD_MODES = ("sparse", "dense")
 OBS_MODES = ("pixels", "features")
@@ -54,6 +54,10 @@ class TemplateSearchEnv(gym.Env):
       and size divided by the reference width and height (the whole image is
       ``(0.5, 0.5, 1, 1)``, which is what reset shows).
     - ``trials_left``: ``Box(0, 1, (1,), float32)``, windows still to place divided by ``max_trials``.
+    - ``overview`` (only with ``overview_size=(H', W')``): ``Box(0, 255, (C, H', W'), uint8)``, the
+      whole reference at a larger resolution than the windows, the same at every step: a
+      sharper first look for references where a ``(h, w)`` thumbnail is too coarse to tell where
+      the query is (photographs, look-alike digits).
 
     With ``obs_mode="features"`` a frozen ``encoder`` (any callable ``(N, C, h, w) uint8 ->
     (N, D)``, a ``torch.nn.Module`` or ``"pixels"``) replaces ``query`` and ``window`` by
@@ -104,6 +108,7 @@ class TemplateSearchEnv(gym.Env):
     :param encoder: the frozen encoder for ``obs_mode="features"``.
     :param query_size: ``(h, w)`` observation resolution; the dataset's ``query_size`` by default.
     :param scale_range: ``(min, max)`` window scale factors; the dataset's ``scale_range`` by default.
+    :param overview_size: ``(H', W')`` to add the ``overview`` observation, or ``None``.
     :param privileged_info: also put the privileged signals in every ``info`` (for teachers).
     :param render_mode: ``None``, ``"rgb_array"`` or ``"human"`` (needs pygame and a display).
     """
@@ -124,6 +129,7 @@ class TemplateSearchEnv(gym.Env):
         encoder: Any = None,
         query_size: Optional[tuple[int, int]] = None,
         scale_range: Optional[tuple[float, float]] = None,
+        overview_size: Optional[tuple[int, int]] = None,
         privileged_info: bool = False,
         render_mode: Optional[str] = None,
     ) -> None:
@@ -156,7 +162,11 @@ class TemplateSearchEnv(gym.Env):
         self.query_size = tuple(int(v) for v in (query_size or dataset.query_size))
         if len(self.query_size) != 2 or min(self.query_size) < 1:
             raise ValueError(f"query_size must be (height, width) with positive sides, got {query_size}")
-        self.window_size = tuple(dataset.window_size)
+        #: The dataset's nominal window ``(height, width)``; ``window_size`` is the current pair's
+        #: (photograph pairs carry their own: the template's size).
+        self.default_window_size = tuple(dataset.window_size)
+        self.window_size = self.default_window_size
+        self.letterbox = bool(getattr(dataset, "letterbox", False))
         scale_range = scale_range if scale_range is not None else dataset.scale_range
         if scale_range is not None:
             scale_range = (float(scale_range[0]), float(scale_range[1]))
@@ -178,14 +188,22 @@ class TemplateSearchEnv(gym.Env):
             image_space = spaces.Box(-np.inf, np.inf, shape=(dim,), dtype=np.float32)
         elif encoder is not None:
             raise ValueError('encoder is only used with obs_mode="features"')
-        self.observation_space = spaces.Dict(
-            {
-                "query": image_space,
-                "window": image_space,
-                "location": spaces.Box(0.0, 1.0, shape=(4,), dtype=np.float32),
-                "trials_left": spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32),
-            }
-        )
+        obs_spaces = {
+            "query": image_space,
+            "window": image_space,
+            "location": spaces.Box(0.0, 1.0, shape=(4,), dtype=np.float32),
+            "trials_left": spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32),
+        }
+        self.overview_size = None
+        if overview_size is not None:
+            self.overview_size = tuple(int(v) for v in overview_size)
+            if len(self.overview_size) != 2 or min(self.overview_size) < 1:
+                raise ValueError(f"overview_size must be (height, width) with positive sides, got {overview_size}")
+            if obs_mode != "pixels":
+                raise ValueError('overview_size needs obs_mode="pixels"')
+            obs_spaces["overview"] = spaces.Box(0, 255, shape=(c, *self.overview_size), dtype=np.uint8)
+        self.observation_space = spaces.Dict(obs_spaces)
+        self._overview_obs: Optional[np.ndarray] = None
 
         self._pair: Optional[SearchPair] = None
         self._query_obs: Optional[np.ndarray] = None
@@ -208,17 +226,27 @@ class TemplateSearchEnv(gym.Env):
             pair = self.dataset.test_pair(int(options["pair_index"]))
         else:
             pair = self.dataset.pair(self.split, self.np_random)
-        self._pair = validate_pair(pair, self.dataset.channels, self.window_size, self.scale_range)
+        self._pair = validate_pair(pair, self.dataset.channels, self.default_window_size, self.scale_range)
+        self.window_size = (
+            self.default_window_size if pair.window_size is None else tuple(float(v) for v in pair.window_size)
+        )
 
         img_h, img_w = self._pair.reference.shape[:2]
-        self._query_obs = self._to_obs_image(resize_image(self._pair.query, self.query_size))
+        if self.letterbox and pair.template is not None:
+            query = letterbox(pair.template, self.query_size)
+        else:
+            query = resize_image(pair.query, self.query_size)
+        self._query_obs = self._to_obs_image(query)
+        if self.overview_size is not None:
+            whole = letterbox if self.letterbox else resize_image
+            self._overview_obs = np.ascontiguousarray(whole(pair.reference, self.overview_size).transpose(2, 0, 1))
         self._trial = 0
         self._center = (img_w / 2.0, img_h / 2.0)
         self._scale = 1.0
         self._last_iou = 0.0
         self._windows = []
         full = np.array([0.0, 0.0, img_w, img_h])
-        global_view = resize_image(self._pair.reference, self.query_size)
+        global_view = self.window_image(full)
         obs = self._observation(global_view, full)
         info = {"window_box": full, "iou": iou(full, self._pair.target_box), "trial": 0}
         if self.expose_privileged:
@@ -242,8 +270,7 @@ class TemplateSearchEnv(gym.Env):
         self._trial += 1
         self._windows.append(box)
 
-        window = crop_window(pair.reference, box, self.query_size)
-        obs = self._observation(window, box)
+        obs = self._observation(self.window_image(box), box)
         overlap = iou(box, pair.target_box)
         terminated = self._trial >= self.max_trials
         success = terminated and overlap > self.iou_threshold
@@ -291,6 +318,7 @@ class TemplateSearchEnv(gym.Env):
             "distractor_boxes": self._pair.distractor_boxes.copy(),
             "label": self._pair.label,
             "reference_size": tuple(self._pair.reference.shape[:2]),
+            "window_size": tuple(self.window_size),
         }
 
     @property
@@ -319,6 +347,30 @@ class TemplateSearchEnv(gym.Env):
             max_windows=self.max_trials,
         )
 
+    def window_image(self, box: np.ndarray) -> np.ndarray:
+        """The reference's pixels under ``box`` at the observation resolution ``(h, w, C)`` uint8
+        (letterboxed for photograph datasets, stretched otherwise)."""
+        if self.letterbox:
+            return crop_letterboxed(self._pair.reference, box, self.query_size)
+        return crop_window(self._pair.reference, box, self.query_size)
+
+    def overview_point(self, x: float, y: float) -> tuple[float, float]:
+        """Where the reference pixel ``(x, y)`` lands in the ``overview`` observation (its pixels).
+
+        :raises RuntimeError: without ``overview_size`` or before ``reset``.
+        """
+        if self.overview_size is None or self._pair is None:
+            raise RuntimeError("overview_point needs overview_size and a current pair (call reset())")
+        img_h, img_w = self._pair.reference.shape[:2]
+        out_h, out_w = self.overview_size
+        if not self.letterbox:
+            return x * out_w / img_w, y * out_h / img_h
+        # geometry.letterbox: one factor for both axes, the image centred in the padding
+        factor = min(out_h / img_h, out_w / img_w)
+        new_h = min(max(int(round(img_h * factor)), 1), out_h)
+        new_w = min(max(int(round(img_w * factor)), 1), out_w)
+        return (out_w - new_w) // 2 + x * new_w / img_w, (out_h - new_h) // 2 + y * new_h / img_h
+
     # ------------------------------------------------------------------ internals
     def _observation(self, window: np.ndarray, box: np.ndarray) -> dict[str, np.ndarray]:
         img_h, img_w = self._pair.reference.shape[:2]
@@ -330,7 +382,10 @@ class TemplateSearchEnv(gym.Env):
         trials_left = np.array([(self.max_trials - self._trial) / self.max_trials], dtype=np.float32)
         window_obs = self._to_obs_image(window)
         # A fresh query array per step: callers may keep or modify what they are given.
-        return {"query": self._query_obs.copy(), "window": window_obs, "location": location, "trials_left": trials_left}
+        obs = {"query": self._query_obs.copy(), "window": window_obs, "location": location, "trials_left": trials_left}
+        if self.overview_size is not None:
+            obs["overview"] = self._overview_obs.copy()
+        return obs
 
     def _to_obs_image(self, image: np.ndarray) -> np.ndarray:
         chw = np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -378,7 +433,13 @@ def validate_pair(
             )
     ref_h, ref_w = pair.reference.shape[:2]
     min_scale = scale_range[0] if scale_range else 1.0
-    if window_size[0] * min_scale > ref_h or window_size[1] * min_scale > ref_w:
+    if pair.window_size is not None:
+        # A photograph pair's own window (its template's size) may exceed the reference: windows
+        # are clamped to the image, like any other too-large request.
+        size = np.asarray(pair.window_size, dtype=np.float64)
+        if size.shape != (2,) or not np.all(np.isfinite(size)) or np.any(size < 1):
+            raise ValueError(f"pair.window_size must be (height, width) of at least 1 px, got {pair.window_size!r}")
+    elif window_size[0] * min_scale > ref_h or window_size[1] * min_scale > ref_w:
         raise ValueError(
             f"the window ({window_size[1]}x{window_size[0]} px) is larger than the reference ({ref_w}x{ref_h} px): "
             "the query must be smaller than the image it is searched in"

@@ -1,0 +1,511 @@
+"""Pairs listed explicitly in files: the Best-Buddies-Similarity benchmark format and your own manifest.
+
+Each pair names a reference image with its target box and a template: a box in another (or the
+same) image, or a whole query image. Pairs are built like every photograph pair (see
+:mod:`matchenv.datasets.photos`): the reference at working size, the template cropped from its
+image at that image's working size, boxes mapped to working pixels, provenance in ``meta``.
+
+* :class:`TemplateTargetPairs` reads the 105-pair benchmark of Best-Buddies Similarity
+  (Dekel et al., CVPR 2015; also used by DDIS): pairs of video frames with a box in each.
+* :class:`ManifestPairs` reads a CSV or JSON manifest of your own pairs.
+
+Unlike the logo datasets, the pairs are fixed: test pair ``i`` is the ``i``-th listed test pair,
+and ``sample`` draws one listed training pair uniformly with the caller's generator.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from matchenv.datasets.base import SPLITS, SearchPair
+from matchenv.datasets.photos import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MIN_TARGET_SIDE,
+    DEFAULT_PHOTO_QUERY_SIZE,
+    DEFAULT_PHOTO_SCALE_RANGE,
+    DatasetFilesError,
+    ImageReadError,
+    PathLike,
+    PhotoFilesDataset,
+    SkippedItems,
+    box_text,
+    check_box,
+    xywh_to_xyxy,
+)
+
+#: Image file extensions recognised in a pair folder (lower case, without the dot).
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
+
+
+class _BadPair(ValueError):
+    """A listed pair that cannot be used; the message names the pair and the problem."""
+
+
+class _BadBox(_BadPair):
+    """A listed pair whose box has zero area or lies outside its image."""
+
+
+@dataclass(frozen=True, eq=False)
+class PairSpec:
+    """One listed pair, boxes in *original* pixels.
+
+    :param name: how the pair is named in messages and ``meta["name"]`` (``"pair0003"``, ``"row 2"``).
+    :param reference: the image to search.
+    :param target_box: ``(4,)`` float64 ``(x0, y0, x1, y1)`` of the target in ``reference``.
+    :param template: the image the template comes from.
+    :param template_box: ``(4,)`` box of the template in ``template``, or ``None`` when the whole
+        image is the query (it is then shrunk by the reference's working scale).
+    :param label: optional class of the target.
+    :param split: ``"train"``, ``"test"`` or ``None`` (both).
+    """
+
+    name: str
+    reference: Path
+    target_box: np.ndarray
+    template: Path
+    template_box: Optional[np.ndarray]
+    label: Any = None
+    split: Optional[str] = None
+
+
+class ListedPairsDataset(PhotoFilesDataset):
+    """Base of the datasets whose pairs are listed explicitly (see the module docstring)."""
+
+    def pairs(self, split: str) -> tuple[PairSpec, ...]:
+        """The listed pairs of ``split`` that were kept, in order (test pair ``i`` is ``pairs("test")[i]``)."""
+        return tuple(self._pairs[split])
+
+    def _set_pairs(self, specs: list[PairSpec], skipped: SkippedItems, hint: str) -> None:
+        """Skip too-small targets, assign splits, warn once, check both splits are non-empty."""
+        reason = f"target(s) under min_target_side={self.min_target_side:g} px at max_side={self.max_side}"
+        kept = []
+        for spec in specs:
+            if self.target_too_small(spec.target_box, spec.reference):
+                skipped.add(reason, f"{spec.name} {box_text(spec.target_box)}")
+            else:
+                kept.append(spec)
+        self._pairs = {split: [s for s in kept if s.split in (None, split)] for split in SPLITS}
+        self.skipped = {r: list(items) for r, items in skipped.items.items()}
+        skipped.warn(self.name)
+        for split in SPLITS:
+            if not self._pairs[split]:
+                raise ValueError(f"{self.name}: no usable {split} pairs in {self.path}. {hint}")
+        self.test_size = len(self._pairs["test"])
+
+    def _validate(self, spec: PairSpec) -> PairSpec:
+        """Check the files are readable images and the boxes lie inside them; return the spec with clipped boxes.
+
+        :raises _BadPair: naming the pair and the problem (``_BadBox`` for a box).
+        """
+        for role, path in (
+            ("reference", spec.reference),
+            ("template" if spec.template_box is not None else "query", spec.template),
+        ):
+            if not path.is_file():
+                raise _BadPair(f"{spec.name}: {role} image not found: {path}")
+            try:
+                self.image_size(path)
+            except ImageReadError as err:
+                raise _BadPair(f"{spec.name}: {role} image is unreadable: {err}") from None
+        try:
+            height, width = self.image_size(spec.reference)
+            target = check_box(spec.target_box, width, height, f"{spec.name}: target box (x0, y0, x1, y1)")
+            template_box = spec.template_box
+            if template_box is not None:
+                t_height, t_width = self.image_size(spec.template)
+                template_box = check_box(template_box, t_width, t_height, f"{spec.name}: template box (x0, y0, x1, y1)")
+        except ValueError as err:
+            raise _BadBox(str(err)) from None
+        return PairSpec(spec.name, spec.reference, target, spec.template, template_box, spec.label, spec.split)
+
+    # ------------------------------------------------------------------ pairs
+    def sample(self, rng: np.random.Generator) -> SearchPair:
+        """A training pair drawn uniformly with ``rng``."""
+        train = self._pairs["train"]
+        return self._spec_pair(train[int(rng.integers(len(train)))], "train")
+
+    def test_pair(self, index: int) -> SearchPair:
+        """The ``index``-th test pair (fixed; ``test_seed`` plays no role)."""
+        index = self._check_test_index(index)
+        return self._spec_pair(self._pairs["test"][index], "test", index)
+
+    def _spec_pair(self, spec: PairSpec, split: str, test_index: Optional[int] = None) -> SearchPair:
+        meta = {"split": split, "name": spec.name, "test_index": test_index}
+        return self._photo_pair(spec.reference, spec.target_box, spec.template, spec.template_box, spec.label, meta)
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.path}, train={len(self._pairs['train'])} pairs, test={self.test_size} pairs)"
+
+
+# ============================================================================= BBS benchmark folder
+
+# pair<k>_frm<1|2>_<sequence>_<frame>.<ext>, e.g. pair0001_frm1_bolt_0032.jpg. The sequence name
+# may itself contain underscores ("_(\d+)\." anchors the frame number at the end).
+_BBS_NAME = re.compile(r"^pair(?P<k>\d+)_frm(?P<frm>[12])_(?P<seq>.+?)_(?P<frame>\d+)\.(?P<ext>[A-Za-z]+)$")
+
+
+def read_bbs_box(path: PathLike) -> np.ndarray:
+    """Read a BBS box file: one line ``x,y,w,h`` (floats, 1-based top-left corner, MATLAB style).
+
+    :return: ``(4,)`` float64 ``(x0, y0, x1, y1)`` in 0-based pixel coordinates: pixel column
+        ``x`` (1-based) is ``[x - 1, x)``, so ``x0 = x - 1`` and ``x1 = x - 1 + w``.
+    :raises ValueError: if the file does not hold exactly four numbers.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8").strip()
+    parts = [p for p in re.split(r"[,;\s]+", text) if p]
+    try:
+        x, y, w, h = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{path}: expected one line 'x,y,w,h' (four numbers), got {text!r}") from None
+    return xywh_to_xyxy((x - 1.0, y - 1.0, w, h))
+
+
+class TemplateTargetPairs(ListedPairsDataset):
+    """A folder of template/target frame pairs in the Best-Buddies-Similarity benchmark format.
+
+    The benchmark (Dekel et al., "Best-Buddies Similarity for Robust Template Matching", CVPR
+    2015; ``BBS_code_and_data_release_v1.0/data``) has 105 pairs of frames from tracking videos.
+    Pair ``k`` (``KKKK`` = four digits, from ``0001``) is four files::
+
+        pairKKKK_frm1_<seq>_<f>.jpg   template frame (frame f of video <seq>)
+        pairKKKK_frm1_<seq>_<f>.txt   template box in that frame
+        pairKKKK_frm2_<seq>_<g>.jpg   target frame (frame g), the reference to search
+        pairKKKK_frm1_<seq>_<g>.txt   target box: note "frm1" with the *target's* frame number g
+
+    (a target box named ``pairKKKK_frm2_<seq>_<g>.txt`` is accepted too.) A box file is one line
+    ``x,y,w,h``: floats, **1-based** top-left corner and size (MATLAB), converted to 0-based by
+    subtracting 1 from ``x`` and ``y``. Pairs are matched by file name; a pair with a missing or
+    duplicated file is an error naming the pair.
+
+    This is an **evaluation set**: there is no train/test distinction, both :meth:`sample` and
+    :meth:`test_pair` use every pair; ``test_size`` is the number of pairs, and test pair ``i``
+    is the ``i``-th pair in order of ``k``. Boxes outside their frame and targets under
+    ``min_target_side`` working pixels are skipped with one :class:`~matchenv.datasets.photos.AnnotationWarning`.
+
+    :param path: the folder holding the pair files.
+    :param query_size: ``(h, w)`` of query and window observations.
+    :param max_side: working size (longest side, pixels) of every frame.
+    :param scale_range: window scales the agent may choose around the nominal window
+        (:func:`~matchenv.datasets.photos.nominal_window`).
+    :param test_seed: accepted for a uniform interface; the pairs are fixed, so it has no effect.
+    :param min_target_side: skip targets with a side under this many working pixels.
+    :param cache_images: keep decoded working-size frames in memory.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        query_size: tuple[int, int] = DEFAULT_PHOTO_QUERY_SIZE,
+        max_side: Optional[int] = DEFAULT_MAX_SIDE,
+        scale_range: tuple[float, float] = DEFAULT_PHOTO_SCALE_RANGE,
+        test_seed: int = 0,
+        min_target_side: float = DEFAULT_MIN_TARGET_SIDE,
+        cache_images: bool = True,
+    ) -> None:
+        super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
+        self.path = Path(path).expanduser()
+        if not self.path.is_dir():
+            raise DatasetFilesError(f"{self.name}: pair folder {self.path} does not exist or is not a folder")
+        skipped = SkippedItems()
+        specs = []
+        for spec in self._discover():
+            try:
+                specs.append(self._validate(spec))
+            except _BadBox as err:  # a bad box is skipped like any annotation; a bad file is an error
+                problem = str(err)
+                skipped.add("zero-area box(es)" if "zero area" in problem else "box(es) outside their frame", problem)
+        self._set_pairs(
+            specs, skipped, hint="Each pair needs valid boxes and a target of at least min_target_side working px."
+        )
+
+    def _discover(self) -> list[PairSpec]:
+        files: dict[int, list[tuple[re.Match, Path]]] = {}
+        for file in sorted(self.path.iterdir()):
+            match = _BBS_NAME.match(file.name)
+            if match and file.is_file():
+                files.setdefault(int(match["k"]), []).append((match, file))
+        if not files:
+            raise DatasetFilesError(
+                f"{self.name}: no pair files in {self.path}: expected names like pair0001_frm1_<seq>_<frame>.jpg, "
+                "pair0001_frm1_<seq>_<frame>.txt and pair0001_frm2_<seq>_<frame>.jpg"
+            )
+        return [self._pair_spec(k, files[k]) for k in sorted(files)]
+
+    def _pair_spec(self, k: int, entries: list[tuple[re.Match, Path]]) -> PairSpec:
+        name = f"pair{k:04d}"
+        images = {
+            frm: [(m, f) for m, f in entries if m["frm"] == frm and m["ext"].lower() in IMAGE_EXTENSIONS]
+            for frm in "12"
+        }
+        boxes = [(m, f) for m, f in entries if m["ext"].lower() == "txt"]
+        for frm, role in (("1", "template"), ("2", "target")):
+            if len(images[frm]) != 1:
+                found = ", ".join(f.name for _, f in images[frm]) or "none"
+                raise DatasetFilesError(
+                    f"{self.name}: {name} needs exactly one {role} frame {name}_frm{frm}_<seq>_<frame>.jpg "
+                    f"in {self.path}, "
+                    f"found {len(images[frm])} ({found})"
+                )
+        (m1, template_image), (m2, target_image) = images["1"][0], images["2"][0]
+        f, g = int(m1["frame"]), int(m2["frame"])
+        if f == g:
+            raise ValueError(
+                f"{self.name}: {name}'s template and target frames are both frame {f} ({template_image.name}, "
+                f"{target_image.name}): their box files cannot be told apart"
+            )
+
+        def box_file(frame: int, role: str, names: str) -> Path:
+            found = [file for m, file in boxes if int(m["frame"]) == frame and (m["frm"] == "1" or role == "target")]
+            if len(found) != 1:
+                what = "missing" if not found else f"ambiguous ({', '.join(p.name for p in found)})"
+                raise DatasetFilesError(f"{self.name}: {name}'s {role} box file {names} is {what} in {self.path}")
+            return found[0]
+
+        seq = m1["seq"]
+        template_txt = box_file(f, "template", f"{name}_frm1_{seq}_{m1['frame']}.txt")
+        target_txt = box_file(g, "target", f"{name}_frm1_{m2['seq']}_{m2['frame']}.txt")
+        return PairSpec(
+            name, target_image, read_bbs_box(target_txt), template_image, read_bbs_box(template_txt), label=None
+        )
+
+
+# ============================================================================= user manifest
+
+_CSV_REQUIRED = ("reference", "target_x", "target_y", "target_w", "target_h")
+_CSV_TEMPLATE_BOX = ("template_x", "template_y", "template_w", "template_h")
+_CSV_OPTIONAL = ("query", "template", *_CSV_TEMPLATE_BOX, "split", "label")
+_JSON_KEYS = ("reference", "target_box", "query", "template", "template_box", "split", "label")
+
+
+class ManifestPairs(ListedPairsDataset):
+    """Your own pairs, listed in a CSV or JSON manifest.
+
+    Every pair has a ``reference`` image and the ``target`` box in it, plus **either** a
+    ``query`` image (the whole image is the template) **or** a ``template`` image and a
+    ``template_box`` in it (the template may be the reference itself). Boxes are
+    ``x, y, w, h``: 0-based top-left corner and size in the image's original pixels. Paths are
+    relative to the manifest's folder (absolute paths work too). Optional ``split`` (``train`` or
+    ``test``; empty or absent: the pair is in both) and ``label`` (any class name).
+
+    CSV (the format is chosen by the file extension, ``.csv`` or ``.json``): a header row and
+    one pair per row; each box is four columns; leave unused cells empty::
+
+        reference,target_x,target_y,target_w,target_h,query,template,template_x,template_y,template_w,template_h,split,label
+        shelf1.jpg,120,40,64,48,logo.png,,,,,,train,acme
+        shelf2.jpg,30,88,60,45,,shelf1.jpg,120,40,64,48,test,acme
+
+    JSON: a list of objects, or ``{"pairs": [...]}``; each box is a list ``[x, y, w, h]``::
+
+        {"pairs": [
+          {"reference": "shelf1.jpg", "target_box": [120, 40, 64, 48], "query": "logo.png",
+           "split": "train", "label": "acme"},
+          {"reference": "shelf2.jpg", "target_box": [30, 88, 60, 45],
+           "template": "shelf1.jpg", "template_box": [120, 40, 64, 48], "split": "test"}
+        ]}
+
+    A whole ``query`` image is taken to be at the resolution of the reference's original pixels
+    (e.g. a crop of a similar photo) and is shrunk by the reference's working scale, so that it
+    stays comparable to the target. A template cut with ``template_box`` comes from its image at
+    that image's own working size, like every photograph dataset.
+
+    Bad rows (a missing file, an unreadable image, a box outside its image or with zero area, a
+    malformed value) raise a ``ValueError`` naming each row and its problem with
+    ``on_error="raise"``, or are left out with one :class:`~matchenv.datasets.photos.AnnotationWarning`
+    listing them with ``on_error="skip"``. Rows are numbered from 1 (the first pair; in a CSV
+    the file line is given too). Targets under ``min_target_side`` working pixels are always
+    skipped with a warning: they depend on ``max_side``, not on the manifest. Images are only
+    identified at init (from their headers); a file whose pixels are damaged fails when its pair
+    is first drawn.
+
+    :param path: the manifest, ``.csv`` or ``.json``.
+    :param on_error: ``"raise"`` or ``"skip"`` for bad rows.
+    :param query_size: ``(h, w)`` of query and window observations.
+    :param max_side: working size (longest side, pixels) of every image.
+    :param scale_range: window scales the agent may choose around the nominal window
+        (:func:`~matchenv.datasets.photos.nominal_window`).
+    :param test_seed: accepted for a uniform interface; the pairs are fixed, so it has no effect.
+    :param min_target_side: skip targets with a side under this many working pixels.
+    :param cache_images: keep decoded working-size images in memory.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        on_error: str = "raise",
+        query_size: tuple[int, int] = DEFAULT_PHOTO_QUERY_SIZE,
+        max_side: Optional[int] = DEFAULT_MAX_SIDE,
+        scale_range: tuple[float, float] = DEFAULT_PHOTO_SCALE_RANGE,
+        test_seed: int = 0,
+        min_target_side: float = DEFAULT_MIN_TARGET_SIDE,
+        cache_images: bool = True,
+    ) -> None:
+        super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise DatasetFilesError(f"{self.name}: manifest {self.path} not found")
+        suffix = self.path.suffix.lower()
+        if suffix not in (".csv", ".json"):
+            raise ValueError(
+                f"{self.name}: manifest {self.path} must end in .csv or .json (the extension picks the format)"
+            )
+        rows = self._csv_rows() if suffix == ".csv" else self._json_rows()
+        if not rows:
+            raise ValueError(f"{self.name}: manifest {self.path} lists no pairs")
+        specs, bad = [], []
+        for name, fields in rows:
+            try:
+                spec = self._csv_spec(name, fields) if suffix == ".csv" else self._json_spec(name, fields)
+                specs.append(self._validate(spec))
+            except ValueError as err:  # _BadPair, check_box's and _validate's errors
+                message = str(err)
+                bad.append(message if message.startswith(name) else f"{name}: {message}")
+        skipped = SkippedItems()
+        if bad and on_error == "raise":
+            raise ValueError(
+                f"{self.name}: {len(bad)} bad row(s) in {self.path}: "
+                + "; ".join(bad[:10])
+                + ("; ..." if len(bad) > 10 else "")
+                + ". Fix them, or pass on_error='skip' to leave them out."
+            )
+        for message in bad:
+            skipped.add("bad manifest row(s)", message)
+        self._set_pairs(
+            specs,
+            skipped,
+            hint="Give at least one valid pair with split 'train' or empty, and one with 'test' or empty.",
+        )
+
+    # ------------------------------------------------------------------ reading
+    def _csv_rows(self) -> list[tuple[str, dict[str, str]]]:
+        with open(self.path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in _CSV_REQUIRED if c not in header]
+            unknown = [c for c in header if c not in _CSV_REQUIRED + _CSV_OPTIONAL]
+            if missing or unknown:
+                raise ValueError(
+                    f"{self.name}: the header of {self.path} "
+                    + (f"lacks column(s) {missing}" if missing else "")
+                    + (" and " if missing and unknown else "")
+                    + (f"has unknown column(s) {unknown}" if unknown else "")
+                    + f". Required: {', '.join(_CSV_REQUIRED)}; optional: {', '.join(_CSV_OPTIONAL)}."
+                )
+            rows = []
+            for number, raw in enumerate(reader, start=1):
+                fields = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+                if not any(fields.values()):
+                    continue  # blank line
+                rows.append((f"row {number} (line {reader.line_num})", fields))
+        return rows
+
+    def _json_rows(self) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{self.name}: {self.path} is not valid JSON: {err}") from None
+        if isinstance(data, dict) and isinstance(data.get("pairs"), list):
+            data = data["pairs"]
+        if not isinstance(data, list):
+            raise ValueError(f'{self.name}: {self.path} must hold a list of pair objects, or {{"pairs": [...]}}')
+        rows = []
+        for number, item in enumerate(data, start=1):
+            if not isinstance(item, dict):
+                raise ValueError(f"{self.name}: {self.path}, row {number}: each pair must be an object, got {item!r}")
+            unknown = [k for k in item if k not in _JSON_KEYS]
+            if unknown:
+                raise ValueError(
+                    f"{self.name}: {self.path}, row {number}: unknown key(s) {unknown}; "
+                    f"valid keys: {', '.join(_JSON_KEYS)}"
+                )
+            rows.append((f"row {number}", item))
+        return rows
+
+    def _file(self, value: Any) -> Path:
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else self.path.parent / path
+
+    @staticmethod
+    def _xywh(name: str, what: str, values: Any) -> np.ndarray:
+        if not isinstance(values, (list, tuple)) or len(values) != 4:
+            raise _BadPair(f"{name}: {what} must be 4 numbers x, y, w, h, got {values!r}")
+        try:
+            numbers = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise _BadPair(f"{name}: {what} must be 4 numbers x, y, w, h, got {values!r}") from None
+        if not np.all(np.isfinite(numbers)):
+            raise _BadPair(f"{name}: {what} must be finite numbers, got {values!r}")
+        return xywh_to_xyxy(numbers)
+
+    def _spec(
+        self,
+        name: str,
+        reference: Any,
+        target: np.ndarray,
+        query: Any,
+        template: Any,
+        template_box: Optional[np.ndarray],
+        split: Any,
+        label: Any,
+    ) -> PairSpec:
+        if not reference:
+            raise _BadPair(f"{name}: no reference image")
+        if query and (template or template_box is not None):
+            raise _BadPair(f"{name}: give either query (a whole image) or template + template box, not both")
+        if not query and not template:
+            raise _BadPair(f"{name}: give a query image, or a template image with a template box")
+        if template and template_box is None:
+            raise _BadPair(
+                f"{name}: template {template!r} needs a template box (x, y, w, h); for a whole image use query"
+            )
+        split = str(split).strip().lower() if split not in (None, "") else None
+        if split is not None and split not in SPLITS:
+            raise _BadPair(f"{name}: split must be 'train', 'test' or empty (both), got {split!r}")
+        source = self._file(query or template)
+        return PairSpec(name, self._file(reference), target, source, None if query else template_box, label, split)
+
+    def _csv_spec(self, name: str, fields: dict[str, str]) -> PairSpec:
+        target = self._xywh(
+            name, "target box (target_x, target_y, target_w, target_h)", [fields.get(c, "") for c in _CSV_REQUIRED[1:]]
+        )
+        cells = [fields.get(c, "") for c in _CSV_TEMPLATE_BOX]
+        template_box = None
+        if any(cells):
+            template_box = self._xywh(name, "template box (template_x, template_y, template_w, template_h)", cells)
+        label = fields.get("label") or None
+        return self._spec(
+            name,
+            fields.get("reference"),
+            target,
+            fields.get("query"),
+            fields.get("template"),
+            template_box,
+            fields.get("split"),
+            label,
+        )
+
+    def _json_spec(self, name: str, item: dict[str, Any]) -> PairSpec:
+        target = self._xywh(name, "target_box", item.get("target_box"))
+        template_box = (
+            self._xywh(name, "template_box", item["template_box"]) if item.get("template_box") is not None else None
+        )
+        return self._spec(
+            name,
+            item.get("reference"),
+            target,
+            item.get("query"),
+            item.get("template"),
+            template_box,
+            item.get("split"),
+            item.get("label"),
+        )
