@@ -131,3 +131,27 @@ def test_ctrl_c_during_a_checkpoint_write_is_held_until_the_write_is_done():
             finished.append(True)
     assert finished == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_photograph_dataset_by_name_with_an_overview(tmp_path):
+    """--dataset/--dataset-kwargs/--overview-size: a colour, scale-aware run whose model the searcher replays."""
+    fixture = ROOT / "tests" / "fixtures" / "manifest" / "pairs.csv"
+    tiny = [a for a in TINY[2:]]  # no --env-id
+    proc = train("--dataset", "ManifestPairs", "--dataset-kwargs", json.dumps({"path": str(fixture)}),
+                 "--overview-size", "32", *tiny, "--out-dir", str(tmp_path))
+    check_ok(proc)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["dataset"] == "ManifestPairs" and summary["test_pairs"] >= 1
+
+    from agents.searcher import TemplateSearcher
+
+    searcher = TemplateSearcher.load(tmp_path / "last.zip")
+    assert searcher.channels == 3 and searcher.letterbox and searcher.overview_size == (32, 32)
+    assert searcher.scale_range is not None and searcher.window_fraction is not None
+
+
+def test_bad_dataset_arguments_are_clear_errors(tmp_path):
+    proc = train("--dataset", "NoSuchData", "--out-dir", str(tmp_path))
+    assert proc.returncode == 2 and "valid names" in proc.stderr
+    proc = train("--dataset", "ManifestPairs", "--dataset-kwargs", "[1, 2]", "--out-dir", str(tmp_path))
+    assert proc.returncode == 2 and "JSON object" in proc.stderr

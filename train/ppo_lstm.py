@@ -6,7 +6,8 @@
     python train/ppo_lstm.py --no-ppo                          # imitation only
     python train/ppo_lstm.py --aux-weight 0                    # without the contrastive head
     python train/ppo_lstm.py --resume runs/<run>/last.zip      # continue an interrupted run
-    python train/ppo_lstm.py --dataset FlickrLogos27           # any dataset by name (photographs: colour, scale)
+    python train/ppo_lstm.py --dataset FlickrLogos27 --imitation-lr-final 0.1 --ppo-timesteps 100000
+                                                               # the shipped FlickrLogos-27 agent
     python train/ppo_lstm.py --dataset SelfSupervisedPhotos --dataset-kwargs '{"images": "my_photos/"}'
 
 Stage 1 (imitation, DAgger): the policy plays noisy episodes; a privileged teacher, which reads
@@ -14,6 +15,8 @@ the target box from the environment, labels every decision with the window it sh
 chosen; the actor regresses onto it, the critic onto the returns, the match head learns
 match/no-match from the windows' IoU. Stage 2 (PPO): SearchRecurrentPPO with the paper's sparse
 reward (``--reward-mode dense`` for shaping), the contrastive loss, and a small exploration noise.
+``--overview-size`` adds the sharper first look (the whole reference at that side, compared with
+the query as a similarity map; see agents/siamese.py) that photographs need.
 
 Outputs in ``--out-dir``: TensorBoard logs (``tb/``), ``best.zip`` (best test success) and
 ``last.zip`` checkpoints with ``state.json`` (what ``--resume`` continues from), ``summary.json``

@@ -1,0 +1,87 @@
+"""Agents shipped with matchenv (small files in this folder) and how each was made.
+
+    from agents.searcher import TemplateSearcher
+
+    searcher = TemplateSearcher.from_pretrained("flickrlogos27")
+
+Each entry names the file, what the agent was trained on, and the command that reproduces it.
+The files are inference exports of ``train/ppo_lstm.py`` checkpoints (:func:`export_for_inference`:
+the optimizer state is dropped, which makes them ~4x smaller; they load like any checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class PretrainedAgent:
+    """A shipped agent: its file in this folder, what it is for and how it was trained."""
+
+    filename: str
+    description: str
+    command: str
+
+
+#: Name -> shipped agent. ``TemplateSearcher.from_pretrained(name)`` loads one.
+PRETRAINED: dict[str, PretrainedAgent] = {
+    "cluttered-mnist": PretrainedAgent(
+        "cluttered_mnist.zip",
+        "Noisy MNIST digits (28x28 queries, grayscale), trained on Cluttered MNIST (bundled subset)",
+        "python train/ppo_lstm.py",
+    ),
+    "flickrlogos27": PretrainedAgent(
+        "flickrlogos27.zip",
+        "logos in photographs (colour, any query size), trained on FlickrLogos-27's training split",
+        "python train/ppo_lstm.py --dataset FlickrLogos27 --imitation-lr-final 0.1 "
+        "--ppo-timesteps 100000",
+    ),
+}
+
+
+#: Names users may expect but that are not shipped, and why.
+NOT_SHIPPED: dict[str, str] = {
+    "photo": "no generic photograph agent is shipped: self-supervised training on this project's CPU budget "
+    "did not learn to localise (about 0.01 test success; see README, 'Photographs'). Use 'flickrlogos27' "
+    "for logos, or train one on your photos with train/ppo_lstm.py --dataset SelfSupervisedPhotos",
+}
+
+
+def pretrained_path(name: str) -> Path:
+    """The checkpoint file of the shipped agent ``name``.
+
+    :raises ValueError: for an unknown name (the message lists the shipped ones).
+    :raises FileNotFoundError: if the file is missing from this installation.
+    """
+    if name in NOT_SHIPPED:
+        raise ValueError(NOT_SHIPPED[name])
+    if name not in PRETRAINED:
+        raise ValueError(f"no pretrained agent {name!r}; shipped: {', '.join(sorted(PRETRAINED)) or 'none'}")
+    path = HERE / PRETRAINED[name].filename
+    if not path.is_file():
+        raise FileNotFoundError(f"the pretrained agent file {path} is missing: reinstall matchenv, or retrain with "
+                                f"`{PRETRAINED[name].command}`")
+    return path
+
+
+def export_for_inference(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.PathLike[str]"]) -> Path:
+    """Write ``checkpoint`` without its optimizer state (what inference and fine-tuning do not need).
+
+    The result loads with ``SearchRecurrentPPO.load`` / ``TemplateSearcher.load`` as usual; training
+    it further starts the optimizer afresh.
+    """
+    from agents.ppo import load_trained_model
+
+    model = load_trained_model(checkpoint)
+    policy = model.policy
+    # A fresh optimizer has no moment buffers: only the hyperparameters are saved.
+    policy.optimizer = policy.optimizer_class(policy.parameters(), lr=model.lr_schedule(1), **policy.optimizer_kwargs)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    return out
