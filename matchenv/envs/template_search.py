@@ -35,7 +35,9 @@ class TemplateSearchEnv(gym.Env):
 
     - ``"absolute"`` (default): ``Box(-1, 1, (2,), float32)`` -- the next window centre over the
       positions where the window fits (-1: against the left/top edge, +1: right/bottom). A third
-      component chooses the scale when the dataset's target size varies (``scale_range``).
+      component chooses the scale when the dataset's target size varies (``scale_range``): a
+      factor on the pair's nominal window (``window_size``: the dataset's, or for photographs the
+      query's aspect at a size relative to the reference).
     - ``"relative"``: same shape; moves the window by up to ``max_step`` of the reference size.
     - ``"discrete"``: ``Discrete(9)`` (``11`` with scale): stay, four small and four large moves,
       zoom in/out. Suited to DQN.
@@ -91,6 +93,9 @@ class TemplateSearchEnv(gym.Env):
     - ``TemplateSearch-v0``: Cluttered MNIST, the default.
     - ``TemplateSearch-TranslatedMNIST-v0``, ``TemplateSearch-ClutteredMNIST-v0``,
       ``TemplateSearch-MixedMNIST-v0``: one per built-in dataset.
+    - ``TemplateSearch-FlickrLogos27-v0``: logos in colour photographs (found on disk or
+      downloaded on first use; see :class:`~matchenv.datasets.FlickrLogos27`). Every other dataset,
+      including your own (``ManifestPairs``, ``SelfSupervisedPhotos``), by ``dataset=``.
 
     Any argument below can be passed through ``gym.make(id, **kwargs)``.
 
