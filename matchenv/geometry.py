@@ -117,13 +117,21 @@ def crop_window(image: np.ndarray, box: BoxLike, out_size: tuple[int, int]) -> n
     :param out_size: ``(height, width)`` of the result.
     :return: ``(out_h, out_w)`` or ``(out_h, out_w, C)`` uint8 array (a new array, never a view).
     """
+    return resize_image(pixels_under(image, box), out_size)
+
+
+def pixels_under(image: np.ndarray, box: BoxLike) -> np.ndarray:
+    """The view of ``image`` under ``box``, rounded to whole pixels and clipped to the image.
+
+    :raises ValueError: if no pixel of the box lies inside the image.
+    """
     h_img, w_img = image.shape[:2]
     x0, y0, x1, y1 = (int(round(v)) for v in as_boxes(box))
     x0, x1 = max(x0, 0), min(x1, w_img)
     y0, y1 = max(y0, 0), min(y1, h_img)
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"window {tuple(np.round(as_boxes(box), 2))} has no pixels inside the {w_img}x{h_img} image")
-    return resize_image(image[y0:y1, x0:x1], out_size)
+    return image[y0:y1, x0:x1]
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -152,24 +160,24 @@ def letterbox(image: np.ndarray, size: tuple[int, int], fill: int = 0) -> np.nda
     :param image: ``(H, W)`` or ``(H, W, C)`` uint8 image.
     :return: ``(height, width)`` or ``(height, width, C)`` uint8 array (a new array).
     """
-    out_h, out_w = size
-    h, w = image.shape[:2]
+    y0, x0, new_h, new_w = letterbox_placement(image.shape[:2], size)
+    out = np.full(tuple(size) + image.shape[2:], fill, dtype=image.dtype)
+    out[y0 : y0 + new_h, x0 : x0 + new_w] = resize_image(image, (new_h, new_w))
+    return out
+
+
+def letterbox_placement(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where :func:`letterbox` puts an image of ``image_size = (h, w)`` inside ``size``.
+
+    :return: ``(y0, x0, new_h, new_w)``: the top-left corner and size of the resized image.
+    """
+    (h, w), (out_h, out_w) = image_size, size
     factor = min(out_h / h, out_w / w)
     new_h = min(max(int(round(h * factor)), 1), out_h)
     new_w = min(max(int(round(w * factor)), 1), out_w)
-    resized = resize_image(image, (new_h, new_w))
-    out = np.full((out_h, out_w) + image.shape[2:], fill, dtype=image.dtype)
-    y0, x0 = (out_h - new_h) // 2, (out_w - new_w) // 2
-    out[y0 : y0 + new_h, x0 : x0 + new_w] = resized
-    return out
+    return (out_h - new_h) // 2, (out_w - new_w) // 2, new_h, new_w
 
 
 def crop_letterboxed(image: np.ndarray, box: BoxLike, out_size: tuple[int, int], fill: int = 0) -> np.ndarray:
     """:func:`crop_window`, but the crop keeps its aspect ratio (see :func:`letterbox`)."""
-    h_img, w_img = image.shape[:2]
-    x0, y0, x1, y1 = (int(round(v)) for v in as_boxes(box))
-    x0, x1 = max(x0, 0), min(x1, w_img)
-    y0, y1 = max(y0, 0), min(y1, h_img)
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"window {tuple(np.round(as_boxes(box), 2))} has no pixels inside the {w_img}x{h_img} image")
-    return letterbox(image[y0:y1, x0:x1], out_size, fill)
+    return letterbox(pixels_under(image, box), out_size, fill)

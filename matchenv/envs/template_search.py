@@ -12,7 +12,15 @@ from matchenv.datasets import PairDataset, SearchPair, make_dataset
 from matchenv.datasets.base import check_split
 from matchenv.encoders import as_encoder
 from matchenv.envs.actions import make_window_action
-from matchenv.geometry import crop_letterboxed, crop_window, iou, letterbox, place_window, resize_image
+from matchenv.geometry import (
+    crop_letterboxed,
+    crop_window,
+    iou,
+    letterbox,
+    letterbox_placement,
+    place_window,
+    resize_image,
+)
 
 REWARD_MODES = ("sparse", "dense")
 OBS_MODES = ("pixels", "features")
@@ -370,11 +378,8 @@ class TemplateSearchEnv(gym.Env):
         out_h, out_w = self.overview_size
         if not self.letterbox:
             return x * out_w / img_w, y * out_h / img_h
-        # geometry.letterbox: one factor for both axes, the image centred in the padding
-        factor = min(out_h / img_h, out_w / img_w)
-        new_h = min(max(int(round(img_h * factor)), 1), out_h)
-        new_w = min(max(int(round(img_w * factor)), 1), out_w)
-        return (out_w - new_w) // 2 + x * new_w / img_w, (out_h - new_h) // 2 + y * new_h / img_h
+        y0, x0, new_h, new_w = letterbox_placement((img_h, img_w), self.overview_size)
+        return x0 + x * new_w / img_w, y0 + y * new_h / img_h
 
     # ------------------------------------------------------------------ internals
     def _observation(self, window: np.ndarray, box: np.ndarray) -> dict[str, np.ndarray]:
