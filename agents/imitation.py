@@ -66,9 +66,26 @@ def imitation_losses(
     query_emb, window_emb = policy.last_embeddings
 
     latent_pi, _ = policy.lstm_actor(features)
-    means = policy.action_net(policy.mlp_extractor.forward_actor(latent_pi))
+    latent_pi = policy.mlp_extractor.forward_actor(latent_pi)
+    means = policy.action_mean(latent_pi, features)
     teacher = torch.as_tensor(batch.teacher_actions, device=policy.device)
     bc = F.mse_loss(means[:-1], teacher)
+    pointer_logs = {}
+    if policy.pointer_head is not None:
+        # Winner-takes-all (multiple-choice learning): the gate classifies which candidate is
+        # nearest the teacher's window, and only that candidate (plus the offset) regresses onto
+        # it. Regressing the chosen or the averaged candidate instead would drag every candidate
+        # towards the targets of the episodes where it was the wrong one.
+        anchors, logits = policy.pointer_candidates(latent_pi[:-1], features[:-1])
+        nearest = (anchors.detach() - teacher[..., None, :2]).pow(2).sum(dim=-1).argmin(dim=-1)
+        winner = anchors.take_along_dim(nearest[..., None, None], dim=-2).squeeze(-2)
+        xy = winner + policy.pointer_head.offset(latent_pi[:-1])
+        bc = F.mse_loss(torch.cat([xy, means[:-1, ..., 2:]], dim=-1), teacher)
+        gate = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), nearest.reshape(-1))
+        free = F.mse_loss(policy.action_net(latent_pi[:-1])[..., :2], teacher[..., :2])  # the "free" anchor learns too
+        bc = bc + gate + free
+        with torch.no_grad():
+            pointer_logs = {"gate": gate, "gate_accuracy": (logits.argmax(dim=-1) == nearest).float().mean()}
 
     # Discounted return from each decision, of whatever reward the env pays (sparse or dense).
     returns_np = np.zeros_like(batch.rewards)
@@ -90,7 +107,7 @@ def imitation_losses(
         match_accuracy = (predicted == labels[1:]).float().mean()
 
     loss = bc + config.value_weight * value + config.aux_weight * aux
-    logs = {"bc": bc, "value": value, "aux": aux, "match_accuracy": match_accuracy}
+    logs = {"bc": bc, "value": value, "aux": aux, "match_accuracy": match_accuracy, **pointer_logs}
     if similarity is not None and batch.target_in_overview is not None and config.localization_weight > 0:
         overview_hw = policy.observation_space["overview"].shape[1:]
         localization, hit = localization_loss(

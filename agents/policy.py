@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -42,7 +43,129 @@ class MatchHead(nn.Module):
     def forward(self, query_emb: torch.Tensor, window_emb: torch.Tensor) -> torch.Tensor:
         """:return: ``(N,)`` Euclidean distances between the projected embeddings."""
         diff = self.projection(query_emb) - self.projection(window_emb)
-        return torch.sqrt(diff.pow(2).sum(dim=1) + 1e-8)
+        return torch.sqrt(diff.pow(2).sum(dim=-1) + 1e-8)
+
+
+class PointerHead(nn.Module):
+    """The next window's centre as a learned choice among candidate points (a multimodal head).
+
+    A Gaussian policy that regresses "where is the target" averages the look-alike candidates
+    and lands between them. This head instead builds the mean from four *anchors*, each a point
+    the search may want to go to, and a gate that picks among them, plus a small offset:
+
+    - ``best``: the overview cell most like the query, refined by a local soft-argmax (a
+      spatial soft-argmax as in Levine et al., "End-to-End Training of Deep Visuomotor
+      Policies", 2016, restricted to the arg-max's neighbourhood), with a learned sharpness;
+    - ``next``: the same with the cells under the current window suppressed -- the best
+      candidate *elsewhere*, where to go when the current window does not match;
+    - ``stay``: the current window's centre;
+    - ``free``: the actor's own output (what the policy without this head would do).
+
+    The gate reads the LSTM latent and the match head's query/window distance (detached: the
+    verifier is trained only by the contrastive loss; here it is the stay/move signal), and
+    the mean action is its most likely anchor plus the offset.
+    Everything comes from observations: the similarity map, the window location and the
+    embeddings. A point ``p`` (fraction of the reference) is the absolute action
+    ``(2 p - 1) / (1 - f)`` for a window that spans the fraction ``f`` of the reference (the
+    absolute action keeps the window inside the image); that per-axis scale is learned, starting
+    from ``window_fraction``, so that it also fits datasets whose window size varies.
+
+    :param latent_dim: size of the actor latent (after the MLP).
+    :param map_size: ``(h', w')`` cells of the similarity map.
+    :param window_fraction: typical window side as a fraction of the reference side
+        (0.28 for a 28 px digit in a 100 px canvas).
+    :param sharpness: initial multiplier of the cosine similarities in the soft-argmax.
+    """
+
+    ANCHORS = ("best", "next", "stay", "free")
+
+    def __init__(
+        self, latent_dim: int, map_size: tuple[int, int], window_fraction: float = 0.0, sharpness: float = 20.0
+    ) -> None:
+        if not 0.0 <= window_fraction < 1.0:
+            raise ValueError(f"window_fraction must be in [0, 1), got {window_fraction}")
+        super().__init__()
+        rows, cols = map_size
+        ys, xs = torch.meshgrid((torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols, indexing="ij")
+        #: ``(h' * w', 2)`` cell centres ``(x, y)`` as fractions of the overview, row-major like the map.
+        self.register_buffer("cell_centres", torch.stack([xs.flatten(), ys.flatten()], dim=1))
+        rr, cc = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        #: ``(h' * w', 2)`` integer ``(row, col)`` of each cell.
+        self.register_buffer("cell_grid", torch.stack([rr.flatten(), cc.flatten()], dim=1))
+        self.log_sharpness = nn.Parameter(torch.tensor(math.log(sharpness)))
+        self.gate = nn.Linear(latent_dim + 1, len(self.ANCHORS))
+        self.offset = nn.Linear(latent_dim, 2)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+        self.point_scale = nn.Parameter(torch.full((2,), 1.0 / (1.0 - window_fraction)))
+        self.point_shift = nn.Parameter(torch.zeros(2))
+
+    def soft_argmax(self, similarity: torch.Tensor, suppress: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(..., 2)`` the best cell, refined to sub-cell precision: the arg-max cell, then the
+        ``softmax(sharpness * similarity)``-weighted centre of it and its 8 neighbours.
+
+        A soft-argmax over the whole map would average look-alikes (a distractor with a similar
+        score pulls the point halfway to it); restricting the softmax to the arg-max's neighbourhood
+        keeps the mode and stays differentiable in the similarities.
+
+        :param similarity: ``(..., h' * w')`` cosine similarities.
+        :param suppress: optional ``(..., h' * w')`` bool mask of cells to leave out.
+        """
+        logits = similarity * self.log_sharpness.exp()
+        if suppress is not None:
+            # A large finite penalty: if every cell is suppressed (the whole-image view) the
+            # choice is unchanged instead of undefined.
+            logits = logits - 1e4 * suppress.to(logits.dtype)
+        best = self.cell_grid[logits.argmax(dim=-1)]  # (..., 2) row, col
+        outside = ((self.cell_grid - best[..., None, :]).abs() > 1).any(dim=-1)
+        logits = logits - 1e4 * outside.to(logits.dtype)
+        return torch.softmax(logits, dim=-1) @ self.cell_centres
+
+    def candidates(
+        self,
+        latent: torch.Tensor,
+        free_action: torch.Tensor,
+        similarity: torch.Tensor,
+        location: torch.Tensor,
+        match_distance: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The anchors and the gate's logits.
+
+        :param latent: ``(..., latent_dim)``.
+        :param free_action: ``(..., 2)`` the actor's own ``(x, y)`` action.
+        :param similarity: ``(..., h' * w')``.
+        :param location: ``(..., 4)`` the current window ``(cx, cy, w, h)`` as fractions of the reference.
+        :param match_distance: ``(...,)`` the match head's query/window distance.
+        :return: anchors ``(..., 4, 2)`` in absolute-action units (order :attr:`ANCHORS`) and gate
+            logits ``(..., 4)``.
+        """
+        centre, size = location[..., None, :2], location[..., None, 2:]
+        covered = ((self.cell_centres - centre).abs() < size / 2).all(dim=-1)
+        points = torch.stack([self.soft_argmax(similarity), self.soft_argmax(similarity, covered), location[..., :2]], dim=-2)
+        anchors = torch.cat([(2.0 * points - 1.0) * self.point_scale + self.point_shift, free_action[..., None, :]], dim=-2)
+        logits = self.gate(torch.cat([latent, match_distance.detach()[..., None]], dim=-1))
+        return anchors, logits
+
+    def forward(
+        self,
+        latent: torch.Tensor,
+        free_action: torch.Tensor,
+        similarity: torch.Tensor,
+        location: torch.Tensor,
+        match_distance: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(..., 2)`` mean ``(x, y)`` absolute action: the gate's most likely anchor plus the
+        offset (arguments as in :meth:`candidates`).
+
+        The choice is hard: a probability-weighted *average* of two candidates is a point between
+        them, which is exactly the regression-to-the-mean failure this head exists to avoid. The
+        gate is therefore trained by classification during imitation (see
+        :func:`agents.imitation.imitation_losses`); PPO's gradient reaches the chosen anchor
+        (through the similarity map, hence the CNN) and the offset, not the choice.
+        """
+        anchors, logits = self.candidates(latent, free_action, similarity, location, match_distance)
+        chosen = anchors.take_along_dim(logits.argmax(dim=-1)[..., None, None], dim=-2).squeeze(-2)
+        return chosen + self.offset(latent)
 
 
 class SearchLstmPolicy(RecurrentActorCriticPolicy):
@@ -58,6 +181,11 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
 
     The embeddings of the most recent forward pass are kept in :attr:`last_embeddings` so that
     the auxiliary loss reuses the same CNN pass as the PPO or imitation loss.
+
+    With ``pointer=True`` (needs the ``overview`` observation and ``Box`` actions) the actor's
+    ``(x, y)`` mean comes from a :class:`PointerHead` that picks among similarity-map candidates;
+    ``pointer_window_fraction`` is its starting guess of the window side as a fraction of the
+    reference's (``train/ppo_lstm.py`` measures it on training pairs).
 
     Defaults differ from SB3's for speed and for this task: a 128-unit LSTM, one 64-unit layer
     in each head, and a small initial exploration noise (``log_std_init=-1.5``: std 0.22 in
@@ -75,11 +203,19 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         log_std_init: float = -1.5,
         features_extractor_class: type = SearchFeaturesExtractor,
         match_projection_dim: int = 32,
+        pointer: bool = False,
+        pointer_window_fraction: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if net_arch is None:
             net_arch = dict(pi=[64], vf=[64])
+        if pointer and "overview" not in observation_space.spaces:
+            raise ValueError("pointer=True reads the similarity map: create the env with overview_size=... (the overview observation)")
+        if pointer and not isinstance(action_space, spaces.Box):
+            raise ValueError(f"pointer=True needs continuous 'absolute' actions, got {action_space}")
         self.match_projection_dim = match_projection_dim
+        self.pointer = bool(pointer)
+        self.pointer_window_fraction = float(pointer_window_fraction)
         super().__init__(
             observation_space,
             action_space,
@@ -95,11 +231,43 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         # The match head must exist before the optimizer is created (in super()._build) so it trains.
         self.match_head = MatchHead(self.features_extractor.cnn.embedding_dim, self.match_projection_dim)
         super()._build(lr_schedule)
+        # Created after the MLP (it needs its latent size); sb3-contrib builds the optimizer again
+        # once the LSTMs exist, so these parameters train too.
+        self.pointer_head = None
+        if self.pointer:
+            self.pointer_head = PointerHead(
+                self.mlp_extractor.latent_dim_pi, self.features_extractor.map_size, self.pointer_window_fraction
+            )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(match_projection_dim=self.match_projection_dim)
+        data.update(match_projection_dim=self.match_projection_dim, pointer=self.pointer, pointer_window_fraction=self.pointer_window_fraction)
         return data
+
+    def pointer_candidates(self, latent_pi: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`PointerHead.candidates` for the actor latent and features of the same steps."""
+        out = self.action_net(latent_pi)
+        parts = self.features_extractor.feature_slices(features)
+        distance = self.match_head(parts["query_emb"], parts["window_emb"])
+        return self.pointer_head.candidates(latent_pi, out[..., :2], parts["similarity"], parts["location"], distance)
+
+    def action_mean(self, latent_pi: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Mean action (or logits) ``(..., A)`` from the actor latent ``(..., latent_dim_pi)`` and
+        the features ``(..., features_dim)`` of the same steps (the pointer head reads them)."""
+        out = self.action_net(latent_pi)
+        if self.pointer_head is None:
+            return out
+        parts = self.features_extractor.feature_slices(features)
+        distance = self.match_head(parts["query_emb"], parts["window_emb"])
+        xy = self.pointer_head(latent_pi, out[..., :2], parts["similarity"], parts["location"], distance)
+        return torch.cat([xy, out[..., 2:]], dim=-1)
+
+    def _get_action_dist_from_latent(self, latent_pi: torch.Tensor):
+        if self.pointer_head is None:
+            return super()._get_action_dist_from_latent(latent_pi)
+        # SB3 passes only the latent; the features of the same forward pass were kept by the extractor.
+        mean = self.action_mean(latent_pi, self.features_extractor.last_features)
+        return self.action_dist.proba_distribution(mean, self.log_std)
 
     @property
     def last_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +290,7 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         lstm = self.lstm_actor
         if lstm.num_layers != 1:
             latent, lstm_state = lstm(features.unsqueeze(0), lstm_state)
-            return self.action_net(self.mlp_extractor.forward_actor(latent[0])), lstm_state
+            return self.action_mean(self.mlp_extractor.forward_actor(latent[0]), features), lstm_state
         # One step of a one-layer LSTM as an LSTM cell: the same arithmetic (equal up to float
         # rounding) at a quarter of nn.LSTM's per-call overhead, which dominates at batch 1.
         if lstm_state is None:
@@ -131,4 +299,4 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         else:
             h, c = lstm_state[0][0], lstm_state[1][0]
         h, c = torch.lstm_cell(features, (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
-        return self.action_net(self.mlp_extractor.forward_actor(h)), (h.unsqueeze(0), c.unsqueeze(0))
+        return self.action_mean(self.mlp_extractor.forward_actor(h), features), (h.unsqueeze(0), c.unsqueeze(0))

@@ -83,6 +83,11 @@ class SearchFeaturesExtractor(BaseFeaturesExtractor):
         #: ``(query_emb, window_emb)`` of the latest :meth:`forward`, kept (with their graph) so an
         #: auxiliary loss can reuse this CNN pass instead of running a second one.
         self.last_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: ``(N, features_dim)`` output of the latest :meth:`forward`/:meth:`combine`: SB3 hands the
+        #: action distribution only the LSTM latent, a pointer head also needs the similarity map.
+        self.last_features: torch.Tensor | None = None
+        #: where the location and the similarity map sit in the features (see :meth:`feature_slices`).
+        self.location_start = 2 * cnn.embedding_dim
 
     def embed(self, observations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Query and window embeddings, each ``(N, embedding_dim)``, from one batched CNN pass."""
@@ -103,8 +108,23 @@ class SearchFeaturesExtractor(BaseFeaturesExtractor):
         :param query_emb: ``(N, embedding_dim)``.
         :param overview: ``(N, C, H', W')`` float images in ``[0, 1]``.
         """
-        cells = self.cnn.feature_map(overview)
+        cells = self.overview_cells(overview)
         return torch.nn.functional.cosine_similarity(cells, query_emb[:, :, None, None], dim=1, eps=1e-6).flatten(1)
+
+    def overview_cells(self, overview: torch.Tensor) -> torch.Tensor:
+        """``(N, E, h', w')`` CNN feature maps of the overviews, one CNN pass per run of equal rows.
+
+        The overview is the same at every step of an episode, and PPO's minibatches keep an
+        episode's steps together: running the CNN on each run of identical overviews once (and
+        sharing the result, gradients included) removes most of the overview's cost in training.
+        """
+        n = overview.shape[0]
+        if n > 1:
+            repeats = (overview[1:] == overview[:-1]).flatten(1).all(dim=1)
+            if bool(repeats.any()):
+                starts = torch.cat([repeats.new_ones(1), ~repeats])
+                return self.cnn.feature_map(overview[starts])[torch.cumsum(starts, 0) - 1]
+        return self.cnn.feature_map(overview)
 
     def combine(
         self,
@@ -121,4 +141,14 @@ class SearchFeaturesExtractor(BaseFeaturesExtractor):
             if similarity is None:
                 raise ValueError("this extractor has an overview: pass combine() its similarity_map")
             parts.append(similarity)
-        return torch.cat(parts, dim=1)
+        self.last_features = torch.cat(parts, dim=1)
+        return self.last_features
+
+    def feature_slices(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split features ``(..., features_dim)`` back into ``query_emb``, ``window_emb``,
+        ``location`` ``(..., 4)`` and, with an overview, ``similarity`` ``(..., h' * w')``."""
+        e, loc = self.cnn.embedding_dim, self.location_start
+        out = {"query_emb": features[..., :e], "window_emb": features[..., e:loc], "location": features[..., loc:loc + 4]}
+        if self.map_size is not None:
+            out["similarity"] = features[..., features.shape[-1] - self.map_size[0] * self.map_size[1]:]
+        return out

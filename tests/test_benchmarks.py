@@ -90,3 +90,33 @@ def test_scale_grid_is_geometric_and_contains_one():
     assert grid[0] == pytest.approx(0.25) and 1.0 in grid and grid[-1] <= 3.0
     ratios = [b / a for a, b in zip(grid, grid[1:])]
     assert all(r == pytest.approx(2 ** 0.25, rel=1e-3) for r in ratios)
+
+
+def test_make_pairs_gives_as_many_generated_pairs_as_asked():
+    bench = load_script("benchmark_matchers")
+    pairs, data = bench.make_pairs("MixedMNIST", 1200, {})  # more than the default test_size of 1,000
+    assert len(pairs) == 1200 and data.test_size == 1200
+
+
+def test_evaluate_agents_scores_a_shipped_agent_and_reports_the_bars():
+    sys.path.insert(0, str(TRAIN))  # evaluate_agents imports benchmark_matchers as a sibling script
+    try:
+        evaluate = load_script("evaluate_agents")
+    finally:
+        sys.path.remove(str(TRAIN))
+    from matchenv.geometry import iou
+
+    searcher, dataset, kwargs = evaluate.load_agent("pretrained:translated-mnist")
+    assert dataset == "TranslatedMNIST"
+    from matchenv.datasets import make_dataset
+
+    data = make_dataset(dataset, test_size=12, **kwargs)
+    pairs = [data.test_pair(i) for i in range(12)]
+    accuracy = evaluate.evaluate(searcher, pairs, batch_size=5)
+    independent = [iou(searcher.locate(p.query, p.reference).box, p.target_box) for p in pairs]
+    assert accuracy["success_rate"] == pytest.approx(sum(v > 0.5 for v in independent) / 12)
+    assert accuracy["mean_iou"] == pytest.approx(sum(independent) / 12, abs=1e-6)
+    assert evaluate.time_single_queries(searcher, pairs[:3], warmup=1) > 0
+    row = {"agent": "a", "dataset": dataset, "pairs": 12, **accuracy, "ms_per_query": 2.0, "queries_per_second": 900.0}
+    text = evaluate.table([row])
+    assert "0.95, 1" in text and "prototype not met" in text  # 2 ms misses the 1 ms bar whatever the accuracy

@@ -27,15 +27,25 @@ def test_unknown_name_lists_the_shipped_agents():
         TemplateSearcher.from_pretrained("photo")
 
 
-def test_cluttered_mnist_agent_finds_digits():
-    # The bundled test digits (tests run offline): the shipped agent was trained on this data's
-    # training digits and scored 0.984 on its first 500 test pairs.
-    data = make_dataset("ClutteredMNIST", test_size=50)
-    searcher = TemplateSearcher.from_pretrained("cluttered-mnist")
+MNIST_AGENTS = sorted(name for name, agent in PRETRAINED.items() if agent.dataset.endswith("MNIST"))
+
+
+@pytest.mark.parametrize("name", MNIST_AGENTS)
+def test_mnist_agents_find_digits_in_their_dataset(name):
+    # The bundled test digits (tests run offline). Each shipped agent scored >= 0.90 on its
+    # dataset's fixed test split (README, train/evaluate_agents.py); 0.8 on 50 pairs leaves room
+    # for sampling noise while still failing for a broken or untrained agent (chance is < 0.1).
+    agent = PRETRAINED[name]
+    data = make_dataset(agent.dataset, test_size=50, **agent.dataset_kwargs)
+    searcher = TemplateSearcher.from_pretrained(name)
     pairs = [data.test_pair(i) for i in range(50)]
     results = searcher.locate_batch([p.query for p in pairs], [p.reference for p in pairs])
     success = np.mean([iou(r.box, p.target_box) > 0.5 for r, p in zip(results, pairs)])
-    assert success >= 0.9
+    assert success >= 0.8, success
+
+
+def test_the_three_noisy_mnist_agents_are_shipped():
+    assert {"translated-mnist", "cluttered-mnist", "mixed-mnist"} <= set(MNIST_AGENTS)
 
 
 def test_export_for_inference_drops_the_optimizer_state_and_keeps_the_policy(tmp_path):

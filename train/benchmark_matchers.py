@@ -116,7 +116,9 @@ def make_pairs(dataset: str, n: int, dataset_kwargs: dict):
     from matchenv.datasets import DATASETS, make_dataset
 
     kwargs = dict(dataset_kwargs)
-    if "test_size" in inspect.signature(DATASETS[dataset]).parameters:  # generated datasets: as many as asked
+    # Generated datasets (a test_size argument, possibly on a base class): as many pairs as asked.
+    inits = [vars(cls)["__init__"] for cls in DATASETS[dataset].__mro__ if "__init__" in vars(cls)]
+    if any("test_size" in inspect.signature(init).parameters for init in inits):
         kwargs.setdefault("test_size", max(n, 1))
     data = make_dataset(dataset, **kwargs)
     return [data.test_pair(i) for i in range(min(n, data.test_size))], data

@@ -6,6 +6,8 @@
     python train/ppo_lstm.py --no-ppo                          # imitation only
     python train/ppo_lstm.py --aux-weight 0                    # without the contrastive head
     python train/ppo_lstm.py --resume runs/<run>/last.zip      # continue an interrupted run
+    python train/ppo_lstm.py --env-id TemplateSearch-MixedMNIST-v0 --overview-size 100 --pointer \
+        --imitation-steps 1000000 --imitation-lr-final 0.1 --no-ppo        # the shipped Mixed MNIST agent
     python train/ppo_lstm.py --dataset FlickrLogos27 --imitation-lr-final 0.1 --ppo-timesteps 100000
                                                                # the shipped FlickrLogos-27 agent
     python train/ppo_lstm.py --dataset SelfSupervisedPhotos --dataset-kwargs '{"images": "my_photos/"}'
@@ -16,7 +18,9 @@ chosen; the actor regresses onto it, the critic onto the returns, the match head
 match/no-match from the windows' IoU. Stage 2 (PPO): SearchRecurrentPPO with the paper's sparse
 reward (``--reward-mode dense`` for shaping), the contrastive loss, and a small exploration noise.
 ``--overview-size`` adds the sharper first look (the whole reference at that side, compared with
-the query as a similarity map; see agents/siamese.py) that photographs need.
+the query as a similarity map; see agents/siamese.py) that photographs need; ``--pointer`` lets the
+actor pick among that map's candidates (agents/policy.py, PointerHead), which references with
+look-alikes (Mixed MNIST) need.
 
 Outputs in ``--out-dir``: TensorBoard logs (``tb/``), ``best.zip`` (best test success) and
 ``last.zip`` checkpoints with ``state.json`` (what ``--resume`` continues from), ``summary.json``
@@ -74,6 +78,7 @@ class Args:
     cnn_channels: str = "8,16,32,32,32"  # output channels of the siamese CNN's five conv layers
     aux_weight: float = 0.5  # contrastive match loss weight (0: no contrastive head)
     aux_margin: float = 1.0
+    pointer: bool = False  # with --overview-size: the actor picks among similarity-map candidates (PointerHead)
     # stage 1: imitation (DAgger from the privileged teacher)
     imitation: bool = True  # stage 1 on/off
     imitation_steps: int = 400_000  # environment steps (windows placed)
@@ -108,12 +113,27 @@ class Args:
 CHOICES = {"reward_mode": ["sparse", "dense"], "teacher": ["auto", "target", "search", "zoom"]}
 
 
-def teacher_for(dataset) -> str:
-    """The ``--teacher auto`` choice: search among look-alikes where the data has them, zoom in on
-    scale-aware datasets (photographs, where the first look is too coarse), else go to the target."""
+def teacher_for(dataset, pointer: bool = False) -> str:
+    """The ``--teacher auto`` choice: search among look-alikes where the data has them (unless the
+    pointer head already proposes the candidates: then the target), zoom in on scale-aware
+    datasets (photographs, where the first look is too coarse), else go to the target."""
+    if pointer:
+        return "target"
     if dataset.has_distractors:
         return "search"
     return "zoom" if dataset.scale_range is not None and getattr(dataset, "letterbox", False) else "target"
+
+
+def window_fraction(env, pairs: int = 32) -> float:
+    """Mean side of the nominal window as a fraction of the reference's, over a few training pairs
+    (the pointer head's starting point for mapping similarity-map cells to absolute actions)."""
+    env = env.unwrapped
+    fractions = []
+    for i in range(pairs):
+        env.reset(seed=i)
+        ref_h, ref_w = env.privileged_info()["reference_size"]
+        fractions += [env.window_size[0] / ref_h, env.window_size[1] / ref_w]
+    return float(np.mean(fractions))
 
 
 def field_comments() -> dict[str, str]:
@@ -325,6 +345,8 @@ def main() -> None:
             "SearchLstmPolicy", ppo_env, **ppo_kwargs,
             policy_kwargs=dict(
                 lstm_hidden_size=args.lstm_hidden_size,
+                pointer=args.pointer,
+                pointer_window_fraction=window_fraction(gym.make(args.env_id, **env_kwargs)) if args.pointer else 0.0,
                 features_extractor_kwargs=dict(channels=tuple(int(c) for c in args.cnn_channels.split(","))),
             ),
         )
@@ -351,7 +373,7 @@ def main() -> None:
                 group["lr"] = args.imitation_lr
             teacher = args.teacher
             if teacher == "auto":
-                teacher = teacher_for(envs[0].dataset)
+                teacher = teacher_for(envs[0].dataset, args.pointer)
             config = ImitationConfig(rollout_noise=args.rollout_noise, epochs=args.imitation_epochs,
                                      aux_weight=args.aux_weight, margin=args.aux_margin, gamma=args.gamma, teacher=teacher,
                                      localization_weight=args.localization_weight)

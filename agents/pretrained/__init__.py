@@ -12,34 +12,53 @@ the optimizer state is dropped, which makes them ~4x smaller; they load like any
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 HERE = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
 class PretrainedAgent:
-    """A shipped agent: its file in this folder, what it is for and how it was trained."""
+    """A shipped agent: its file in this folder, what it is for, how it was trained, and the dataset
+    (name and keyword arguments) whose fixed test split ``train/evaluate_agents.py`` scores it on."""
 
     filename: str
     description: str
     command: str
+    dataset: str
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 #: Name -> shipped agent. ``TemplateSearcher.from_pretrained(name)`` loads one.
 PRETRAINED: dict[str, PretrainedAgent] = {
+    "translated-mnist": PretrainedAgent(
+        "translated_mnist.zip",
+        "Noisy MNIST digits (28x28 queries, grayscale), trained on Translated MNIST (60x60 canvases, bundled subset)",
+        "python train/ppo_lstm.py --env-id TemplateSearch-TranslatedMNIST-v0 --threads 1",
+        "TranslatedMNIST",
+    ),
     "cluttered-mnist": PretrainedAgent(
         "cluttered_mnist.zip",
         "Noisy MNIST digits (28x28 queries, grayscale), trained on Cluttered MNIST (bundled subset)",
         "python train/ppo_lstm.py",
+        "ClutteredMNIST",
+    ),
+    "mixed-mnist": PretrainedAgent(
+        "mixed_mnist.zip",
+        "Noisy MNIST digits among digits of other classes (28x28 queries, 100x100 references, grayscale): "
+        "overview + pointer head, trained on Mixed MNIST with full MNIST (imitation only: PPO did not help here)",
+        "MATCHENV_DATA=<folder with the MNIST IDX files> python train/ppo_lstm.py --env-id TemplateSearch-MixedMNIST-v0 "
+        "--overview-size 100 --pointer --imitation-steps 1000000 --imitation-lr-final 0.1 --no-ppo --threads 1",
+        "MixedMNIST",
     ),
     "flickrlogos27": PretrainedAgent(
         "flickrlogos27.zip",
         "logos in photographs (colour, any query size), trained on FlickrLogos-27's training split",
         "python train/ppo_lstm.py --dataset FlickrLogos27 --imitation-lr-final 0.1 "
         "--ppo-timesteps 100000",
+        "FlickrLogos27",
     ),
 }
 

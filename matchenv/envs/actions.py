@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from gymnasium import spaces
@@ -77,16 +77,32 @@ class AbsoluteAction(WindowAction):
         self.space = self._box_space()
 
     def apply(self, action, center, scale, image_size, window_size):
-        a = self._check_finite(action)
-        if self.has_scale:
-            lo, hi = math.log(self.scale_range[0]), math.log(self.scale_range[1])
-            scale = math.exp(lo + (a[2] + 1.0) / 2.0 * (hi - lo))
-        img_h, img_w = image_size
-        win_w = min(window_size[1] * scale, img_w)
-        win_h = min(window_size[0] * scale, img_h)
-        cx = win_w / 2 + (a[0] + 1.0) / 2.0 * (img_w - win_w)
-        cy = win_h / 2 + (a[1] + 1.0) / 2.0 * (img_h - win_h)
-        return float(cx), float(cy), float(scale)
+        return absolute_window_center(self._check_finite(action), image_size, window_size, self.scale_range, scale)
+
+
+def absolute_window_center(
+    action: Sequence[float],
+    image_size: tuple[int, int],
+    window_size: tuple[float, float],
+    scale_range: Optional[tuple[float, float]],
+    scale: float = 1.0,
+) -> tuple[float, float, float]:
+    """Where an ``"absolute"`` action puts the window: ``(center_x, center_y, scale)``.
+
+    ``(x, y)`` in ``[-1, 1]`` span the centres that keep the window inside the image; with a
+    ``scale_range`` the third component picks the scale log-uniformly in it (else ``scale`` is
+    kept). Plain Python arithmetic on a finite, clipped action: the env and the inference API
+    (one window at a time, where numpy's per-call overhead would dominate) share it.
+    """
+    if scale_range is not None:
+        lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
+        scale = math.exp(lo + (action[2] + 1.0) / 2.0 * (hi - lo))
+    img_h, img_w = image_size
+    win_w = min(window_size[1] * scale, img_w)
+    win_h = min(window_size[0] * scale, img_h)
+    cx = win_w / 2 + (action[0] + 1.0) / 2.0 * (img_w - win_w)
+    cy = win_h / 2 + (action[1] + 1.0) / 2.0 * (img_h - win_h)
+    return float(cx), float(cy), float(scale)
 
 
 class RelativeAction(WindowAction):

@@ -121,7 +121,7 @@ class TemplateSearchEnv(gym.Env):
     :param encoder: the frozen encoder for ``obs_mode="features"``.
     :param query_size: ``(h, w)`` observation resolution; the dataset's ``query_size`` by default.
     :param scale_range: ``(min, max)`` window scale factors; the dataset's ``scale_range`` by default.
-    :param overview_size: ``(H', W')`` to add the ``overview`` observation, or ``None``.
+    :param overview_size: ``(H', W')`` (or one int for a square) to add the ``overview`` observation, or ``None``.
     :param privileged_info: also put the privileged signals in every ``info`` (for teachers).
     :param render_mode: ``None``, ``"rgb_array"`` or ``"human"`` (needs pygame and a display).
     """
@@ -209,6 +209,8 @@ class TemplateSearchEnv(gym.Env):
         }
         self.overview_size = None
         if overview_size is not None:
+            if isinstance(overview_size, (int, np.integer)):  # a square overview
+                overview_size = (overview_size, overview_size)
             self.overview_size = tuple(int(v) for v in overview_size)
             if len(self.overview_size) != 2 or min(self.overview_size) < 1:
                 raise ValueError(f"overview_size must be (height, width) with positive sides, got {overview_size}")

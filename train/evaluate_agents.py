@@ -1,0 +1,167 @@
+"""Evaluate trained agents against the agent issue's bars: accuracy, ms per query, throughput.
+
+    MATCHENV_DATA=/path/to/mnist python train/evaluate_agents.py      # the shipped Noisy MNIST agents
+    python train/evaluate_agents.py --agent runs/mixed/last.zip --dataset MixedMNIST --pairs 2000
+
+For each agent, through the inference API (:class:`agents.searcher.TemplateSearcher`, not SB3's
+``predict``):
+
+* **accuracy**: success (IoU > 0.5 of the final window, T = the agent's trial limit) and mean IoU
+  on the first ``--pairs`` pairs of the dataset's fixed test split (pairs are generated from
+  ``(test seed, index)``, so the first N are the same for every N);
+* **speed**: the median milliseconds of one ``locate(query, reference)`` call (batch 1) over
+  ``--timing-pairs`` queries after ``--warmup`` untimed ones, with ``--threads`` torch/OpenCV
+  threads (1 by default, as the bars ask); images are in memory before timing;
+* **throughput**: queries per second of ``locate_batch`` with ``--batch-size`` pairs per call.
+
+It prints a markdown table next to the published prototype's numbers and the project's goals,
+and writes ``results.json`` in ``--out``. Shipped agents are named ``pretrained:<name>``; each
+knows the dataset it was trained for. Without ``MATCHENV_DATA`` the Noisy MNIST pairs use the
+bundled MNIST subset (its 1,000 test digits), and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agents.pretrained import PRETRAINED
+from agents.searcher import TemplateSearcher
+from benchmark_matchers import machine_description, make_pairs
+from matchenv.geometry import iou
+
+#: The agent issue's bars per dataset: (success, ms per query) of the published prototype and our goal.
+BARS = {
+    "TranslatedMNIST": {"prototype": (0.95, 1.0), "goal": (0.98, 1.0)},
+    "ClutteredMNIST": {"prototype": (0.91, 3.0), "goal": (0.96, 1.0)},
+    "MixedMNIST": {"prototype": (0.88, 4.0), "goal": (0.94, 1.0)},
+}
+SHIPPED_MNIST = ["pretrained:translated-mnist", "pretrained:cluttered-mnist", "pretrained:mixed-mnist"]
+
+
+def load_agent(spec: str) -> tuple[TemplateSearcher, str | None, dict]:
+    """The searcher for ``spec`` (a checkpoint or ``pretrained:<name>``) and, for a shipped agent, its dataset."""
+    if spec.startswith("pretrained:"):
+        name = spec.split(":", 1)[1]
+        searcher = TemplateSearcher.from_pretrained(name)
+        return searcher, PRETRAINED[name].dataset, dict(PRETRAINED[name].dataset_kwargs)
+    return TemplateSearcher.load(spec), None, {}
+
+
+def evaluate(searcher: TemplateSearcher, pairs: list, batch_size: int) -> dict[str, float]:
+    """Success rate and mean IoU of the final windows, searching ``batch_size`` pairs per call."""
+    ious = []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="accuracy", leave=False):
+        chunk = pairs[start:start + batch_size]
+        results = searcher.locate_batch([p.matcher_query for p in chunk], [p.reference for p in chunk])
+        ious += [iou(r.box, p.target_box) for r, p in zip(results, chunk)]
+    ious_arr = np.array(ious)
+    return {"success_rate": float(np.mean(ious_arr > 0.5)), "mean_iou": float(np.mean(ious_arr))}
+
+
+def time_single_queries(searcher: TemplateSearcher, pairs: list, warmup: int) -> float:
+    """Median milliseconds of one ``locate`` call (batch 1)."""
+    for p in pairs[:warmup]:
+        searcher.locate(p.matcher_query, p.reference)
+    times = []
+    for p in pairs:
+        start = time.perf_counter()
+        searcher.locate(p.matcher_query, p.reference)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def throughput(searcher: TemplateSearcher, pairs: list, batch_size: int) -> float:
+    """Queries per second of ``locate_batch`` over ``pairs`` in batches of ``batch_size``."""
+    searcher.locate_batch([p.matcher_query for p in pairs[:batch_size]], [p.reference for p in pairs[:batch_size]])
+    start = time.perf_counter()
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        searcher.locate_batch([p.matcher_query for p in chunk], [p.reference for p in chunk])
+    return len(pairs) / (time.perf_counter() - start)
+
+
+def verdicts(dataset: str, success: float, ms: float) -> str:
+    bars = BARS.get(dataset)
+    if bars is None:
+        return "-"
+    words = []
+    for name, (bar_success, bar_ms) in bars.items():
+        ok = success >= bar_success and ms <= bar_ms
+        words.append(f"{name} {'met' if ok else 'not met'}")
+    return "; ".join(words)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| agent | dataset | pairs | success | mean IoU | ms / query (batch 1) | queries/s (batched) "
+        "| prototype (success, ms) | goal (success, ms) | bars |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        bars = BARS.get(r["dataset"], {})
+        proto = "{:.2f}, {:g}".format(*bars["prototype"]) if bars else "-"
+        goal = "{:.2f}, {:g}".format(*bars["goal"]) if bars else "-"
+        lines.append(
+            f"| {r['agent']} | {r['dataset']} | {r['pairs']} | {r['success_rate']:.3f} | {r['mean_iou']:.3f} "
+            f"| {r['ms_per_query']:.2f} | {r['queries_per_second']:.0f} | {proto} | {goal} "
+            f"| {verdicts(r['dataset'], r['success_rate'], r['ms_per_query'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agent", action="append", default=None,
+                        help="checkpoint or pretrained:<name> (repeatable; default: the shipped Noisy MNIST agents)")
+    parser.add_argument("--dataset", default=None, help="dataset for --agent checkpoints (shipped agents know theirs)")
+    parser.add_argument("--dataset-kwargs", default="{}", help="JSON keyword arguments for --dataset")
+    parser.add_argument("--pairs", type=int, default=2000, help="test pairs for accuracy (the bars ask >= 2000)")
+    parser.add_argument("--timing-pairs", type=int, default=300, help="queries timed one by one")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed queries before timing")
+    parser.add_argument("--batch-size", type=int, default=100, help="pairs per locate_batch call")
+    parser.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads")
+    parser.add_argument("--out", default="runs/evaluate_agents")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in args.agent or SHIPPED_MNIST:
+        searcher, dataset, kwargs = load_agent(spec)
+        if dataset is None:
+            if args.dataset is None:
+                parser.error(f"{spec} is a checkpoint: say which dataset to evaluate it on with --dataset")
+            dataset, kwargs = args.dataset, json.loads(args.dataset_kwargs)
+        pairs, data = make_pairs(dataset, args.pairs, kwargs)
+        source = str(getattr(data, "source", "") or getattr(data, "root", "") or dataset)
+        print(f"{spec}: {len(pairs)} {dataset} test pairs (data: {source})", flush=True)
+        # Batch-1 timing first: after large batches PyTorch's JIT re-specialises the traced CNN
+        # for a while, which would bill a one-off cost to the single-query median.
+        ms = time_single_queries(searcher, pairs[: args.timing_pairs], args.warmup)
+        accuracy = evaluate(searcher, pairs, args.batch_size)
+        qps = throughput(searcher, pairs, args.batch_size)
+        rows.append({"agent": spec, "dataset": dataset, "data": source, "pairs": len(pairs), **accuracy,
+                     "ms_per_query": ms, "queries_per_second": qps, "max_trials": searcher.max_trials})
+        print(f"  success {accuracy['success_rate']:.3f}, mean IoU {accuracy['mean_iou']:.3f}, "
+              f"{ms:.2f} ms/query (batch 1), {qps:.0f} queries/s (batch {args.batch_size})", flush=True)
+    machine = f"{machine_description().replace('1 thread per method', f'{args.threads} thread(s)')}"
+    report = f"{machine}\n\n{table(rows)}\n"
+    print("\n" + report)
+    (out / "results.md").write_text(report)
+    (out / "results.json").write_text(json.dumps({"machine": machine, "threads": args.threads, "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
