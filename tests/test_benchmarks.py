@@ -120,3 +120,18 @@ def test_evaluate_agents_scores_a_shipped_agent_and_reports_the_bars():
     row = {"agent": "a", "dataset": dataset, "pairs": 12, **accuracy, "ms_per_query": 2.0, "queries_per_second": 900.0}
     text = evaluate.table([row])
     assert "0.95, 1" in text and "prototype not met" in text  # 2 ms misses the 1 ms bar whatever the accuracy
+
+
+def test_scaling_tables_report_time_and_success_per_size(tmp_path):
+    bench = load_script("benchmark_matchers")
+    rows = [
+        {"method": "ncc", "size": 100, "median_ms": 0.2, "success_rate": 0.8, "pairs": 10},
+        {"method": "ncc", "size": 250, "median_ms": 1.4, "success_rate": 0.7, "pairs": 10},
+        {"method": "bbs", "size": 100, "median_ms": 160.0, "success_rate": 0.6, "pairs": 9},
+    ]
+    times, success = bench.scaling_tables(rows)
+    assert "| ncc | 0.2 | 1.4 |" in times and "| bbs | 160.0 | - |" in times
+    assert "| ncc | 0.80 (10) | 0.70 (10) |" in success and "| bbs | 0.60 (9) | - |" in success
+    bench.write_scaling(rows, "test machine", tmp_path)
+    assert json.loads((tmp_path / "scaling.json").read_text())["rows"] == rows
+    assert (tmp_path / "scaling.png").stat().st_size > 0 and "0.60 (9)" in (tmp_path / "scaling.md").read_text()

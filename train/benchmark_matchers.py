@@ -206,6 +206,31 @@ def plot_accuracy(results: list[dict], path: Path, title: str, dataset: str) -> 
     plt.close(fig)
 
 
+def scaling_tables(rows: list[dict]) -> tuple[str, str]:
+    """Markdown tables of median ms per query and of success (with the pairs answered) per size."""
+    sizes = sorted({r["size"] for r in rows})
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    header = ["| method | " + " | ".join(f"{s}x{s}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    times, success = list(header), list(header)
+    for name in names:
+        mine = {r["size"]: r for r in rows if r["method"] == name}
+        times.append(f"| {name} | " + " | ".join(f"{mine[s]['median_ms']:.1f}" if s in mine else "-" for s in sizes) + " |")
+        success.append(f"| {name} | " + " | ".join(
+            f"{mine[s]['success_rate']:.2f} ({mine[s]['pairs']})" if s in mine else "-" for s in sizes) + " |")
+    return "\n".join(times), "\n".join(success)
+
+
+def write_scaling(rows: list[dict], machine: str, out: Path) -> None:
+    """Print and write the scaling tables (``scaling.md``), ``scaling.json`` and ``scaling.png``."""
+    times, success = scaling_tables(rows)
+    text = (f"median ms per query vs reference size (target 28x28); {machine}\n\n{times}\n\n"
+            f"success (IoU > 0.5) and pairs answered per size\n\n{success}\n")
+    print("\n" + text)
+    (out / "scaling.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    (out / "scaling.md").write_text(text)
+    plot_scaling(rows, out / "scaling.png")
+
+
 def plot_scaling(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -243,11 +268,16 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,250,500,1000,2000")
     parser.add_argument("--scaling-pairs", type=int, default=20)
     parser.add_argument("--out", default="runs/bench")
-    parser.add_argument("--replot", action="store_true", help="redraw the plot from <out>/results.json")
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw tables and plot from <out>/results.json (with --scaling: <out>/scaling.json)")
     args = parser.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot and args.scaling:
+        saved = json.loads((out / "scaling.json").read_text())
+        write_scaling(saved["rows"], saved["machine"], out)
+        return
     if args.replot:
         saved = json.loads((out / "results.json").read_text())
         plot_accuracy(saved["results"], out / "accuracy_vs_time.png", f"{saved['dataset']}: success vs time per query",
@@ -300,17 +330,7 @@ def main() -> None:
             print(f"{size}x{size} {result['method']}: {result['median_ms']:.2f} ms/query ({result['pairs']} pairs)", flush=True)
             if result["median_ms"] / 1000 > args.max_seconds / max(args.scaling_pairs, 1):
                 too_slow.add(method)
-    sizes = sorted({r["size"] for r in rows})
-    names = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| method | " + " | ".join(f"{s}x{s}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
-    for name in names:
-        cells = {r["size"]: f"{r['median_ms']:.1f}" for r in rows if r["method"] == name}
-        lines.append(f"| {name} | " + " | ".join(cells.get(s, "-") for s in sizes) + " |")
-    table = "\n".join(lines)
-    print(f"\nmedian ms per query vs reference size (target 28x28); {machine}\n\n{table}")
-    (out / "scaling.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    (out / "scaling.md").write_text(f"{machine}\n\n{table}\n")
-    plot_scaling(rows, out / "scaling.png")
+    write_scaling(rows, machine, out)
 
 
 if __name__ == "__main__":
