@@ -1,9 +1,25 @@
-"""Agents for matchenv: the siamese features used by recurrent search policies.
+"""Agents for matchenv: the recurrent search agent, its training pieces and the baseline matchers.
 
-This package grows with the agent issue (recurrent policy, contrastive head, inference API)
-and the baselines issue (classic matchers). Today it holds the siamese CNN feature extractor.
+- :mod:`agents.siamese`: the siamese CNN and its SB3 features extractor (similarity map with an overview);
+- :mod:`agents.policy`: ``SearchLstmPolicy`` (LSTM actor-critic, contrastive match head, optional ``PointerHead``);
+- :mod:`agents.ppo`: ``SearchRecurrentPPO`` (RecurrentPPO with the contrastive loss in the same step);
+- :mod:`agents.imitation`, :mod:`agents.teacher`, :mod:`agents.rollout`: the DAgger warm start;
+- :mod:`agents.searcher`, :mod:`agents.numpy_step`: ``TemplateSearcher``, the inference API, and its CPU fast path;
+- :mod:`agents.pretrained`: the shipped agents (``TemplateSearcher.from_pretrained(name)``);
+- :mod:`agents.baselines`: classic matchers (NCC/SSD, MTM, BBS, DDIS, QATM, exhaustive embedding).
 """
 
+from agents.policy import PointerHead, SearchLstmPolicy
+from agents.ppo import SearchRecurrentPPO
+from agents.searcher import SearchResult, TemplateSearcher
 from agents.siamese import SearchFeaturesExtractor, SiameseCNN
 
-__all__ = ["SearchFeaturesExtractor", "SiameseCNN"]
+__all__ = [
+    "PointerHead",
+    "SearchFeaturesExtractor",
+    "SearchLstmPolicy",
+    "SearchRecurrentPPO",
+    "SearchResult",
+    "SiameseCNN",
+    "TemplateSearcher",
+]

@@ -87,3 +87,16 @@ def test_flickrlogos27_agent_on_the_held_out_split():
     )
     success = np.mean([iou(r.box, p.target_box) > 0.5 for r, p in zip(results, pairs)])
     assert success > 0.25  # measured 0.360 when it was trained (README); NCC reaches about 0.15
+
+
+@pytest.mark.parametrize("name", MNIST_AGENTS)
+@pytest.mark.parametrize("canvas", [60, 100])
+def test_mnist_agents_take_plain_2d_uint8_arrays(name, canvas):
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 60, (canvas, canvas), dtype=np.uint8)
+    digit = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    reference[10:38, 20:48] = digit
+    result = TemplateSearcher.from_pretrained(name).locate(digit, reference)
+    x0, y0, x1, y1 = result.box
+    assert (x1 - x0, y1 - y0) == (28, 28) and 0 <= x0 and x1 <= canvas and 0 <= y0 and y1 <= canvas
+    assert result.path.shape == (6, 4) and np.all((result.scores >= 0) & (result.scores <= 1))
