@@ -86,6 +86,8 @@ class SearchFeaturesExtractor(BaseFeaturesExtractor):
         #: ``(N, features_dim)`` output of the latest :meth:`forward`/:meth:`combine`: SB3 hands the
         #: action distribution only the LSTM latent, a pointer head also needs the similarity map.
         self.last_features: torch.Tensor | None = None
+        #: ``(overviews, cells)`` of the last no-gradient :meth:`overview_cells` call.
+        self._inference_cells: tuple[torch.Tensor, torch.Tensor] | None = None
         #: where the location and the similarity map sit in the features (see :meth:`feature_slices`).
         self.location_start = 2 * cnn.embedding_dim
 
@@ -117,7 +119,21 @@ class SearchFeaturesExtractor(BaseFeaturesExtractor):
         The overview is the same at every step of an episode, and PPO's minibatches keep an
         episode's steps together: running the CNN on each run of identical overviews once (and
         sharing the result, gradients included) removes most of the overview's cost in training.
+        Without gradients (rollouts), the maps of the last batch are also reused while the same
+        batch of overviews comes back, i.e. for every step after the first of a batch of episodes.
         """
+        if not torch.is_grad_enabled():
+            # Rollouts (DAgger, PPO's collection, evaluation) show the same overviews at every step
+            # of a batch of episodes: keep the last batch's maps and reuse them while it repeats.
+            cached = self._inference_cells
+            if cached is not None and cached[0].shape == overview.shape and torch.equal(cached[0], overview):
+                return cached[1]
+            cells = self._cells_per_run(overview)
+            self._inference_cells = (overview, cells)
+            return cells
+        return self._cells_per_run(overview)
+
+    def _cells_per_run(self, overview: torch.Tensor) -> torch.Tensor:
         n = overview.shape[0]
         if n > 1:
             repeats = (overview[1:] == overview[:-1]).flatten(1).all(dim=1)

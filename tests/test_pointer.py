@@ -181,3 +181,25 @@ def test_overview_cells_share_one_cnn_pass_per_run_of_equal_overviews():
     expected_grads = torch.autograd.grad((expected * weights).sum(), params)
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad)
+
+
+def test_rollouts_reuse_the_overview_maps_while_the_same_overviews_come_back():
+    from agents.siamese import SearchFeaturesExtractor
+
+    torch.manual_seed(0)
+    extractor = SearchFeaturesExtractor(make_env().observation_space)
+    calls = []
+    extractor.cnn.convs.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    first, second = torch.rand(4, 1, *OVERVIEW), torch.rand(4, 1, *OVERVIEW)
+    with torch.no_grad():
+        a = extractor.overview_cells(first)
+        b = extractor.overview_cells(first.clone())  # the same overviews at the next step
+        c = extractor.overview_cells(second)  # new episodes
+        d = extractor.overview_cells(first[:3])  # another batch size
+    assert calls == [4, 4, 3]
+    torch.testing.assert_close(b, a)
+    torch.testing.assert_close(c, extractor.cnn.feature_map(second))
+    torch.testing.assert_close(d, a[:3])
+    calls.clear()
+    cells = extractor.overview_cells(first)  # with gradients: always computed, so training sees its graph
+    assert calls == [4] and cells.requires_grad
