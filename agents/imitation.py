@@ -67,22 +67,23 @@ def imitation_losses(
 
     latent_pi, _ = policy.lstm_actor(features)
     latent_pi = policy.mlp_extractor.forward_actor(latent_pi)
-    means = policy.action_mean(latent_pi, features)
     teacher = torch.as_tensor(batch.teacher_actions, device=policy.device)
-    bc = F.mse_loss(means[:-1], teacher)
     pointer_logs = {}
-    if policy.pointer_head is not None:
+    if policy.pointer_head is None:
+        bc = F.mse_loss(policy.action_mean(latent_pi, features)[:-1], teacher)
+    else:
         # Winner-takes-all (multiple-choice learning): the gate classifies which candidate is
         # nearest the teacher's window, and only that candidate (plus the offset) regresses onto
         # it. Regressing the chosen or the averaged candidate instead would drag every candidate
         # towards the targets of the episodes where it was the wrong one.
-        anchors, logits = policy.pointer_candidates(latent_pi[:-1], features[:-1])
+        out = policy.action_net(latent_pi)[:-1]
+        anchors, logits = policy.pointer_candidates(latent_pi[:-1], out, features[:-1])
         nearest = (anchors.detach() - teacher[..., None, :2]).pow(2).sum(dim=-1).argmin(dim=-1)
         winner = anchors.take_along_dim(nearest[..., None, None], dim=-2).squeeze(-2)
         xy = winner + policy.pointer_head.offset(latent_pi[:-1])
-        bc = F.mse_loss(torch.cat([xy, means[:-1, ..., 2:]], dim=-1), teacher)
+        bc = F.mse_loss(torch.cat([xy, out[..., 2:]], dim=-1), teacher)
         gate = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), nearest.reshape(-1))
-        free = F.mse_loss(policy.action_net(latent_pi[:-1])[..., :2], teacher[..., :2])  # the "free" anchor learns too
+        free = F.mse_loss(out[..., :2], teacher[..., :2])  # the "free" anchor learns too
         bc = bc + gate + free
         with torch.no_grad():
             pointer_logs = {"gate": gate, "gate_accuracy": (logits.argmax(dim=-1) == nearest).float().mean()}

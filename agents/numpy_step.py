@@ -70,12 +70,11 @@ class NumpyActorStep:
         self.w_ih, self.w_hh = np.ascontiguousarray(get(lstm.weight_ih_l0).T), np.ascontiguousarray(get(lstm.weight_hh_l0).T)
         self.b = get(lstm.bias_ih_l0) + get(lstm.bias_hh_l0)
         self.hidden = lstm.hidden_size
-        self.mlp = _dense(policy.mlp_extractor.policy_net) if len(policy.mlp_extractor.policy_net) else []
+        self.mlp = _dense(policy.mlp_extractor.policy_net)  # an empty Sequential gives no layers
         self.action = _dense(policy.action_net)
         self.pointer = policy.pointer_head is not None
         if self.pointer:
             head = policy.pointer_head
-            self.embedding_dim = policy.features_extractor.cnn.embedding_dim
             self.projection = _dense(policy.match_head.projection)
             self.sharpness = float(head.log_sharpness.detach().exp())
             self.cell_centres = get(head.cell_centres)

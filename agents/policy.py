@@ -244,12 +244,18 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         data.update(match_projection_dim=self.match_projection_dim, pointer=self.pointer, pointer_window_fraction=self.pointer_window_fraction)
         return data
 
-    def pointer_candidates(self, latent_pi: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`PointerHead.candidates` for the actor latent and features of the same steps."""
-        out = self.action_net(latent_pi)
+    def _pointer_inputs(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the pointer head reads from the features: similarity map, location, match distance."""
         parts = self.features_extractor.feature_slices(features)
         distance = self.match_head(parts["query_emb"], parts["window_emb"])
-        return self.pointer_head.candidates(latent_pi, out[..., :2], parts["similarity"], parts["location"], distance)
+        return parts["similarity"], parts["location"], distance
+
+    def pointer_candidates(
+        self, latent_pi: torch.Tensor, out: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`PointerHead.candidates` for the actor latent, its ``action_net`` output ``out`` and
+        the features of the same steps."""
+        return self.pointer_head.candidates(latent_pi, out[..., :2], *self._pointer_inputs(features))
 
     def action_mean(self, latent_pi: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Mean action (or logits) ``(..., A)`` from the actor latent ``(..., latent_dim_pi)`` and
@@ -257,9 +263,7 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         out = self.action_net(latent_pi)
         if self.pointer_head is None:
             return out
-        parts = self.features_extractor.feature_slices(features)
-        distance = self.match_head(parts["query_emb"], parts["window_emb"])
-        xy = self.pointer_head(latent_pi, out[..., :2], parts["similarity"], parts["location"], distance)
+        xy = self.pointer_head(latent_pi, out[..., :2], *self._pointer_inputs(features))
         return torch.cat([xy, out[..., 2:]], dim=-1)
 
     def _get_action_dist_from_latent(self, latent_pi: torch.Tensor):

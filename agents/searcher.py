@@ -147,12 +147,10 @@ class TemplateSearcher:
         if fast and (policy.device.type != "cpu" or policy.lstm_actor.num_layers != 1):
             raise ValueError("fast=True needs a CPU policy with a one-layer actor LSTM: pass fast=False")
         self.fast = bool(fast)
-        self._cnn: nn.Module = policy.features_extractor.cnn
-        self._step = PolicyStep(policy).eval()
-        self._numpy_step: Optional[NumpyActorStep] = None
-        if self.fast:
-            self._cnn = self._traced_cnn()
-            self._numpy_step = NumpyActorStep(policy)
+        # The fast path: a traced CNN and numpy decisions; otherwise the modules themselves.
+        self._cnn: nn.Module = self._traced_cnn() if self.fast else policy.features_extractor.cnn
+        self._numpy_step: Optional[NumpyActorStep] = NumpyActorStep(policy) if self.fast else None
+        self._step: Optional[PolicyStep] = None if self.fast else PolicyStep(policy)
 
     def _decider(self, query_emb: torch.Tensor, similarity: torch.Tensor):
         """``decide(window_emb, locations, trials_left) -> (N, A) actions``: the actor over one batch

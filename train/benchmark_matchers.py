@@ -51,7 +51,7 @@ CLASSIC_METHODS = ["ncc", "ssd", "mtm", "bbs", "ddis"]
 FEATURE_METHODS = ["qatm", "embedding-exhaustive"]
 
 
-def machine_description() -> str:
+def machine_description(threads: int = 1) -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -60,7 +60,8 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, 1 thread per method, Python {platform.python_version()}"
+    per_method = f"{threads} thread{'' if threads == 1 else 's'} per method"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {per_method}, Python {platform.python_version()}"
 
 
 def make_method(name: str, features_checkpoint: Optional[str], scale_range: Optional[tuple[float, float]] = None):

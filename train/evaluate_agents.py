@@ -156,7 +156,7 @@ def main() -> None:
                      "ms_per_query": ms, "queries_per_second": qps, "max_trials": searcher.max_trials})
         print(f"  success {accuracy['success_rate']:.3f}, mean IoU {accuracy['mean_iou']:.3f}, "
               f"{ms:.2f} ms/query (batch 1), {qps:.0f} queries/s (batch {args.batch_size})", flush=True)
-    machine = f"{machine_description().replace('1 thread per method', f'{args.threads} thread(s)')}"
+    machine = machine_description(args.threads)
     report = f"{machine}\n\n{table(rows)}\n"
     print("\n" + report)
     (out / "results.md").write_text(report)
