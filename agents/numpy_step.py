@@ -5,7 +5,7 @@ operations (an LSTM cell, a 64-unit MLP, the pointer head's arg-max and soft-arg
 map). PyTorch spends 5-10 us of dispatch per operation, numpy 1-2 us, so the same arithmetic on
 the same float32 weights runs several times faster in numpy. :class:`NumpyActorStep` copies the
 trained weights once and reproduces :meth:`SearchLstmPolicy.actor_step` (tested to agree to float
-rounding); the CNN stays in PyTorch, where the work is real convolution.
+rounding); the CNN runs in one of :mod:`agents.cnn_runtime`'s runtimes.
 """
 
 from __future__ import annotations
@@ -67,18 +67,38 @@ class NumpyActorStep:
         if lstm.num_layers != 1 or lstm.bias is False:
             raise ValueError("NumpyActorStep supports one-layer actor LSTMs with biases")
         get = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
-        self.w_ih, self.w_hh = np.ascontiguousarray(get(lstm.weight_ih_l0).T), np.ascontiguousarray(get(lstm.weight_hh_l0).T)
-        self.b = get(lstm.bias_ih_l0) + get(lstm.bias_hh_l0)
-        self.hidden = lstm.hidden_size
+        n = self.hidden = lstm.hidden_size
+        # Gate columns reordered from torch's (i, f, g, o) to (i, f, o, g): one sigmoid call then
+        # covers three gates.
+        order = np.concatenate([np.arange(0, 2 * n), np.arange(3 * n, 4 * n), np.arange(2 * n, 3 * n)])
+        self.w_ih = np.ascontiguousarray(get(lstm.weight_ih_l0).T[:, order])
+        self.w_hh = np.ascontiguousarray(get(lstm.weight_hh_l0).T[:, order])
+        self.b = (get(lstm.bias_ih_l0) + get(lstm.bias_hh_l0))[order]
+        # The input rows that change at every window (window, location, trials left; then h),
+        # stacked so that a decision is one matrix product; rows: query (e), window (e),
+        # location (4), trials_left (1), similarity.
+        e = policy.features_extractor.cnn.embedding_dim
+        self.embedding_dim = e
+        self.w_step = np.ascontiguousarray(np.concatenate([self.w_ih[e:2 * e + 5], self.w_hh], axis=0))
         self.mlp = _dense(policy.mlp_extractor.policy_net)  # an empty Sequential gives no layers
         self.action = _dense(policy.action_net)
+        self.projection = _dense(policy.match_head.projection)  # the match head (verifier)
         self.pointer = policy.pointer_head is not None
         if self.pointer:
             head = policy.pointer_head
-            self.projection = _dense(policy.match_head.projection)
             self.sharpness = float(head.log_sharpness.detach().exp())
             self.cell_centres = get(head.cell_centres)
             self.cell_grid = head.cell_grid.detach().cpu().numpy()
+            # Each cell's 3x3 neighbourhood as cell indices, padded with index `cells` (a dummy
+            # cell with logit -inf and centre 0): the soft-argmax then reads 9 cells, not all.
+            cells = len(self.cell_grid)
+            near = np.abs(self.cell_grid[:, None, :] - self.cell_grid[None, :, :]).max(axis=-1) <= 1
+            self.neighbours = np.full((cells, 9), cells, dtype=np.int64)
+            for cell in range(cells):
+                found = np.flatnonzero(near[cell])
+                self.neighbours[cell, :len(found)] = found
+            self.cell_x, self.cell_y = self.cell_centres[:, 0].copy(), self.cell_centres[:, 1].copy()
+            self.padded_centres = np.concatenate([self.cell_centres, np.zeros((1, 2), np.float32)])
             self.point_scale, self.point_shift = get(head.point_scale), get(head.point_shift)
             self.gate = _dense(head.gate)
             self.offset = _dense(head.offset)
@@ -106,10 +126,15 @@ class NumpyActorStep:
         return mean, search.h, search.c
 
     def _soft_argmax(self, logits: np.ndarray) -> np.ndarray:
-        """:meth:`agents.policy.PointerHead.soft_argmax` on already sharpened (and suppressed) logits."""
-        best = self.cell_grid[logits.argmax(axis=1)]
-        outside = (np.abs(self.cell_grid[None] - best[:, None, :]) > 1).any(axis=-1)
-        return _softmax(logits - outside * np.float32(1e4)) @ self.cell_centres
+        """:meth:`agents.policy.PointerHead.soft_argmax` on already sharpened (and suppressed)
+        ``(N, cells)`` logits: the softmax over the arg-max's 3x3 neighbourhood (the cells
+        outside it have weight exactly 0 in PyTorch's version too)."""
+        n, cells = logits.shape
+        near = self.neighbours[logits.argmax(axis=1)]  # (N, 9)
+        padded = np.empty((n, cells + 1), np.float32)
+        padded[:, :cells], padded[:, cells] = logits, -np.inf
+        weights = _softmax(padded.ravel()[near + (cells + 1) * np.arange(n)[:, None]])
+        return (weights[:, :, None] * self.padded_centres[near]).sum(axis=1)
 
     def _anchor(self, points: np.ndarray) -> np.ndarray:
         return (2.0 * points - 1.0) * self.point_scale + self.point_shift
@@ -120,22 +145,21 @@ class NumpySearch:
 
     The LSTM input is ``[query_emb, window_emb, location, trials_left, similarity]``; the query
     and similarity parts of its product with the input weights (and the biases) are the same at
-    every window, so they are computed once. With a pointer head, so are the query's projection
-    in the match head and the "best cell" candidate.
+    every window, so they are computed once; so are the query's projection in the match head and,
+    with a pointer head, the "best cell" candidate.
     """
 
     def __init__(self, step: NumpyActorStep, query_emb: np.ndarray, similarity: np.ndarray) -> None:
         self.s = step
         n, e = query_emb.shape
-        w = step.w_ih  # rows: query (e), window (e), location (4), trials_left (1), similarity
-        self.w_window, self.w_location, self.w_trials = w[e:2 * e], w[2 * e:2 * e + 4], w[2 * e + 4]
+        w = step.w_ih
         self.constant = query_emb @ w[:e] + step.b
         if similarity.shape[1]:
             self.constant = self.constant + similarity @ w[2 * e + 5:]
         self.h = np.zeros((n, step.hidden), np.float32)
         self.c = np.zeros((n, step.hidden), np.float32)
+        self.query_projection = _apply(step.projection, query_emb)
         if step.pointer:
-            self.query_projection = _apply(step.projection, query_emb)
             self.logits = similarity * np.float32(step.sharpness)
             self.best = step._anchor(step._soft_argmax(self.logits))
 
@@ -146,24 +170,36 @@ class NumpySearch:
         :param trials_left: ``(N, 1)`` array, or one number for every search.
         """
         s, n = self.s, self.s.hidden
-        z = (self.constant + window_emb @ self.w_window + location @ self.w_location
-             + np.asarray(trials_left, np.float32).reshape(-1, 1) * self.w_trials + self.h @ s.w_hh)
-        # torch's LSTM cell: gates i, f, g, o in that order.
-        i, f, g, o = _sigmoid(z[:, :n]), _sigmoid(z[:, n:2 * n]), np.tanh(z[:, 2 * n:3 * n]), _sigmoid(z[:, 3 * n:])
-        self.c = f * self.c + i * g
-        self.h = o * np.tanh(self.c)
+        if np.ndim(trials_left) == 0:
+            trials = np.full((len(window_emb), 1), trials_left, np.float32)
+        else:
+            trials = np.asarray(trials_left, np.float32).reshape(-1, 1)
+        z = self.constant + np.concatenate([window_emb, location, trials, self.h], axis=1) @ s.w_step
+        gates = _sigmoid(z[:, :3 * n])  # i, f, o
+        self.c = gates[:, n:2 * n] * self.c + gates[:, :n] * np.tanh(z[:, 3 * n:])
+        self.h = gates[:, 2 * n:] * np.tanh(self.c)
         latent = _apply(s.mlp, self.h)
         out = _apply(s.action, latent)
         if not s.pointer:
             return out
         return np.concatenate([self._pointer(latent, out[:, :2], window_emb, location), out[:, 2:]], axis=1)
 
+    def distance(self, window_emb: np.ndarray) -> np.ndarray:
+        """``(M,)`` match-head distances (:class:`agents.policy.MatchHead`) of ``(M, E)`` window
+        embeddings to the searches' queries, ``M`` a multiple of ``N`` (several trials' windows
+        stacked trial by trial): small means the window matches."""
+        query = self.query_projection
+        if len(window_emb) != len(query):
+            query = np.tile(query, (len(window_emb) // len(query), 1))
+        diff = query - _apply(self.s.projection, window_emb)
+        return np.sqrt((diff * diff).sum(axis=1) + 1e-8)
+
     def _pointer(self, latent, free, window_emb, location) -> np.ndarray:
         """:meth:`agents.policy.PointerHead.forward` with the match head's distance."""
         s = self.s
-        diff = self.query_projection - _apply(s.projection, window_emb)
-        distance = np.sqrt((diff * diff).sum(axis=1) + 1e-8)
-        covered = (np.abs(s.cell_centres[None] - location[:, None, :2]) < location[:, None, 2:] / 2).all(axis=-1)
+        distance = self.distance(window_emb)
+        covered = ((np.abs(s.cell_x - location[:, 0:1]) < location[:, 2:3] / 2)
+                   & (np.abs(s.cell_y - location[:, 1:2]) < location[:, 3:4] / 2))
         elsewhere = s._anchor(s._soft_argmax(self.logits - covered * np.float32(1e4)))
         stay = s._anchor(location[:, :2])
         anchors = np.stack([self.best, elsewhere, stay, free], axis=1)

@@ -15,7 +15,6 @@ images are letterboxed like in training, and boxes are mapped back to the pixels
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.cnn_runtime import make_cnn_runtime
 from agents.numpy_step import NumpyActorStep
 from agents.policy import SearchLstmPolicy
 from matchenv.envs.actions import absolute_window_center
@@ -37,7 +37,8 @@ class SearchResult:
     """Where the agent found the query.
 
     :param box: ``(4,)`` float pixel box ``(x0, y0, x1, y1)`` of the answer in the reference.
-    :param path: ``(T, 4)`` every window placed, in order (the last one is :attr:`box` by default).
+    :param path: ``(T, 4)`` every window placed, in order (the last one is :attr:`box` by default);
+        ``T`` is ``max_trials`` unless ``stop_score`` ended the search earlier.
     :param scores: ``(T,)`` match score of each window in ``[0, 1]`` from the contrastive head
         (``1 - distance / margin``, clipped): near 1 the agent believes the window matches.
     """
@@ -88,6 +89,44 @@ class PolicyStep(nn.Module):
         return self.policy.action_mean(self.policy.mlp_extractor.forward_actor(h), features), h, c
 
 
+class _RunningSearch:
+    """``N`` searches in progress: ``step`` decides the next windows, ``distance`` verifies windows."""
+
+    def step(self, window_emb: np.ndarray, locations: np.ndarray, trials_left: float) -> np.ndarray:
+        """``(N, A)`` actions after seeing ``(N, E)`` window embeddings at ``(N, 4)`` locations."""
+        raise NotImplementedError
+
+    def distance(self, window_emb: np.ndarray) -> np.ndarray:
+        """``(M,)`` match-head distances of ``(M, E)`` windows to the queries, ``M`` a multiple of
+        ``N`` (windows of several trials stacked trial by trial); small means a match."""
+        raise NotImplementedError
+
+
+class _TorchRunningSearch(_RunningSearch):
+    """The searches in PyTorch (:class:`PolicyStep`), on the policy's device."""
+
+    def __init__(self, step: PolicyStep, query_emb: np.ndarray, similarity: np.ndarray) -> None:
+        self.policy_step = step
+        self.device = step.policy.device
+        self.query_emb, self.similarity = self._tensor(query_emb), self._tensor(similarity)
+        hidden = step.policy.lstm_actor.hidden_size
+        self.h = self.query_emb.new_zeros(self.query_emb.shape[0], hidden)
+        self.c = self.query_emb.new_zeros(self.query_emb.shape[0], hidden)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+    def step(self, window_emb, locations, trials_left):
+        trials = self.query_emb.new_full((self.query_emb.shape[0], 1), trials_left)
+        mean, self.h, self.c = self.policy_step(self.query_emb, self._tensor(window_emb), self._tensor(locations),
+                                                trials, self.similarity, self.h, self.c)
+        return mean.cpu().numpy()
+
+    def distance(self, window_emb):
+        repeats = window_emb.shape[0] // self.query_emb.shape[0]
+        return self.policy_step.policy.match_distance(self.query_emb.repeat(repeats, 1), self._tensor(window_emb)).cpu().numpy()
+
+
 class TemplateSearcher:
     """Locate queries in references with a trained :class:`~agents.policy.SearchLstmPolicy`.
 
@@ -96,10 +135,20 @@ class TemplateSearcher:
     :param margin: the contrastive margin the match head was trained with (for :attr:`SearchResult.scores`).
     :param select: ``"last"`` answers with the final window (the paper's protocol); ``"best_score"``
         with the window the match head scores highest.
-    :param fast: the CPU fast path: the CNN as a frozen TorchScript trace and the actor's
-        decision in numpy (:class:`~agents.numpy_step.NumpyActorStep`), on a snapshot of the
-        trained weights; the same arithmetic, equal up to float rounding, about twice as fast per
-        query at batch 1. On by default for CPU policies with a one-layer LSTM.
+    :param fast: the CPU fast path: the CNN in a faster runtime (``cnn_runtime="auto"``) and the
+        actor's decision in numpy (:class:`~agents.numpy_step.NumpyActorStep`), on a snapshot of
+        the trained weights; the same arithmetic, equal up to float rounding, several times faster
+        per query at batch 1. On by default for CPU policies with a one-layer LSTM.
+    :param cnn_runtime: where the CNN runs (:mod:`agents.cnn_runtime`): ``"onnxruntime"`` (needs
+        ``pip install "matchenv[fast]"``), ``"torchscript"``, ``"torch"``, or ``"auto"`` (ONNX
+        Runtime when installed, else TorchScript). Default: ``"auto"`` with ``fast``, else ``"torch"``.
+        ONNX Runtime uses ``torch.get_num_threads()`` threads, read when the searcher is built.
+    :param stop_score: end a search at the first window whose match score (see
+        :attr:`SearchResult.scores`) reaches this value -- the verifier accepts it -- instead of
+        always placing ``max_trials`` windows; the answer is then that window. Fewer CNN calls
+        per query where the agent finds the target at once (Translated and Mixed MNIST); it
+        costs accuracy where the agent refines over several windows (Cluttered MNIST), see
+        README "The shipped agents against the bars". ``None`` (default): the paper's protocol.
     """
 
     #: batches up to this size run without oneDNN (measured faster at batch 1 on this project's CPUs).
@@ -117,7 +166,11 @@ class TemplateSearcher:
         window_fraction: Optional[float] = None,
         channel_order: str = "rgb",
         fast: Optional[bool] = None,
+        stop_score: Optional[float] = None,
+        cnn_runtime: Optional[str] = None,
     ) -> None:
+        if stop_score is not None and not 0.0 < stop_score <= 1.0:
+            raise ValueError(f"stop_score must be in (0, 1] (a match score) or None (always max_trials windows), got {stop_score!r}")
         if select not in ("last", "best_score"):
             raise ValueError(f"select must be 'last' or 'best_score', got {select!r}")
         if channel_order not in ("rgb", "bgr"):
@@ -126,6 +179,7 @@ class TemplateSearcher:
         self.max_trials = int(max_trials)
         self.margin = float(margin)
         self.select = select
+        self.stop_score = None if stop_score is None else float(stop_score)
         self.letterbox = bool(letterbox)
         self.max_side = None if max_side is None else int(max_side)
         self.window_fraction = None if window_fraction is None else float(window_fraction)
@@ -147,39 +201,20 @@ class TemplateSearcher:
         if fast and (policy.device.type != "cpu" or policy.lstm_actor.num_layers != 1):
             raise ValueError("fast=True needs a CPU policy with a one-layer actor LSTM: pass fast=False")
         self.fast = bool(fast)
-        # The fast path: a traced CNN and numpy decisions; otherwise the modules themselves.
-        self._cnn: nn.Module = self._traced_cnn() if self.fast else policy.features_extractor.cnn
+        # The fast path: a faster CNN runtime and numpy decisions; otherwise the modules themselves.
+        self._cnn = make_cnn_runtime(cnn_runtime or ("auto" if self.fast else "torch"), policy.features_extractor.cnn,
+                                     (self.channels, *self.query_size))
+        #: where the CNN runs: "onnxruntime", "torchscript" or "torch" (see agents.cnn_runtime)
+        self.cnn_runtime: str = self._cnn.name
         self._numpy_step: Optional[NumpyActorStep] = NumpyActorStep(policy) if self.fast else None
         self._step: Optional[PolicyStep] = None if self.fast else PolicyStep(policy)
 
-    def _decider(self, query_emb: torch.Tensor, similarity: torch.Tensor):
-        """``decide(window_emb, locations, trials_left) -> (N, A) actions``: the actor over one batch
-        of searches, keeping its LSTM state between calls (numpy on the fast path, else PyTorch)."""
+    def _start(self, query_emb: np.ndarray, similarity: np.ndarray) -> "_RunningSearch":
+        """The actor and the match head over one batch of searches, keeping the LSTM state between
+        windows (numpy on the fast path, else PyTorch)."""
         if self._numpy_step is not None:
-            search = self._numpy_step.start(query_emb.cpu().numpy(), similarity.cpu().numpy())
-            return lambda window_emb, locations, trials_left: search.step(window_emb.cpu().numpy(), locations, trials_left)
-        n = query_emb.shape[0]
-        state = [query_emb.new_zeros(n, self.hidden_size), query_emb.new_zeros(n, self.hidden_size)]
-
-        def decide(window_emb: torch.Tensor, locations: np.ndarray, trials_left: float) -> np.ndarray:
-            mean, state[0], state[1] = self._step(query_emb, window_emb, self._tensor(locations),
-                                                  query_emb.new_full((n, 1), trials_left), similarity, *state)
-            return mean.cpu().numpy()
-
-        return decide
-
-    def _traced_cnn(self) -> nn.Module:
-        """The CNN as a frozen TorchScript trace (about 1.6x faster than eager at batch 1); eager
-        if this torch cannot trace it."""
-        cnn = self.policy.features_extractor.cnn
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, not gone
-                example = torch.zeros(1, self.channels, *self.query_size)
-                return torch.jit.freeze(torch.jit.trace(cnn.eval(), example))
-        except Exception as err:  # noqa: BLE001  (a speed-up only: any failure falls back to eager)
-            warnings.warn(f"could not trace the CNN ({err}); using eager PyTorch", RuntimeWarning, stacklevel=3)
-            return cnn
+            return self._numpy_step.start(query_emb, similarity)
+        return _TorchRunningSearch(self._step, query_emb, similarity)
 
     @classmethod
     def load(cls, path: Union[str, Path], device: str = "cpu", **kwargs) -> "TemplateSearcher":
@@ -187,6 +222,9 @@ class TemplateSearcher:
         from agents.ppo import load_trained_model
 
         model = load_trained_model(path, device=device)
+        if kwargs.get("stop_score") is not None and model.aux_weight == 0:
+            raise ValueError(f"{path} was trained without the contrastive match head (aux_weight=0): its match "
+                             "scores mean nothing, so stop_score cannot end searches; leave stop_score=None")
         kwargs.setdefault("margin", model.aux_margin)
         for key, value in getattr(model, "search_config", {}).items():  # how training showed images
             kwargs.setdefault(key, value)
@@ -250,26 +288,30 @@ class TemplateSearcher:
         n = len(queries)
         view = self._view
         # The query (embedded once per search) and the global view, in one CNN call.
-        both = self._embed([view(q) for q in queries] + [view(r) for r in references])
+        both = self._cnn.embed(np.stack([view(q) for q in queries] + [view(r) for r in references]))
         query_emb, window_emb = both[:n], both[n:]
-        extractor = self.policy.features_extractor
-        similarity = None
+        similarity = np.zeros((n, 0), np.float32)
         if self.overview_size is not None:  # the sharper first look, once per search
             whole = letterbox if self.letterbox else resize_image
-            overviews = np.stack([whole(r, self.overview_size) for r in references]).transpose(0, 3, 1, 2)
-            similarity = extractor.similarity_map(query_emb, self._tensor(overviews).div_(255.0))
-        if similarity is None:
-            similarity = query_emb.new_zeros(n, 0)
+            cells = self._cnn.feature_map(np.stack([whole(r, self.overview_size) for r in references]))
+            similarity = self.policy.features_extractor.cell_similarity(torch.from_numpy(query_emb),
+                                                                        torch.from_numpy(cells)).numpy()
         locations = np.tile(np.array([0.5, 0.5, 1.0, 1.0], dtype=np.float32), (n, 1))
         paths = np.zeros((self.max_trials, n, 4))
-        window_embs: list[torch.Tensor] = []
-        decide = self._decider(query_emb, similarity)
+        distances = np.zeros((self.max_trials, n))
+        lengths = np.full(n, self.max_trials)  # windows placed per search
+        active = np.arange(n)  # searches still going (all of them unless stop_score ends some)
+        window_embs: list[np.ndarray] = []
+        search = self._start(query_emb, similarity)
         for t in range(self.max_trials):
-            actions = decide(window_emb, locations, (self.max_trials - t) / self.max_trials)
-            if not np.isfinite(actions).all():
-                raise RuntimeError(f"the policy produced a non-finite action at trial {t}: {actions.tolist()}")
+            # Decisions for the whole batch (rows are independent; those of finished searches are ignored).
+            actions = search.step(window_emb, locations, (self.max_trials - t) / self.max_trials)
+            if not np.isfinite(actions[active]).all():
+                raise RuntimeError(f"the policy produced a non-finite action at trial {t}: {actions[active].tolist()}")
+            clipped = np.clip(actions, -1.0, 1.0).tolist()  # plain floats: the geometry below is scalar Python
             crops = []
-            for i, (r, action) in enumerate(zip(references, np.clip(actions, -1.0, 1.0).astype(np.float64).tolist())):
+            for i in active.tolist():
+                r, action = references[i], clipped[i]
                 img_h, img_w = r.shape[:2]
                 cx, cy, scale = absolute_window_center(action, (img_h, img_w), windows[i], self.scale_range)
                 box = place_window(cx, cy, windows[i][1] * scale, windows[i][0] * scale, img_w, img_h)
@@ -278,17 +320,28 @@ class TemplateSearcher:
                 locations[i] = ((box[0] + box[2]) / (2 * img_w), (box[1] + box[3]) / (2 * img_h),
                                 (box[2] - box[0]) / img_w, (box[3] - box[1]) / img_h)
                 crops.append(self._window(r, box))
-            window_emb = self._embed(crops)
+            if len(active) == n:
+                window_emb = self._cnn.embed(np.stack(crops))
+            else:
+                window_emb = window_emb.copy()
+                window_emb[active] = self._cnn.embed(np.stack(crops))
             window_embs.append(window_emb)
-        # Score every placed window in one call of the match head (it does not steer the search).
-        distances = self.policy.match_distance(query_emb.repeat(self.max_trials, 1), torch.cat(window_embs))
-        distances = distances.cpu().numpy().reshape(self.max_trials, n)
+            if self.stop_score is not None:  # the match head accepts the window: that search ends here
+                distances[t, active] = search.distance(window_emb)[active]
+                accepted = 1.0 - distances[t, active] / self.margin >= self.stop_score
+                lengths[active[accepted]] = t + 1
+                active = active[~accepted]
+                if len(active) == 0:
+                    break
+        if self.stop_score is None:  # score every window in one call of the match head
+            distances = search.distance(np.concatenate(window_embs)).reshape(self.max_trials, n)
         scores = np.clip(1.0 - distances / self.margin, 0.0, 1.0)
         results = []
         for i in range(n):
-            pick = self.max_trials - 1 if self.select == "last" else int(np.argmax(scores[:, i]))
-            path = paths[:, i] / factors[i]  # back to the pixels of the reference as given
-            results.append(SearchResult(box=path[pick].copy(), path=path, scores=scores[:, i].copy()))
+            path = paths[:lengths[i], i] / factors[i]  # back to the pixels of the reference as given
+            score = scores[:lengths[i], i]
+            pick = len(path) - 1 if self.select == "last" else int(np.argmax(score))
+            results.append(SearchResult(box=path[pick].copy(), path=path, scores=score.copy()))
         return results
 
     # ------------------------------------------------------------------ internals
@@ -300,14 +353,6 @@ class TemplateSearcher:
         if self.letterbox:
             return crop_letterboxed(image, box, self.query_size)
         return crop_window(image, box, self.query_size)
-
-    def _embed(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Siamese CNN embeddings ``(N, E)`` of channel-last uint8 images at the query resolution."""
-        batch = np.stack(images).transpose(0, 3, 1, 2)
-        return self._cnn(self._tensor(batch).div_(255.0))
-
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
 
     def _prepare(self, image: np.ndarray, name: str) -> np.ndarray:
         """Validate an image and convert it to channel-last uint8 with the policy's channel count."""

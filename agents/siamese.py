@@ -110,7 +110,12 @@ class SearchFeaturesExtractor(BaseFeaturesExtractor):
         :param query_emb: ``(N, embedding_dim)``.
         :param overview: ``(N, C, H', W')`` float images in ``[0, 1]``.
         """
-        cells = self.overview_cells(overview)
+        return self.cell_similarity(query_emb, self.overview_cells(overview))
+
+    @staticmethod
+    def cell_similarity(query_emb: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """``(N, h' * w')`` cosine similarity of ``(N, E)`` query embeddings with ``(N, E, h', w')``
+        overview feature maps (:meth:`similarity_map` on maps computed elsewhere, e.g. the searcher's runtime)."""
         return torch.nn.functional.cosine_similarity(cells, query_emb[:, :, None, None], dim=1, eps=1e-6).flatten(1)
 
     def overview_cells(self, overview: torch.Tensor) -> torch.Tensor:

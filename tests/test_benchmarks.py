@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
@@ -116,10 +117,18 @@ def test_evaluate_agents_scores_a_shipped_agent_and_reports_the_bars():
     independent = [iou(searcher.locate(p.query, p.reference).box, p.target_box) for p in pairs]
     assert accuracy["success_rate"] == pytest.approx(sum(v > 0.5 for v in independent) / 12)
     assert accuracy["mean_iou"] == pytest.approx(sum(independent) / 12, abs=1e-6)
+    assert accuracy["mean_windows"] == searcher.max_trials
     assert evaluate.time_single_queries(searcher, pairs[:3], warmup=1) > 0
     row = {"agent": "a", "dataset": dataset, "pairs": 12, **accuracy, "ms_per_query": 2.0, "queries_per_second": 900.0}
     text = evaluate.table([row])
     assert "0.95, 1" in text and "prototype not met" in text  # 2 ms misses the 1 ms bar whatever the accuracy
+    # Ending searches at an accepted window: fewer windows, counted per query, and labelled in the table.
+    stopping, _, _ = evaluate.load_agent("pretrained:translated-mnist", stop_score=0.5)
+    early = evaluate.evaluate(stopping, pairs, batch_size=5)
+    lengths = [len(stopping.locate(p.query, p.reference).path) for p in pairs]
+    assert early["mean_windows"] == pytest.approx(np.mean(lengths)) and early["mean_windows"] < searcher.max_trials
+    text = evaluate.table([{**row, **early, "stop_score": 0.5}])
+    assert "(stop at score >= 0.5)" in text
 
 
 def test_scaling_tables_report_time_and_success_per_size(tmp_path):

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import matchenv  # noqa: F401  (registers the environments)
+from agents.cnn_runtime import make_cnn_runtime, onnxruntime_available
 from agents.numpy_step import NumpyActorStep
 from agents.policy import SearchLstmPolicy
 from agents.searcher import PolicyStep, TemplateSearcher
+from agents.siamese import SiameseCNN
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -84,3 +86,102 @@ def test_fast_path_is_the_cpu_default_and_refuses_what_it_cannot_run():
     policy, _ = random_policy("plain")
     assert TemplateSearcher(policy).fast
     assert not TemplateSearcher(policy, fast=False).fast
+
+
+# ---------------------------------------------------------------------------------------------
+# Ending a search when the match head accepts the window (stop_score)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("case", ["plain", "pointer"])
+def test_stop_score_ends_each_search_at_its_first_accepted_window(case, fast):
+    policy, env = random_policy(case, seed=2)
+    dataset = env.unwrapped.dataset
+    pairs = [dataset.test_pair(i) for i in range(12)]
+    queries, references = [p.query for p in pairs], [p.reference for p in pairs]
+    # A random match head's distances are far above the margin of 1 (every score clipped to 0): a
+    # wide margin spreads the scores, and their median is a threshold that some windows pass and
+    # others do not, so that the searches in one batch end at different trials.
+    full = TemplateSearcher(policy, fast=fast, margin=1e3).locate_batch(queries, references)
+    threshold = float(np.median(np.concatenate([r.scores for r in full])))
+    stopping = TemplateSearcher(policy, fast=fast, margin=1e3, stop_score=threshold)
+    batched = stopping.locate_batch(queries, references)
+    lengths = set()
+    for pair, whole, early in zip(pairs, full, batched):
+        accepted = np.flatnonzero(whole.scores >= threshold)
+        length = accepted[0] + 1 if len(accepted) else len(whole.path)
+        lengths.add(length)
+        # The same windows as the full search up to the first accepted one, and that one is the answer.
+        np.testing.assert_array_equal(early.path, whole.path[:length])
+        np.testing.assert_allclose(early.scores, whole.scores[:length], atol=1e-5)
+        np.testing.assert_array_equal(early.box, early.path[-1])
+        np.testing.assert_array_equal(stopping.locate(pair.query, pair.reference).path, early.path)
+    assert len(lengths) > 1  # the batch really mixed early and late stops
+
+
+def test_stop_score_is_checked():
+    policy, _ = random_policy("plain")
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="stop_score"):
+            TemplateSearcher(policy, stop_score=bad)
+
+
+def test_stop_score_refuses_an_agent_without_a_trained_match_head(tmp_path):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents.ppo import SearchRecurrentPPO
+
+    venv = DummyVecEnv([lambda: gym.make("TemplateSearch-v0")])
+    model = SearchRecurrentPPO("SearchLstmPolicy", venv, n_steps=8, batch_size=8, seed=0, device="cpu",
+                               aux_weight=0.0, policy_kwargs=dict(lstm_hidden_size=32))
+    model.save(tmp_path / "no_head.zip")
+    assert TemplateSearcher.load(tmp_path / "no_head.zip").stop_score is None
+    with pytest.raises(ValueError, match="aux_weight=0"):
+        TemplateSearcher.load(tmp_path / "no_head.zip", stop_score=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# CNN runtimes (agents/cnn_runtime.py)
+# ---------------------------------------------------------------------------------------------
+RUNTIME_KINDS = ["torch", "torchscript", pytest.param("onnxruntime", marks=pytest.mark.skipif(
+    not onnxruntime_available(), reason='needs the fast extra: pip install "matchenv[fast]"'))]
+
+
+@pytest.mark.parametrize("kind", RUNTIME_KINDS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_cnn_runtimes_compute_the_trained_cnn(kind, channels):
+    torch.manual_seed(0)
+    cnn = SiameseCNN(in_channels=channels).eval()
+    runtime = make_cnn_runtime(kind, cnn, (channels, 28, 28))
+    assert runtime.name == kind
+    rng = np.random.default_rng(0)
+    for shape in [(1, 28, 28), (5, 28, 28), (2, 100, 80)]:  # batch and image size are free
+        images = rng.integers(0, 256, (*shape, channels), dtype=np.uint8)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            expected_emb, expected_map = cnn(x).numpy(), cnn.feature_map(x).numpy()
+        if shape[1:] == (28, 28):
+            np.testing.assert_allclose(runtime.embed(images), expected_emb, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(runtime.feature_map(images), expected_map, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", RUNTIME_KINDS)
+def test_searchers_on_every_runtime_place_the_same_windows(kind):
+    policy, env = random_policy("pointer", seed=3)
+    reference = TemplateSearcher(policy, fast=False)
+    searcher = TemplateSearcher(policy, cnn_runtime=kind)
+    assert searcher._cnn.name == kind
+    dataset = env.unwrapped.dataset
+    for pair in [dataset.test_pair(i) for i in range(6)]:
+        a, b = searcher.locate(pair.query, pair.reference), reference.locate(pair.query, pair.reference)
+        np.testing.assert_array_equal(a.path, b.path)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_cnn_runtime_choice_is_checked(monkeypatch):
+    cnn = SiameseCNN()
+    with pytest.raises(ValueError, match="cnn_runtime must be one of"):
+        make_cnn_runtime("tensorrt", cnn, (1, 28, 28))
+    monkeypatch.setattr("agents.cnn_runtime.onnxruntime_available", lambda: False)
+    with pytest.raises(ImportError, match=r"matchenv\[fast\]"):
+        make_cnn_runtime("onnxruntime", cnn, (1, 28, 28))
+    assert make_cnn_runtime("auto", cnn, (1, 28, 28)).name == "torchscript"  # without the extra

@@ -101,7 +101,7 @@ class AgentMatcher:
             self.searcher = TemplateSearcher.load(checkpoint)
         # Name agents apart in the table: "agent (pretrained:photo)", "agent (fl27-zoom/best.zip)".
         self.name = f"agent ({checkpoint if checkpoint.startswith('pretrained:') else '/'.join(Path(checkpoint).parts[-2:])})"
-        self.features = f"trained agent: {checkpoint}"
+        self.features = f"trained agent: {checkpoint} (CNN runtime: {self.searcher.cnn_runtime})"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
         from agents.baselines.base import MatchResult

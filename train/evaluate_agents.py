@@ -14,6 +14,10 @@ For each agent, through the inference API (:class:`agents.searcher.TemplateSearc
   threads (1 by default, as the bars ask); images are in memory before timing;
 * **throughput**: queries per second of ``locate_batch`` with ``--batch-size`` pairs per call.
 
+``--stop-score S`` (repeatable; ``none`` is the default protocol) also evaluates each agent with
+searches that end at the first window the match head scores at least ``S`` (the searcher's
+``stop_score``): the table then shows the windows placed per query next to success and time.
+
 It prints a markdown table next to the published prototype's numbers and the project's goals,
 and writes ``results.json`` in ``--out``. Shipped agents are named ``pretrained:<name>``; each
 knows the dataset it was trained for. Without ``MATCHENV_DATA`` the Noisy MNIST pairs use the
@@ -48,24 +52,26 @@ BARS = {
 SHIPPED_MNIST = ["pretrained:translated-mnist", "pretrained:cluttered-mnist", "pretrained:mixed-mnist"]
 
 
-def load_agent(spec: str) -> tuple[TemplateSearcher, str | None, dict]:
+def load_agent(spec: str, stop_score: float | None = None) -> tuple[TemplateSearcher, str | None, dict]:
     """The searcher for ``spec`` (a checkpoint or ``pretrained:<name>``) and, for a shipped agent, its dataset."""
     if spec.startswith("pretrained:"):
         name = spec.split(":", 1)[1]
-        searcher = TemplateSearcher.from_pretrained(name)
+        searcher = TemplateSearcher.from_pretrained(name, stop_score=stop_score)
         return searcher, PRETRAINED[name].dataset, dict(PRETRAINED[name].dataset_kwargs)
-    return TemplateSearcher.load(spec), None, {}
+    return TemplateSearcher.load(spec, stop_score=stop_score), None, {}
 
 
 def evaluate(searcher: TemplateSearcher, pairs: list, batch_size: int) -> dict[str, float]:
-    """Success rate and mean IoU of the final windows, searching ``batch_size`` pairs per call."""
-    ious = []
+    """Success rate and mean IoU of the answers and windows per query, searching ``batch_size`` pairs per call."""
+    ious, windows = [], []
     for start in tqdm(range(0, len(pairs), batch_size), desc="accuracy", leave=False):
         chunk = pairs[start:start + batch_size]
         results = searcher.locate_batch([p.matcher_query for p in chunk], [p.reference for p in chunk])
         ious += [iou(r.box, p.target_box) for r, p in zip(results, chunk)]
+        windows += [len(r.path) for r in results]
     ious_arr = np.array(ious)
-    return {"success_rate": float(np.mean(ious_arr > 0.5)), "mean_iou": float(np.mean(ious_arr))}
+    return {"success_rate": float(np.mean(ious_arr > 0.5)), "mean_iou": float(np.mean(ious_arr)),
+            "mean_windows": float(np.mean(windows))}
 
 
 def time_single_queries(searcher: TemplateSearcher, pairs: list, warmup: int) -> float:
@@ -103,17 +109,18 @@ def verdicts(dataset: str, success: float, ms: float) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| agent | dataset | pairs | success | mean IoU | ms / query (batch 1) | queries/s (batched) "
-        "| prototype (success, ms) | goal (success, ms) | bars |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|---|",
+        "| agent | dataset | pairs | success | mean IoU | windows / query | ms / query (batch 1) "
+        "| queries/s (batched) | prototype (success, ms) | goal (success, ms) | bars |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         bars = BARS.get(r["dataset"], {})
         proto = "{:.2f}, {:g}".format(*bars["prototype"]) if bars else "-"
         goal = "{:.2f}, {:g}".format(*bars["goal"]) if bars else "-"
+        agent = r["agent"] if r.get("stop_score") is None else f"{r['agent']} (stop at score >= {r['stop_score']:g})"
         lines.append(
-            f"| {r['agent']} | {r['dataset']} | {r['pairs']} | {r['success_rate']:.3f} | {r['mean_iou']:.3f} "
-            f"| {r['ms_per_query']:.2f} | {r['queries_per_second']:.0f} | {proto} | {goal} "
+            f"| {agent} | {r['dataset']} | {r['pairs']} | {r['success_rate']:.3f} | {r['mean_iou']:.3f} "
+            f"| {r['mean_windows']:.2f} | {r['ms_per_query']:.2f} | {r['queries_per_second']:.0f} | {proto} | {goal} "
             f"| {verdicts(r['dataset'], r['success_rate'], r['ms_per_query'])} |"
         )
     return "\n".join(lines)
@@ -130,6 +137,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50, help="untimed queries before timing")
     parser.add_argument("--batch-size", type=int, default=100, help="pairs per locate_batch call")
     parser.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads")
+    parser.add_argument("--stop-score", action="append", default=None, metavar="S",
+                        help="also evaluate each agent ending searches at the first window the match head scores "
+                             ">= S (TemplateSearcher's stop_score; repeatable; 'none' = always T windows, the default)")
     parser.add_argument("--out", default="runs/evaluate_agents")
     args = parser.parse_args()
 
@@ -137,26 +147,34 @@ def main() -> None:
     cv2.setNumThreads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        stop_scores = [None if v.lower() == "none" else float(v) for v in (args.stop_score or ["none"])]
+    except ValueError:
+        parser.error(f"--stop-score takes a number in (0, 1] or 'none', got {args.stop_score}")
     rows = []
-    for spec in args.agent or SHIPPED_MNIST:
-        searcher, dataset, kwargs = load_agent(spec)
+    for spec, stop_score in [(spec, stop) for spec in args.agent or SHIPPED_MNIST for stop in stop_scores]:
+        searcher, dataset, kwargs = load_agent(spec, stop_score)
         if dataset is None:
             if args.dataset is None:
                 parser.error(f"{spec} is a checkpoint: say which dataset to evaluate it on with --dataset")
             dataset, kwargs = args.dataset, json.loads(args.dataset_kwargs)
         pairs, data = make_pairs(dataset, args.pairs, kwargs)
         source = str(getattr(data, "source", "") or getattr(data, "root", "") or dataset)
-        print(f"{spec}: {len(pairs)} {dataset} test pairs (data: {source})", flush=True)
+        stopping = "" if stop_score is None else f", ending searches at match score >= {stop_score:g}"
+        print(f"{spec}: {len(pairs)} {dataset} test pairs (data: {source}){stopping}", flush=True)
         # Batch-1 timing first: after large batches PyTorch's JIT re-specialises the traced CNN
         # for a while, which would bill a one-off cost to the single-query median.
         ms = time_single_queries(searcher, pairs[: args.timing_pairs], args.warmup)
         accuracy = evaluate(searcher, pairs, args.batch_size)
         qps = throughput(searcher, pairs, args.batch_size)
-        rows.append({"agent": spec, "dataset": dataset, "data": source, "pairs": len(pairs), **accuracy,
-                     "ms_per_query": ms, "queries_per_second": qps, "max_trials": searcher.max_trials})
+        rows.append({"agent": spec, "stop_score": stop_score, "dataset": dataset, "data": source, "pairs": len(pairs), **accuracy,
+                     "ms_per_query": ms, "queries_per_second": qps, "max_trials": searcher.max_trials,
+                     "cnn_runtime": searcher.cnn_runtime})
         print(f"  success {accuracy['success_rate']:.3f}, mean IoU {accuracy['mean_iou']:.3f}, "
+              f"{accuracy['mean_windows']:.2f} windows/query, "
               f"{ms:.2f} ms/query (batch 1), {qps:.0f} queries/s (batch {args.batch_size})", flush=True)
-    machine = machine_description(args.threads)
+    runtimes = ", ".join(sorted({r["cnn_runtime"] for r in rows}))
+    machine = f"{machine_description(args.threads)}; CNN runtime: {runtimes}"
     report = f"{machine}\n\n{table(rows)}\n"
     print("\n" + report)
     (out / "results.md").write_text(report)
