@@ -41,8 +41,10 @@ PRETRAINED: dict[str, PretrainedAgent] = {
     ),
     "cluttered-mnist": PretrainedAgent(
         "cluttered_mnist.zip",
-        "Noisy MNIST digits (28x28 queries, grayscale), trained on Cluttered MNIST (bundled subset)",
-        "python train/ppo_lstm.py",
+        "Noisy MNIST digits (28x28 queries, grayscale), trained on Cluttered MNIST with full MNIST "
+        "(the default recipe: imitation + PPO, contrastive head; made by train/ablation.py's imitation+RL row)",
+        "MATCHENV_DATA=<folder with the MNIST IDX files> python train/ppo_lstm.py --env-id TemplateSearch-ClutteredMNIST-v0 "
+        "--threads 1 --eval-every 200000",
         "ClutteredMNIST",
     ),
     "mixed-mnist": PretrainedAgent(
