@@ -164,7 +164,8 @@ class PointerHead(nn.Module):
         (through the similarity map, hence the CNN) and the offset, not the choice.
         """
         anchors, logits = self.candidates(latent, free_action, similarity, location, match_distance)
-        chosen = anchors.take_along_dim(logits.argmax(dim=-1)[..., None, None], dim=-2).squeeze(-2)
+        index = logits.argmax(dim=-1)[..., None, None].expand(*anchors.shape[:-2], 1, anchors.shape[-1])
+        chosen = anchors.gather(-2, index).squeeze(-2)  # gather, not take_along_dim: ONNX exports it
         return chosen + self.offset(latent)
 
 

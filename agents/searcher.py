@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from agents.cnn_runtime import make_cnn_runtime
+from agents.fused_search import FusedSearch
 from agents.numpy_step import NumpyActorStep
 from agents.policy import SearchLstmPolicy
 from matchenv.envs.actions import absolute_window_center
@@ -143,6 +144,11 @@ class TemplateSearcher:
         ``pip install "matchenv[fast]"``), ``"torchscript"``, ``"torch"``, or ``"auto"`` (ONNX
         Runtime when installed, else TorchScript). Default: ``"auto"`` with ``fast``, else ``"torch"``.
         ONNX Runtime uses ``torch.get_num_threads()`` threads, read when the searcher is built.
+    :param fused: run each search as one ONNX Runtime call (:mod:`agents.fused_search`; the same
+        windows, several times faster at batch 1). ``None`` (default): whenever possible, i.e. on
+        the fast path with ONNX Runtime, for fixed-size agents (Noisy MNIST), for queries at the
+        observation size, references of one size per batch and no ``stop_score``; other searches
+        go step by step. ``False``: never; ``True``: raise if the agent cannot be fused.
     :param stop_score: end a search at the first window whose match score (see
         :attr:`SearchResult.scores`) reaches this value -- the verifier accepts it -- instead of
         always placing ``max_trials`` windows; the answer is then that window. Fewer CNN calls
@@ -168,6 +174,7 @@ class TemplateSearcher:
         fast: Optional[bool] = None,
         stop_score: Optional[float] = None,
         cnn_runtime: Optional[str] = None,
+        fused: Optional[bool] = None,
     ) -> None:
         if stop_score is not None and not 0.0 < stop_score <= 1.0:
             raise ValueError(f"stop_score must be in (0, 1] (a match score) or None (always max_trials windows), got {stop_score!r}")
@@ -208,6 +215,15 @@ class TemplateSearcher:
         self.cnn_runtime: str = self._cnn.name
         self._numpy_step: Optional[NumpyActorStep] = NumpyActorStep(policy) if self.fast else None
         self._step: Optional[PolicyStep] = None if self.fast else PolicyStep(policy)
+        # The whole search as one ONNX Runtime call, for agents whose windows are plain crops.
+        eligible = (self._cnn.name == "onnxruntime" and self.scale_range is None and not self.letterbox
+                    and self.max_side is None and self.window_fraction is None)
+        if fused and not eligible:
+            raise ValueError("fused=True needs the CPU fast path with ONNX Runtime (pip install \"matchenv[fast]\") and a "
+                             "fixed-size agent (no scale, letterbox or working size, as for Noisy MNIST)")
+        self._fused: Optional[FusedSearch] = None
+        if eligible and fused is not False:
+            self._fused = FusedSearch(policy, self.max_trials, self.overview_size, threads=torch.get_num_threads())
 
     def _start(self, query_emb: np.ndarray, similarity: np.ndarray) -> "_RunningSearch":
         """The actor and the match head over one batch of searches, keeping the LSTM state between
@@ -287,6 +303,15 @@ class TemplateSearcher:
     def _search(self, queries, references, windows, factors) -> list[SearchResult]:
         n = len(queries)
         view = self._view
+        if (self._fused is not None and self.stop_score is None
+                and all(q.shape[:2] == self.query_size for q in queries)
+                and all(r.shape == references[0].shape for r in references)):
+            overviews = None
+            if self.overview_size is not None:
+                overviews = np.stack([resize_image(r, self.overview_size) for r in references])
+            boxes, distances = self._fused(np.stack(queries), np.stack([view(r) for r in references]),
+                                           np.stack(references), overviews)
+            return self._results(boxes, distances, np.full(n, self.max_trials), factors)
         # The query (embedded once per search) and the global view, in one CNN call.
         both = self._cnn.embed(np.stack([view(q) for q in queries] + [view(r) for r in references]))
         query_emb, window_emb = both[:n], both[n:]
@@ -335,9 +360,14 @@ class TemplateSearcher:
                     break
         if self.stop_score is None:  # score every window in one call of the match head
             distances = search.distance(np.concatenate(window_embs)).reshape(self.max_trials, n)
+        return self._results(paths, distances, lengths, factors)
+
+    def _results(self, paths: np.ndarray, distances: np.ndarray, lengths: np.ndarray, factors: np.ndarray) -> list[SearchResult]:
+        """:param paths: ``(T, N, 4)`` windows placed. :param distances: ``(T, N)`` their match distances.
+        :param lengths: ``(N,)`` windows placed per search. :param factors: ``(N,)`` working-size factors."""
         scores = np.clip(1.0 - distances / self.margin, 0.0, 1.0)
         results = []
-        for i in range(n):
+        for i in range(paths.shape[1]):
             path = paths[:lengths[i], i] / factors[i]  # back to the pixels of the reference as given
             score = scores[:lengths[i], i]
             pick = len(path) - 1 if self.select == "last" else int(np.argmax(score))

@@ -185,3 +185,40 @@ def test_cnn_runtime_choice_is_checked(monkeypatch):
     with pytest.raises(ImportError, match=r"matchenv\[fast\]"):
         make_cnn_runtime("onnxruntime", cnn, (1, 28, 28))
     assert make_cnn_runtime("auto", cnn, (1, 28, 28)).name == "torchscript"  # without the extra
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole search as one ONNX Runtime call (agents/fused_search.py)
+# ---------------------------------------------------------------------------------------------
+needs_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason='needs the fast extra: pip install "matchenv[fast]"')
+
+
+@needs_onnxruntime
+@pytest.mark.parametrize("case", ["plain", "pointer"])
+def test_fused_search_places_the_windows_of_the_step_by_step_search(case):
+    policy, env = random_policy(case, seed=4)
+    fused, stepwise = TemplateSearcher(policy), TemplateSearcher(policy, fused=False)
+    assert fused._fused is not None and stepwise._fused is None
+    dataset = env.unwrapped.dataset
+    pairs = [dataset.test_pair(i) for i in range(10)]
+    queries, references = [p.query for p in pairs], [p.reference for p in pairs]
+    expected = stepwise.locate_batch(queries, references)
+    for got in (fused.locate_batch(queries, references), [fused.locate(q, r) for q, r in zip(queries, references)]):
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a.path, b.path)
+            np.testing.assert_array_equal(a.box, b.box)
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+@needs_onnxruntime
+def test_fused_search_leaves_what_it_cannot_do_to_the_step_by_step_path():
+    policy, env = random_policy("plain", seed=5)
+    fused, stepwise = TemplateSearcher(policy), TemplateSearcher(policy, fused=False)
+    rng = np.random.default_rng(0)
+    # A query smaller than the observation (its window is resized) and references of two sizes.
+    queries = [rng.integers(0, 256, (20, 24, 1), dtype=np.uint8), rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)]
+    references = [rng.integers(0, 256, (90, 100, 1), dtype=np.uint8), rng.integers(0, 256, (70, 64, 1), dtype=np.uint8)]
+    for a, b in zip(fused.locate_batch(queries, references), stepwise.locate_batch(queries, references)):
+        np.testing.assert_array_equal(a.path, b.path)
+    with pytest.raises(ValueError, match="fused=True needs"):
+        TemplateSearcher(*random_policy("scale")[:1], scale_range=(0.5, 2.0), fused=True)

@@ -52,7 +52,8 @@ PRETRAINED: dict[str, PretrainedAgent] = {
         "Noisy MNIST digits among digits of other classes (28x28 queries, 100x100 references, grayscale): "
         "overview + pointer head, trained on Mixed MNIST with full MNIST (imitation only: PPO did not help here)",
         "MATCHENV_DATA=<folder with the MNIST IDX files> python train/ppo_lstm.py --env-id TemplateSearch-MixedMNIST-v0 "
-        "--overview-size 100 --pointer --imitation-steps 1000000 --imitation-lr-final 0.1 --no-ppo --threads 1",
+        "--overview-size 100 --pointer --imitation-steps 2000000 --imitation-lr-final 0.1 --no-ppo --threads 1 "
+        "--eval-every 250000",
         "MixedMNIST",
     ),
     "flickrlogos27": PretrainedAgent(
