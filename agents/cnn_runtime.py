@@ -104,6 +104,26 @@ def on_0_255_pixels(cnn: SiameseCNN) -> SiameseCNN:
     return scaled
 
 
+def onnx_session(module: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str],
+                 dynamic_axes: dict[str, dict[int, str]], threads: int = 1):
+    """``module`` traced on ``inputs``, exported to ONNX (opset 17) and loaded into an ONNX Runtime
+    CPU session with ``threads`` intra-op threads and every graph optimisation on."""
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated in favour of torch.export's, which needs
+        # the onnxscript package as well; this one only needs onnx. Its tracer notes are expected.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(module, inputs, buffer, dynamo=False, input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=17)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = max(1, int(threads))
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeCNN(CNNRuntime):
     """The CNN exported to ONNX (batch and image size left free) and run by ONNX Runtime; the
     uint8 crops become float32 ``(N, C, H, W)`` in numpy on the way in.
@@ -116,31 +136,14 @@ class OnnxRuntimeCNN(CNNRuntime):
 
     def __init__(self, cnn: SiameseCNN, image_shape: tuple[int, int, int], threads: int = 1) -> None:
         super().__init__(cnn)
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = max(1, int(threads))
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # The graph takes float pixels 0-255 in (N, C, H, W): converting the uint8 crops in numpy
         # and folding the 1/255 into the first convolution costs less than doing both in the graph.
         cnn_0_255 = on_0_255_pixels(self.cnn)
-        example = torch.zeros(1, *image_shape)
-        self._sessions = {}
-        for name, module in (("embed", cnn_0_255), ("feature_map", FeatureMap(cnn_0_255))):
-            model = self._export(module, example)
-            self._sessions[name] = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-    @staticmethod
-    def _export(module: nn.Module, example: torch.Tensor) -> bytes:
-        buffer = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript-based exporter is deprecated in favour of torch.export's, which
-            # needs the onnxscript package as well; this one only needs onnx.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["images"], output_names=["out"],
-                              dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}, "out": {0: "n"}}, opset_version=17)
-        return buffer.getvalue()
+        axes = {"images": {0: "n", 2: "h", 3: "w"}, "out": {0: "n"}}
+        self._sessions = {
+            name: onnx_session(module, (torch.zeros(1, *image_shape),), ["images"], ["out"], axes, threads)
+            for name, module in (("embed", cnn_0_255), ("feature_map", FeatureMap(cnn_0_255)))
+        }
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self._sessions["embed"].run(None, {"images": images.transpose(0, 3, 1, 2).astype(np.float32)})[0]

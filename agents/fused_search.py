@@ -16,15 +16,13 @@ step-by-step path. Tested to place the same windows as that path.
 
 from __future__ import annotations
 
-import io
-import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from agents.cnn_runtime import FeatureMap, on_0_255_pixels
+from agents.cnn_runtime import FeatureMap, on_0_255_pixels, onnx_session
 from agents.policy import SearchLstmPolicy
 
 
@@ -50,6 +48,14 @@ class SearchGraph(nn.Module):
         self.max_trials = int(max_trials)
         self.window_h, self.window_w = policy.observation_space["query"].shape[1:]
 
+    @staticmethod
+    def _window_side(side: int, image_side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a window of ``side`` pixels (the query's, scale 1) in an image of ``image_side``
+        (float64): the side :func:`absolute_window_center` centres with and the whole-pixel side
+        :func:`place_window` gives."""
+        nominal = image_side.new_tensor(float(side))
+        return torch.minimum(nominal, image_side), torch.minimum(torch.clamp(torch.round(nominal), min=1.0), image_side)
+
     def _decide(self, query_emb, window_emb, location, trials_left, similarity, h, c):
         features = torch.cat([query_emb, window_emb, location, trials_left, similarity], dim=1)
         lstm, k = self.policy.lstm_actor, self.policy.lstm_actor.hidden_size
@@ -69,11 +75,8 @@ class SearchGraph(nn.Module):
         else:
             similarity = query_emb[:, :0]
         img_w, img_h = image_size[0], image_size[1]
-        # absolute_window_center / place_window for a window of the query's size (scale 1), float64.
-        win_w, win_h = torch.minimum(img_w.new_tensor(float(self.window_w)), img_w), torch.minimum(img_h.new_tensor(float(self.window_h)), img_h)
-        w = torch.clamp(torch.round(img_w.new_tensor(float(self.window_w))), min=1.0)
-        w = torch.minimum(w, img_w)
-        h_px = torch.minimum(torch.clamp(torch.round(img_h.new_tensor(float(self.window_h))), min=1.0), img_h)
+        win_w, w = self._window_side(self.window_w, img_w)
+        win_h, h_px = self._window_side(self.window_h, img_h)
         location = query_emb.new_tensor([0.5, 0.5, 1.0, 1.0]).expand(n, 4)
         hidden = self.policy.lstm_actor.hidden_size
         h = query_emb.new_zeros(n, hidden)
@@ -114,8 +117,6 @@ class FusedSearch:
     """
 
     def __init__(self, policy: SearchLstmPolicy, max_trials: int, overview_size: Optional[tuple[int, int]], threads: int = 1) -> None:
-        import onnxruntime
-
         graph = SearchGraph(policy, max_trials).eval()
         channels, h, w = policy.observation_space["query"].shape
         example = [torch.zeros(1, channels, h, w), torch.zeros(1, channels, h, w),
@@ -128,14 +129,7 @@ class FusedSearch:
             example.append(torch.zeros(1, channels, *overview_size))
             names.append("overview")
             axes["overview"] = {0: "n"}
-        buffer = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
-            torch.onnx.export(graph, tuple(example), buffer, dynamo=False, input_names=names,
-                              output_names=["boxes", "distances"], dynamic_axes=axes, opset_version=17)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = max(1, int(threads))
-        self.session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(graph, tuple(example), names, ["boxes", "distances"], axes, threads)
 
     def __call__(self, queries: np.ndarray, views: np.ndarray, references: np.ndarray,
                  overviews: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:

@@ -91,7 +91,11 @@ class PolicyStep(nn.Module):
 
 
 class _RunningSearch:
-    """``N`` searches in progress: ``step`` decides the next windows, ``distance`` verifies windows."""
+    """``N`` searches in progress: ``step`` decides the next windows, ``distance`` verifies windows.
+
+    The interface both paths share: :class:`_TorchRunningSearch` here, and the fast path's
+    :class:`~agents.numpy_step.NumpySearch`, which has the same two methods.
+    """
 
     def step(self, window_emb: np.ndarray, locations: np.ndarray, trials_left: float) -> np.ndarray:
         """``(N, A)`` actions after seeing ``(N, E)`` window embeddings at ``(N, 4)`` locations."""
@@ -201,7 +205,6 @@ class TemplateSearcher:
         if action_dims not in ((2,), (3,)):
             raise ValueError(f"TemplateSearcher needs an 'absolute' action policy (shape (2,) or (3,)), got {action_dims}")
         self.scale_range = None if action_dims == (2,) else (float(scale_range[0]), float(scale_range[1]))
-        self.hidden_size = policy.lstm_actor.hidden_size
         self.device = policy.device  # SB3 computes it from the parameters on every access
         if fast is None:
             fast = policy.device.type == "cpu" and policy.lstm_actor.num_layers == 1
