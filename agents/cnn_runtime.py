@@ -158,7 +158,8 @@ def make_cnn_runtime(
     """The CNN runtime ``kind`` (one of :data:`RUNTIMES`) for images of ``image_shape`` ``(C, H, W)``.
 
     ``"auto"`` is ONNX Runtime when the ``fast`` extra is installed, else the TorchScript trace;
-    if building either fails, it warns and falls back to the next (eager PyTorch last). Asking
+    if building either fails, it warns and falls back to the next (eager PyTorch last). A CNN on
+    a GPU always runs in PyTorch. Asking
     for ``"onnxruntime"`` explicitly without the extra raises ``ImportError`` saying how to
     install it.
     """
@@ -168,7 +169,10 @@ def make_cnn_runtime(
         raise ImportError('cnn_runtime="onnxruntime" needs onnx and onnxruntime: pip install "matchenv[fast]" '
                           '(or pip install onnx onnxruntime), or pass cnn_runtime="auto"')
     threads = torch.get_num_threads() if threads is None else threads
-    if kind == "torch":
+    on_cpu = next(cnn.parameters()).device.type == "cpu"
+    if kind == "onnxruntime" and not on_cpu:
+        raise ValueError('cnn_runtime="onnxruntime" runs on the CPU: load the agent with device="cpu", or use "torch"')
+    if kind == "torch" or not on_cpu:  # a GPU runs the CNN in PyTorch
         return CNNRuntime(cnn)
     if kind == "onnxruntime" or (kind == "auto" and onnxruntime_available()):
         try:

@@ -78,7 +78,6 @@ class NumpyActorStep:
         # stacked so that a decision is one matrix product; rows: query (e), window (e),
         # location (4), trials_left (1), similarity.
         e = policy.features_extractor.cnn.embedding_dim
-        self.embedding_dim = e
         self.w_step = np.ascontiguousarray(np.concatenate([self.w_ih[e:2 * e + 5], self.w_hh], axis=0))
         self.mlp = _dense(policy.mlp_extractor.policy_net)  # an empty Sequential gives no layers
         self.action = _dense(policy.action_net)

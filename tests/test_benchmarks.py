@@ -128,7 +128,7 @@ def test_evaluate_agents_scores_a_shipped_agent_and_reports_the_bars():
     lengths = [len(stopping.locate(p.query, p.reference).path) for p in pairs]
     assert early["mean_windows"] == pytest.approx(np.mean(lengths)) and early["mean_windows"] < searcher.max_trials
     text = evaluate.table([{**row, **early, "stop_score": 0.5}])
-    assert "(stop at score >= 0.5)" in text
+    assert "(stop at score >= 0.5)" in text and "not judged" in text and "met" not in text.splitlines()[-1]
 
 
 def test_scaling_tables_report_time_and_success_per_size(tmp_path):

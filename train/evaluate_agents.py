@@ -113,6 +113,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| queries/s (batched) | prototype (success, ms) | goal (success, ms) | bars |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
+    stopped = "not judged: the bars are for T = 6 windows"
     for r in rows:
         bars = BARS.get(r["dataset"], {})
         proto = "{:.2f}, {:g}".format(*bars["prototype"]) if bars else "-"
@@ -121,7 +122,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {agent} | {r['dataset']} | {r['pairs']} | {r['success_rate']:.3f} | {r['mean_iou']:.3f} "
             f"| {r['mean_windows']:.2f} | {r['ms_per_query']:.2f} | {r['queries_per_second']:.0f} | {proto} | {goal} "
-            f"| {verdicts(r['dataset'], r['success_rate'], r['ms_per_query'])} |"
+            f"| {verdicts(r['dataset'], r['success_rate'], r['ms_per_query']) if r.get('stop_score') is None else stopped} |"
         )
     return "\n".join(lines)
 
