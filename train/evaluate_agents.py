@@ -4,13 +4,14 @@
     python train/evaluate_agents.py --agent runs/mixed/last.zip --dataset MixedMNIST --pairs 2000
 
 For each agent, through the inference API (:class:`agents.searcher.TemplateSearcher`, not SB3's
-``predict``):
+``predict``), each agent in a fresh process:
 
 * **accuracy**: success (IoU > 0.5 of the final window, T = the agent's trial limit) and mean IoU
   on the first ``--pairs`` pairs of the dataset's fixed test split (pairs are generated from
   ``(test seed, index)``, so the first N are the same for every N);
 * **speed**: the median milliseconds of one ``locate(query, reference)`` call (batch 1) over
-  ``--timing-pairs`` queries after ``--warmup`` untimed ones, with ``--threads`` torch/OpenCV
+  ``--timing-pairs`` queries after ``--warmup`` untimed ones, the median of ``--timing-rounds``
+  such medians (each round's is in ``results.json``), with ``--threads`` torch/OpenCV
   threads (1 by default, as the bars ask); images are in memory before timing;
 * **throughput**: queries per second of ``locate_batch`` with ``--batch-size`` pairs per call.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import statistics
 import time
 from pathlib import Path
@@ -74,16 +76,20 @@ def evaluate(searcher: TemplateSearcher, pairs: list, batch_size: int) -> dict[s
             "mean_windows": float(np.mean(windows))}
 
 
-def time_single_queries(searcher: TemplateSearcher, pairs: list, warmup: int) -> float:
-    """Median milliseconds of one ``locate`` call (batch 1)."""
+def time_single_queries(searcher: TemplateSearcher, pairs: list, warmup: int, rounds: int = 1) -> list[float]:
+    """Median milliseconds of one ``locate`` call (batch 1), one median per round over ``pairs``
+    (several rounds show how much the machine's own noise moves the number)."""
     for p in pairs[:warmup]:
         searcher.locate(p.matcher_query, p.reference)
-    times = []
-    for p in pairs:
-        start = time.perf_counter()
-        searcher.locate(p.matcher_query, p.reference)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    medians = []
+    for _ in range(rounds):
+        times = []
+        for p in pairs:
+            start = time.perf_counter()
+            searcher.locate(p.matcher_query, p.reference)
+            times.append(time.perf_counter() - start)
+        medians.append(1000.0 * statistics.median(times))
+    return medians
 
 
 def throughput(searcher: TemplateSearcher, pairs: list, batch_size: int) -> float:
@@ -127,6 +133,33 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def evaluate_agent(job: dict[str, Any]) -> dict[str, Any]:
+    """Worker: one agent (with one ``stop_score``) timed and scored; ``job`` holds main's arguments."""
+    torch.set_num_threads(job["threads"])
+    cv2.setNumThreads(job["threads"])
+    spec, stop_score = job["spec"], job["stop_score"]
+    searcher, dataset, kwargs = load_agent(spec, stop_score)
+    if dataset is None:  # a checkpoint: main checked that --dataset names one
+        dataset, kwargs = job["dataset"], job["dataset_kwargs"]
+    pairs, data = make_pairs(dataset, job["pairs"], kwargs)
+    source = str(getattr(data, "source", "") or getattr(data, "root", "") or dataset)
+    stopping = "" if stop_score is None else f", ending searches at match score >= {stop_score:g}"
+    print(f"{spec}: {len(pairs)} {dataset} test pairs (data: {source}){stopping}", flush=True)
+    # Batch-1 timing first: after large batches PyTorch's JIT re-specialises the traced CNN
+    # for a while, which would bill a one-off cost to the single-query median.
+    rounds = time_single_queries(searcher, pairs[: job["timing_pairs"]], job["warmup"], job["timing_rounds"])
+    ms = statistics.median(rounds)
+    accuracy = evaluate(searcher, pairs, job["batch_size"])
+    qps = throughput(searcher, pairs, job["batch_size"])
+    print(f"  success {accuracy['success_rate']:.3f}, mean IoU {accuracy['mean_iou']:.3f}, "
+          f"{accuracy['mean_windows']:.2f} windows/query, "
+          f"ms/query per timing round {', '.join(f'{v:.2f}' for v in rounds)}, "
+          f"{ms:.2f} ms/query (batch 1), {qps:.0f} queries/s (batch {job['batch_size']})", flush=True)
+    return {"agent": spec, "stop_score": stop_score, "dataset": dataset, "data": source, "pairs": len(pairs), **accuracy,
+            "ms_per_query": ms, "ms_per_round": rounds, "queries_per_second": qps, "max_trials": searcher.max_trials,
+            "cnn_runtime": searcher.cnn_runtime}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agent", action="append", default=None,
@@ -136,6 +169,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2000, help="test pairs for accuracy (the bars ask >= 2000)")
     parser.add_argument("--timing-pairs", type=int, default=300, help="queries timed one by one")
     parser.add_argument("--warmup", type=int, default=50, help="untimed queries before timing")
+    parser.add_argument("--timing-rounds", type=int, default=5,
+                        help="timing rounds over the --timing-pairs queries; the table gives the median of their medians")
     parser.add_argument("--batch-size", type=int, default=100, help="pairs per locate_batch call")
     parser.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads")
     parser.add_argument("--stop-score", action="append", default=None, metavar="S",
@@ -144,8 +179,6 @@ def main() -> None:
     parser.add_argument("--out", default="runs/evaluate_agents")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -154,26 +187,13 @@ def main() -> None:
         parser.error(f"--stop-score takes a number in (0, 1] or 'none', got {args.stop_score}")
     rows = []
     for spec, stop_score in [(spec, stop) for spec in args.agent or SHIPPED_MNIST for stop in stop_scores]:
-        searcher, dataset, kwargs = load_agent(spec, stop_score)
-        if dataset is None:
-            if args.dataset is None:
-                parser.error(f"{spec} is a checkpoint: say which dataset to evaluate it on with --dataset")
-            dataset, kwargs = args.dataset, json.loads(args.dataset_kwargs)
-        pairs, data = make_pairs(dataset, args.pairs, kwargs)
-        source = str(getattr(data, "source", "") or getattr(data, "root", "") or dataset)
-        stopping = "" if stop_score is None else f", ending searches at match score >= {stop_score:g}"
-        print(f"{spec}: {len(pairs)} {dataset} test pairs (data: {source}){stopping}", flush=True)
-        # Batch-1 timing first: after large batches PyTorch's JIT re-specialises the traced CNN
-        # for a while, which would bill a one-off cost to the single-query median.
-        ms = time_single_queries(searcher, pairs[: args.timing_pairs], args.warmup)
-        accuracy = evaluate(searcher, pairs, args.batch_size)
-        qps = throughput(searcher, pairs, args.batch_size)
-        rows.append({"agent": spec, "stop_score": stop_score, "dataset": dataset, "data": source, "pairs": len(pairs), **accuracy,
-                     "ms_per_query": ms, "queries_per_second": qps, "max_trials": searcher.max_trials,
-                     "cnn_runtime": searcher.cnn_runtime})
-        print(f"  success {accuracy['success_rate']:.3f}, mean IoU {accuracy['mean_iou']:.3f}, "
-              f"{accuracy['mean_windows']:.2f} windows/query, "
-              f"{ms:.2f} ms/query (batch 1), {qps:.0f} queries/s (batch {args.batch_size})", flush=True)
+        if not spec.startswith("pretrained:") and args.dataset is None:
+            parser.error(f"{spec} is a checkpoint: say which dataset to evaluate it on with --dataset")
+        job = {**vars(args), "spec": spec, "stop_score": stop_score, "dataset_kwargs": json.loads(args.dataset_kwargs)}
+        # A fresh process per agent, as the benchmark runs each method: measured here, an agent
+        # timed after others in one process ran up to 1.5x slower than on its own.
+        with mp.get_context("spawn").Pool(1) as pool:
+            rows.append(pool.apply(evaluate_agent, (job,)))
     runtimes = ", ".join(sorted({r["cnn_runtime"] for r in rows}))
     machine = f"{machine_description(args.threads)}; CNN runtime: {runtimes}"
     report = f"{machine}\n\n{table(rows)}\n"
