@@ -145,3 +145,16 @@ def test_scaling_tables_report_time_and_success_per_size(tmp_path):
     bench.write_scaling(rows, "test machine", tmp_path)
     assert json.loads((tmp_path / "scaling.json").read_text())["rows"] == rows
     assert (tmp_path / "scaling.png").stat().st_size > 0 and "0.60 (9)" in (tmp_path / "scaling.md").read_text()
+
+
+def test_a_method_slower_than_its_budget_is_stopped_and_reported(monkeypatch):
+    bench = load_script("benchmark_matchers")
+    monkeypatch.setattr(bench, "GRACE_SECONDS", 0.0)
+    job = dict(method="ncc", dataset="TranslatedMNIST", pairs=5, warmup=1, dataset_kwargs={},
+               features_checkpoint=None, max_seconds_total=0.01)  # cannot even start a process in time
+    result = bench.in_own_process(job)
+    assert result["pairs"] == 0 and result["method"] == "ncc"
+    finished = {"method": "ssd", "pairs": 5, "success_rate": 0.8, "mean_iou": 0.7, "median_ms": 0.1, "evaluated": 1089}
+    table = bench.accuracy_table([result, finished], "TranslatedMNIST")
+    assert "| ncc | - | - | no query finished in 0 s | | 0 |" in table
+    assert table.index("| ssd |") < table.index("| ncc |")

@@ -13,6 +13,9 @@ What is measured, and how it is kept fair:
   in the timed region); the first ``--warmup`` queries are run and not timed; the reported time
   is the **median** over the timed queries of one ``locate(query, reference)`` call;
 * "evaluated" is the number of windows or positions a method scores per query (median);
+* a method times queries until ``--max-seconds`` have passed; a worker still running two minutes
+  after that (one query slower than the whole budget) is stopped and reported as "no query
+  finished";
 * QATM and the exhaustive embedding search run on the agent's trained siamese CNN
   (``--features-checkpoint``, default: the first ``--agent``), because ImageNet weights cannot
   be downloaded here; without a checkpoint they are left out rather than run on random features.
@@ -165,15 +168,33 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: seconds a worker may run beyond its method's ``max_seconds_total`` (loading data, warm-up)
+#: before it is stopped: a method whose single query outlasts that is reported as not finished.
+GRACE_SECONDS = 120.0
+
+
 def in_own_process(job: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_method` in a fresh process, stopped after ``max_seconds_total`` + :data:`GRACE_SECONDS`."""
+    limit = job["max_seconds_total"] + GRACE_SECONDS
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_method, (job,))
+        try:
+            return pool.apply_async(run_method, (job,)).get(timeout=limit)
+        except mp.TimeoutError:
+            pool.terminate()
+    name = job["method"]
+    if name.startswith("agent:"):
+        name = f"agent ({name.split(':', 1)[1]})"
+    return {"method": name, "key": job["method"], "pairs": 0, "success_rate": float("nan"), "mean_iou": float("nan"),
+            "median_ms": float("nan"), "evaluated": 0, "features": None, "timed_out_after_s": limit}
 
 
 def accuracy_table(results: list[dict], dataset: str) -> str:
     lines = ["| method | success (IoU>0.5) | mean IoU | median ms / query | windows or positions evaluated | pairs |",
              "|---|---:|---:|---:|---:|---:|"]
-    for r in sorted(results, key=lambda r: -r["success_rate"]):
+    for r in sorted(results, key=lambda r: -r["success_rate"] if r["pairs"] else 1.0):
+        if not r["pairs"]:  # stopped before its first query finished (see in_own_process)
+            lines.append(f"| {r['method']} | - | - | no query finished in {r['timed_out_after_s']:.0f} s | | 0 |")
+            continue
         lines.append(f"| {r['method']} | {r['success_rate']:.3f} | {r['mean_iou']:.2f} | {r['median_ms']:.2f} | "
                      f"{r['evaluated']} | {r['pairs']} |")
     for name, (success, ms) in PUBLISHED.get(dataset, {}).items():
@@ -188,7 +209,7 @@ def plot_accuracy(results: list[dict], path: Path, title: str, dataset: str) -> 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, r in enumerate(sorted(results, key=lambda r: r["median_ms"])):
+    for i, r in enumerate(sorted((r for r in results if r["pairs"]), key=lambda r: r["median_ms"])):
         ax.scatter(r["median_ms"], r["success_rate"], s=40)
         # Alternate labels above/below: neighbours on the log axis often share a success rate.
         ax.annotate(r["method"], (r["median_ms"], r["success_rate"]), textcoords="offset points",
@@ -307,8 +328,11 @@ def main() -> None:
                        dataset_kwargs=json.loads(args.dataset_kwargs),
                        features_checkpoint=features_checkpoint, max_seconds_total=args.max_seconds)
             result = in_own_process(job)
-            print(f"{result['method']}: success {result['success_rate']:.3f}, {result['median_ms']:.2f} ms/query "
-                  f"({result['pairs']} pairs)", flush=True)
+            if not result["pairs"]:
+                print(f"{result['method']}: no query finished in {result['timed_out_after_s']:.0f} s", flush=True)
+            else:
+                print(f"{result['method']}: success {result['success_rate']:.3f}, {result['median_ms']:.2f} ms/query "
+                      f"({result['pairs']} pairs)", flush=True)
             results.append(result)
         table = accuracy_table(results, args.dataset)
         print(f"\n{args.dataset}, first {args.pairs} test pairs; {machine}\n\n{table}")
@@ -326,6 +350,10 @@ def main() -> None:
             job = dict(method=method, dataset="ClutteredMNIST", pairs=args.scaling_pairs, warmup=1, dataset_kwargs=kwargs,
                        features_checkpoint=features_checkpoint, max_seconds_total=args.max_seconds)
             result = in_own_process(job)
+            if not result["pairs"]:
+                print(f"{size}x{size} {result['method']}: no query finished in {result['timed_out_after_s']:.0f} s", flush=True)
+                too_slow.add(method)
+                continue
             result["size"] = size
             rows.append(result)
             print(f"{size}x{size} {result['method']}: {result['median_ms']:.2f} ms/query ({result['pairs']} pairs)", flush=True)
