@@ -15,6 +15,7 @@ images are letterboxed like in training, and boxes are mapped back to the pixels
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -226,7 +227,13 @@ class TemplateSearcher:
                              "fixed-size agent (no scale, letterbox or working size, as for Noisy MNIST)")
         self._fused: Optional[FusedSearch] = None
         if eligible and fused is not False:
-            self._fused = FusedSearch(policy, self.max_trials, self.overview_size, threads=torch.get_num_threads())
+            try:
+                self._fused = FusedSearch(policy, self.max_trials, self.overview_size, threads=torch.get_num_threads())
+            except Exception as err:  # noqa: BLE001  (a speed-up only: step by step still works)
+                if fused:
+                    raise
+                warnings.warn(f"could not fuse the search into one ONNX Runtime call ({err}); searching step by step",
+                              RuntimeWarning, stacklevel=2)
 
     def _start(self, query_emb: np.ndarray, similarity: np.ndarray) -> "_RunningSearch":
         """The actor and the match head over one batch of searches, keeping the LSTM state between

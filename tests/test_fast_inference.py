@@ -222,3 +222,21 @@ def test_fused_search_leaves_what_it_cannot_do_to_the_step_by_step_path():
         np.testing.assert_array_equal(a.path, b.path)
     with pytest.raises(ValueError, match="fused=True needs"):
         TemplateSearcher(*random_policy("scale")[:1], scale_range=(0.5, 2.0), fused=True)
+
+
+@needs_onnxruntime
+def test_a_search_that_cannot_be_fused_falls_back_with_a_warning(monkeypatch):
+    policy, env = random_policy("plain", seed=6)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter unavailable")
+
+    monkeypatch.setattr("agents.searcher.FusedSearch", broken)
+    with pytest.warns(RuntimeWarning, match="searching step by step"):
+        searcher = TemplateSearcher(policy)
+    assert searcher._fused is None
+    pair = env.unwrapped.dataset.test_pair(0)
+    np.testing.assert_array_equal(searcher.locate(pair.query, pair.reference).path,
+                                  TemplateSearcher(policy, fused=False).locate(pair.query, pair.reference).path)
+    with pytest.raises(RuntimeError, match="exporter unavailable"):
+        TemplateSearcher(policy, fused=True)
