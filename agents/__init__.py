@@ -4,7 +4,8 @@
 - :mod:`agents.policy`: ``SearchLstmPolicy`` (LSTM actor-critic, contrastive match head, optional ``PointerHead``);
 - :mod:`agents.ppo`: ``SearchRecurrentPPO`` (RecurrentPPO with the contrastive loss in the same step);
 - :mod:`agents.imitation`, :mod:`agents.teacher`, :mod:`agents.rollout`: the DAgger warm start;
-- :mod:`agents.searcher`, :mod:`agents.numpy_step`: ``TemplateSearcher``, the inference API, and its CPU fast path;
+- :mod:`agents.searcher`, :mod:`agents.numpy_step`, :mod:`agents.cnn_runtime`, :mod:`agents.fused_search`:
+  ``TemplateSearcher``, the inference API, and its CPU fast path;
 - :mod:`agents.pretrained`: the shipped agents (``TemplateSearcher.from_pretrained(name)``);
 - :mod:`agents.baselines`: classic matchers (NCC/SSD, MTM, BBS, DDIS, QATM, exhaustive embedding).
 """

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from agents.cnn_runtime import FeatureMap, on_0_255_pixels, onnx_session
-from agents.policy import SearchLstmPolicy
+from agents.policy import PolicyStep, SearchLstmPolicy
 
 
 class SearchGraph(nn.Module):
@@ -43,6 +43,7 @@ class SearchGraph(nn.Module):
     def __init__(self, policy: SearchLstmPolicy, max_trials: int) -> None:
         super().__init__()
         self.policy = policy
+        self.step = PolicyStep(policy)
         self.cnn = on_0_255_pixels(policy.features_extractor.cnn)
         self.feature_map = FeatureMap(self.cnn)
         self.max_trials = int(max_trials)
@@ -55,16 +56,6 @@ class SearchGraph(nn.Module):
         :func:`place_window` gives."""
         nominal = image_side.new_tensor(float(side))
         return torch.minimum(nominal, image_side), torch.minimum(torch.clamp(torch.round(nominal), min=1.0), image_side)
-
-    def _decide(self, query_emb, window_emb, location, trials_left, similarity, h, c):
-        features = torch.cat([query_emb, window_emb, location, trials_left, similarity], dim=1)
-        lstm, k = self.policy.lstm_actor, self.policy.lstm_actor.hidden_size
-        # torch.lstm_cell written out (its export splits the gates with a chunk ONNX cannot size).
-        z = features @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + h @ lstm.weight_hh_l0.T + lstm.bias_hh_l0
-        i, f, g, o = torch.sigmoid(z[:, :k]), torch.sigmoid(z[:, k:2 * k]), torch.tanh(z[:, 2 * k:3 * k]), torch.sigmoid(z[:, 3 * k:])
-        c = f * c + i * g
-        h = o * torch.tanh(c)
-        return self.policy.action_mean(self.policy.mlp_extractor.forward_actor(h), features), h, c
 
     def forward(self, query, view, reference, image_size, overview: Optional[torch.Tensor] = None):
         n, channels = query.shape[0], query.shape[1]
@@ -88,7 +79,7 @@ class SearchGraph(nn.Module):
         boxes, window_embs = [], []
         for t in range(self.max_trials):
             trials_left = query_emb.new_full((n, 1), (self.max_trials - t) / self.max_trials)
-            mean, h, c = self._decide(query_emb, window_emb, location, trials_left, similarity, h, c)
+            mean, h, c = self.step(query_emb, window_emb, location, trials_left, similarity, h, c)
             action = torch.clamp(mean, -1.0, 1.0).to(torch.float64)
             cx = win_w / 2 + (action[:, 0] + 1.0) / 2.0 * (img_w - win_w)
             cy = win_h / 2 + (action[:, 1] + 1.0) / 2.0 * (img_h - win_h)

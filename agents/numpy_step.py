@@ -55,7 +55,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class NumpyActorStep:
     """One decision of a trained policy's actor in numpy: ``(mean, h, c)`` from embeddings.
 
-    Same inputs and outputs as :class:`agents.searcher.PolicyStep`, as float32 arrays.
+    Same inputs and outputs as :class:`agents.policy.PolicyStep`, as float32 arrays.
     Supports one-layer actor LSTMs and MLPs of ``Linear``/``Tanh``/``ReLU`` layers (what
     ``SearchLstmPolicy`` builds); raises ``ValueError`` otherwise.
 
@@ -117,7 +117,7 @@ class NumpyActorStep:
         h: np.ndarray,
         c: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One decision with :class:`agents.searcher.PolicyStep`'s signature (float32 arrays):
+        """One decision with :class:`agents.policy.PolicyStep`'s signature (float32 arrays):
         ``(N, A)`` mean and the new ``h``, ``c``."""
         search = self.start(query_emb, similarity)
         search.h, search.c = h, c

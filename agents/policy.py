@@ -305,3 +305,44 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
             h, c = lstm_state[0][0], lstm_state[1][0]
         h, c = torch.lstm_cell(features, (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
         return self.action_mean(self.mlp_extractor.forward_actor(h), features), (h.unsqueeze(0), c.unsqueeze(0))
+
+
+class PolicyStep(nn.Module):
+    """One decision of the actor from precomputed embeddings: ``(mean, h, c)``.
+
+    The same arithmetic as :meth:`SearchLstmPolicy.actor_step` on the features
+    :meth:`~agents.siamese.SearchFeaturesExtractor.combine` builds, in PyTorch: the searcher's
+    path with ``fast=False`` (e.g. on a GPU) and each decision of the fused search graph
+    (:mod:`agents.fused_search`); :class:`~agents.numpy_step.NumpyActorStep` is the same decision
+    in numpy for the CPU fast path.
+
+    :param policy: a trained policy with a one-layer actor LSTM.
+    """
+
+    def __init__(self, policy: SearchLstmPolicy) -> None:
+        super().__init__()
+        if policy.lstm_actor.num_layers != 1:
+            raise ValueError("PolicyStep supports one-layer actor LSTMs")
+        self.policy = policy
+
+    def forward(
+        self,
+        query_emb: torch.Tensor,
+        window_emb: torch.Tensor,
+        location: torch.Tensor,
+        trials_left: torch.Tensor,
+        similarity: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:param similarity: ``(N, h' * w')``, or ``(N, 0)`` for a policy without an overview.
+        :param h: ``(N, hidden)`` and ``c``: the LSTM state (zeros at the first decision)."""
+        features = torch.cat([query_emb, window_emb, location, trials_left, similarity], dim=1)
+        lstm, k = self.policy.lstm_actor, self.policy.lstm_actor.hidden_size
+        # torch.lstm_cell written out (gates i, f, g, o): its ONNX export splits the gates with a
+        # chunk ONNX cannot size, and the fused search exports this step.
+        z = features @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + h @ lstm.weight_hh_l0.T + lstm.bias_hh_l0
+        i, f, g, o = torch.sigmoid(z[:, :k]), torch.sigmoid(z[:, k:2 * k]), torch.tanh(z[:, 2 * k:3 * k]), torch.sigmoid(z[:, 3 * k:])
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        return self.policy.action_mean(self.policy.mlp_extractor.forward_actor(h), features), h, c

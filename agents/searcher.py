@@ -23,12 +23,11 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
 from agents.cnn_runtime import make_cnn_runtime
 from agents.fused_search import FusedSearch
 from agents.numpy_step import NumpyActorStep
-from agents.policy import SearchLstmPolicy
+from agents.policy import PolicyStep, SearchLstmPolicy
 from matchenv.envs.actions import absolute_window_center
 from matchenv.datasets.photos import nominal_window, to_working_size
 from matchenv.geometry import crop_letterboxed, crop_window, letterbox, place_window, resize_image
@@ -54,41 +53,6 @@ class SearchResult:
         """Match score of :attr:`box`."""
         matches = np.flatnonzero(np.all(self.path == self.box, axis=1))
         return float(self.scores[matches[-1]]) if len(matches) else float("nan")
-
-
-class PolicyStep(nn.Module):
-    """One decision of the actor from precomputed embeddings: ``(mean, h, c)``.
-
-    The same arithmetic as :meth:`~agents.policy.SearchLstmPolicy.actor_step` on the features
-    :meth:`~agents.siamese.SearchFeaturesExtractor.combine` builds, in PyTorch (the searcher's
-    path with ``fast=False``, e.g. on a GPU); :class:`~agents.numpy_step.NumpyActorStep` is the
-    same decision in numpy for the CPU fast path.
-
-    :param policy: a trained policy with a one-layer actor LSTM.
-    """
-
-    def __init__(self, policy: SearchLstmPolicy) -> None:
-        super().__init__()
-        if policy.lstm_actor.num_layers != 1:
-            raise ValueError("PolicyStep supports one-layer actor LSTMs")
-        self.policy = policy
-
-    def forward(
-        self,
-        query_emb: torch.Tensor,
-        window_emb: torch.Tensor,
-        location: torch.Tensor,
-        trials_left: torch.Tensor,
-        similarity: torch.Tensor,
-        h: torch.Tensor,
-        c: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:param similarity: ``(N, h' * w')``, or ``(N, 0)`` for a policy without an overview.
-        :param h: ``(N, hidden)`` and ``c``: the LSTM state (zeros at the first decision)."""
-        features = torch.cat([query_emb, window_emb, location, trials_left, similarity], dim=1)
-        lstm = self.policy.lstm_actor
-        h, c = torch.lstm_cell(features, (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
-        return self.policy.action_mean(self.policy.mlp_extractor.forward_actor(h), features), h, c
 
 
 class _RunningSearch:

@@ -92,6 +92,11 @@ def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tup
     return tuple(round(v, 4) for v in sorted(down) + [1.0] + up)
 
 
+def agent_name(checkpoint: str) -> str:
+    """An agent's name in the tables: "agent (pretrained:photo)", "agent (fl27-zoom/best.zip)"."""
+    return f"agent ({checkpoint if checkpoint.startswith('pretrained:') else '/'.join(Path(checkpoint).parts[-2:])})"
+
+
 class AgentMatcher:
     """The trained search agent behind the matcher interface (one query at a time)."""
 
@@ -102,8 +107,7 @@ class AgentMatcher:
             self.searcher = TemplateSearcher.from_pretrained(checkpoint.split(":", 1)[1])
         else:
             self.searcher = TemplateSearcher.load(checkpoint)
-        # Name agents apart in the table: "agent (pretrained:photo)", "agent (fl27-zoom/best.zip)".
-        self.name = f"agent ({checkpoint if checkpoint.startswith('pretrained:') else '/'.join(Path(checkpoint).parts[-2:])})"
+        self.name = agent_name(checkpoint)
         self.features = f"trained agent: {checkpoint} (CNN runtime: {self.searcher.cnn_runtime})"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
@@ -173,17 +177,23 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
 GRACE_SECONDS = 120.0
 
 
+def in_fresh_process(worker, job: dict[str, Any], timeout: Optional[float] = None):
+    """``worker(job)`` in a fresh (spawned) process; raises ``multiprocessing.TimeoutError`` (the
+    process stopped) if it has not returned within ``timeout`` seconds."""
+    with mp.get_context("spawn").Pool(1) as pool:  # leaving the block terminates the process
+        return pool.apply_async(worker, (job,)).get(timeout=timeout)
+
+
 def in_own_process(job: dict[str, Any]) -> dict[str, Any]:
     """:func:`run_method` in a fresh process, stopped after ``max_seconds_total`` + :data:`GRACE_SECONDS`."""
     limit = job["max_seconds_total"] + GRACE_SECONDS
-    with mp.get_context("spawn").Pool(1) as pool:
-        try:
-            return pool.apply_async(run_method, (job,)).get(timeout=limit)
-        except mp.TimeoutError:
-            pool.terminate()
+    try:
+        return in_fresh_process(run_method, job, timeout=limit)
+    except mp.TimeoutError:
+        pass
     name = job["method"]
     if name.startswith("agent:"):
-        name = f"agent ({name.split(':', 1)[1]})"
+        name = agent_name(name.split(":", 1)[1])
     return {"method": name, "key": job["method"], "pairs": 0, "success_rate": float("nan"), "mean_iou": float("nan"),
             "median_ms": float("nan"), "evaluated": 0, "features": None, "timed_out_after_s": limit}
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from tqdm import tqdm
 
 from agents.pretrained import PRETRAINED
 from agents.searcher import TemplateSearcher
-from benchmark_matchers import machine_description, make_pairs
+from benchmark_matchers import in_fresh_process, machine_description, make_pairs
 from matchenv.geometry import iou
 
 #: The agent issue's bars per dataset: (success, ms per query) of the published prototype and our goal.
@@ -192,8 +191,7 @@ def main() -> None:
         job = {**vars(args), "spec": spec, "stop_score": stop_score, "dataset_kwargs": json.loads(args.dataset_kwargs)}
         # A fresh process per agent, as the benchmark runs each method: measured here, an agent
         # timed after others in one process ran up to 1.5x slower than on its own.
-        with mp.get_context("spawn").Pool(1) as pool:
-            rows.append(pool.apply(evaluate_agent, (job,)))
+        rows.append(in_fresh_process(evaluate_agent, job))
     runtimes = ", ".join(sorted({r["cnn_runtime"] for r in rows}))
     machine = f"{machine_description(args.threads)}; CNN runtime: {runtimes}"
     report = f"{machine}\n\n{table(rows)}\n"
