@@ -54,6 +54,23 @@ def test_matcher_table_lists_published_numbers():
     assert "| ncc | 0.900 |" in table and "published: BBS | 0.11" in table
 
 
+def test_centre_box_control_is_fitted_on_training_pairs_not_test_pairs():
+    from agents.baselines import CentreBox
+    from matchenv.datasets import make_dataset
+
+    bench = load_script("benchmark_matchers")
+    data = make_dataset("TranslatedMNIST", test_size=4)
+    prior = bench.make_method("centre-box", None, data)
+    # Fitted on the seeded training stream, not on the test pairs: the same pairs give the same scale.
+    rng = np.random.default_rng(0)
+    expected = CentreBox.fit([data.sample(rng) for _ in range(bench.CENTRE_BOX_FIT_PAIRS)])
+    assert prior.scale == expected.scale and "training pairs" in prior.features
+    result = bench.run_method(dict(method="centre-box", dataset="TranslatedMNIST", pairs=20, warmup=0, dataset_kwargs={},
+                                   features_checkpoint=None, max_seconds_total=60.0))
+    assert result["pairs"] == 20 and result["evaluated"] == 0
+    assert "centre-box" not in bench.CLASSIC_METHODS and "centre-box" in bench.CONTROL_METHODS
+
+
 def test_ablation_reads_imitation_only_at_the_end_of_the_imitation_stage(tmp_path):
     ablation = load_script("ablation")
     run = tmp_path / "imitation+rl_contrastive"
@@ -118,6 +135,11 @@ def test_evaluate_agents_scores_a_shipped_agent_and_reports_the_bars():
     assert accuracy["success_rate"] == pytest.approx(sum(v > 0.5 for v in independent) / 12)
     assert accuracy["mean_iou"] == pytest.approx(sum(independent) / 12, abs=1e-6)
     assert accuracy["mean_windows"] == searcher.max_trials
+    # Per-window success: the last window is the answer; "some window right" counts independently.
+    paths = [[iou(box, p.target_box) > 0.5 for box in searcher.locate(p.query, p.reference).path] for p in pairs]
+    assert accuracy["success_by_window"] == pytest.approx(np.mean(paths, axis=0).tolist())
+    assert accuracy["success_by_window"][-1] == pytest.approx(accuracy["success_rate"])
+    assert accuracy["any_window_success"] == pytest.approx(np.mean([any(path) for path in paths]))
     rounds = evaluate.time_single_queries(searcher, pairs[:3], warmup=1, rounds=2)
     assert len(rounds) == 2 and all(ms > 0 for ms in rounds)
     row = {"agent": "a", "dataset": dataset, "pairs": 12, **accuracy, "ms_per_query": 2.0, "queries_per_second": 900.0}
@@ -128,6 +150,9 @@ def test_evaluate_agents_scores_a_shipped_agent_and_reports_the_bars():
     early = evaluate.evaluate(stopping, pairs, batch_size=5)
     lengths = [len(stopping.locate(p.query, p.reference).path) for p in pairs]
     assert early["mean_windows"] == pytest.approx(np.mean(lengths)) and early["mean_windows"] < searcher.max_trials
+    # A search that stopped early keeps answering with its last window in the later columns.
+    assert len(early["success_by_window"]) == searcher.max_trials
+    assert early["success_by_window"][-1] == pytest.approx(early["success_rate"])
     text = evaluate.table([{**row, **early, "stop_score": 0.5}])
     assert "(stop at score >= 0.5)" in text and "not judged" in text and "met" not in text.splitlines()[-1]
 

@@ -16,6 +16,8 @@ What is measured, and how it is kept fair:
 * a method times queries until ``--max-seconds`` have passed; a worker still running two minutes
   after that (one query slower than the whole budget) is stopped and reported as "no query
   finished";
+* ``centre-box`` is a control, not a matcher: the same centred box for every query, its size
+  fitted on training pairs; a method near it has learned the dataset's layout, not the query;
 * QATM and the exhaustive embedding search run on the agent's trained siamese CNN
   (``--features-checkpoint``, default: the first ``--agent``), because ImageNet weights cannot
   be downloaded here; without a checkpoint they are left out rather than run on random features.
@@ -23,7 +25,7 @@ What is measured, and how it is kept fair:
 ``--scaling`` instead measures median ms per query as the reference grows from 100x100 to
 2000x2000 pixels with the same 28x28 target (Cluttered MNIST canvases of that size, clutter
 scaled with the area); a method whose single query exceeds ``--max-seconds`` at some size is not
-run at larger sizes. Outputs: a markdown table on stdout, ``results.json``, and a PNG plot
+run at larger sizes (controls are left out: they cost nothing at any size). Outputs: a markdown table on stdout, ``results.json``, and a PNG plot
 (accuracy vs log time; or log-log time vs size).
 """
 
@@ -52,6 +54,10 @@ PUBLISHED = {
 }
 CLASSIC_METHODS = ["ncc", "ssd", "mtm", "bbs", "ddis"]
 FEATURE_METHODS = ["qatm", "embedding-exhaustive"]
+#: Controls: answers that look at no image (what a dataset's layout alone gives).
+CONTROL_METHODS = ["centre-box"]
+#: Training pairs (seeded) on which the centre box's size is chosen.
+CENTRE_BOX_FIT_PAIRS = 500
 
 
 def machine_description(threads: int = 1) -> str:
@@ -67,20 +73,28 @@ def machine_description(threads: int = 1) -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {per_method}, Python {platform.python_version()}"
 
 
-def make_method(name: str, features_checkpoint: Optional[str], scale_range: Optional[tuple[float, float]] = None):
+def make_method(name: str, features_checkpoint: Optional[str], data=None):
     """Build a matcher (or an agent wrapped as one) inside the worker process.
 
-    :param scale_range: the dataset's window scale range; multi-scale matchers search a geometric
-        grid over it (photographs), else their default grid (Noisy MNIST).
+    :param data: the benchmark's :class:`~matchenv.datasets.PairDataset`. Multi-scale matchers
+        search a geometric grid over its ``scale_range`` (photographs), else their default grid
+        (Noisy MNIST); the centre box's size is fitted on :data:`CENTRE_BOX_FIT_PAIRS` of its
+        *training* pairs (seed 0).
     """
-    from agents.baselines import make_matcher
+    from agents.baselines import CentreBox, make_matcher
 
+    scale_range = getattr(data, "scale_range", None)
     if name.startswith("agent:"):
         return AgentMatcher(name.split(":", 1)[1])
     if name in FEATURE_METHODS:
         return make_matcher(name, checkpoint=features_checkpoint)
     if name == "ncc-multiscale" and scale_range is not None:
         return make_matcher(name, scales=scale_grid(scale_range))
+    if name == "centre-box" and data is not None:
+        rng = np.random.default_rng(0)
+        prior = CentreBox.fit((data.sample(rng) for _ in range(CENTRE_BOX_FIT_PAIRS)), getattr(data, "window_fraction", None))
+        prior.features = f"{CentreBox.features}: scale {prior.scale:g} on {CENTRE_BOX_FIT_PAIRS} training pairs"
+        return prior
     return make_matcher(name)
 
 
@@ -142,7 +156,7 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     pairs, data = make_pairs(job["dataset"], job["pairs"], job["dataset_kwargs"])
-    method = make_method(job["method"], job["features_checkpoint"], data.scale_range)
+    method = make_method(job["method"], job["features_checkpoint"], data)
     # Photograph pairs: every method gets the template at its natural size (agents letterbox it).
     warmup_deadline = time.perf_counter() + job["max_seconds_total"] / 10  # slow methods (BBS, DDIS) warm up once
     for pair in pairs[: job["warmup"]]:
@@ -290,7 +304,7 @@ def main() -> None:
     parser.add_argument("--dataset-kwargs", default="{}", help='JSON keyword arguments, e.g. \'{"root": "data/fl27"}\'')
     parser.add_argument("--pairs", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--methods", default=",".join(CLASSIC_METHODS + FEATURE_METHODS),
+    parser.add_argument("--methods", default=",".join(CONTROL_METHODS + CLASSIC_METHODS + FEATURE_METHODS),
                         help="comma-separated matcher names (see agents.baselines.MATCHERS)")
     parser.add_argument("--agent", action="append", default=[],
                         help="trained checkpoint, or pretrained:<name>, to include (repeatable)")
@@ -327,6 +341,8 @@ def main() -> None:
         methods = [m for m in methods if m not in FEATURE_METHODS]
         if skipped:
             print(f"left out {skipped}: they need a trained agent checkpoint (--agent or --features-checkpoint)")
+    if args.scaling:
+        methods = [m for m in methods if m not in CONTROL_METHODS]
     methods += [f"agent:{path}" for path in args.agent]
     machine = machine_description()
     print(f"machine: {machine}")

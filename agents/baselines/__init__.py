@@ -5,6 +5,8 @@ to its factory. The learned-feature baselines need a trained agent::
 
     make_matcher("qatm", checkpoint="runs/.../best.zip")
     make_matcher("embedding-exhaustive", checkpoint="runs/.../best.zip")
+
+``"centre-box"`` (:class:`CentreBox`) is the blind control: a centred box placed without looking.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from agents.baselines.ddis import DDIS
 from agents.baselines.embedding import UNTRAINED, EmbeddingSlidingWindow
 from agents.baselines.mtm import MTMMatcher
 from agents.baselines.ncc import DEFAULT_SCALES, OpenCVMatcher
+from agents.baselines.prior import CentreBox
 from agents.baselines.qatm import QATMMatcher
 
 
@@ -52,6 +55,7 @@ MATCHERS: dict[str, Callable[..., Matcher]] = {
     "embedding-exhaustive": _embedding,
     "bbs": BBS,
     "ddis": DDIS,
+    "centre-box": CentreBox,
 }
 
 
@@ -70,6 +74,7 @@ def make_matcher(name: str, **kwargs: Any) -> Matcher:
 __all__ = [
     "BBS",
     "DDIS",
+    "CentreBox",
     "DEFAULT_SCALES",
     "MATCHERS",
     "UNTRAINED",
