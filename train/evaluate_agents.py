@@ -13,7 +13,10 @@ For each agent, through the inference API (:class:`agents.searcher.TemplateSearc
   ``--timing-pairs`` queries after ``--warmup`` untimed ones, the median of ``--timing-rounds``
   such medians (each round's is in ``results.json``), with ``--threads`` torch/OpenCV
   threads (1 by default, as the bars ask); images are in memory before timing;
-* **throughput**: queries per second of ``locate_batch`` with ``--batch-size`` pairs per call.
+* **throughput**: queries per second of ``locate_batch`` with ``--batch-size`` pairs per call;
+* **where the target is gained or lost** (printed and in ``results.json``): the success rate had
+  the search answered with each of its windows, and the share of searches in which some window
+  was right.
 
 ``--stop-score S`` (repeatable; ``none`` is the default protocol) also evaluates each agent with
 searches that end at the first window the match head scores at least ``S`` (the searcher's
@@ -62,17 +65,28 @@ def load_agent(spec: str, stop_score: float | None = None) -> tuple[TemplateSear
     return TemplateSearcher.load(spec, stop_score=stop_score), None, {}
 
 
-def evaluate(searcher: TemplateSearcher, pairs: list, batch_size: int) -> dict[str, float]:
-    """Success rate and mean IoU of the answers and windows per query, searching ``batch_size`` pairs per call."""
-    ious, windows = [], []
+def evaluate(searcher: TemplateSearcher, pairs: list, batch_size: int) -> dict[str, Any]:
+    """Success rate and mean IoU of the answers and windows per query, searching ``batch_size`` pairs per call.
+
+    Also where the search gains or loses the target: ``success_by_window[t]`` is the success rate
+    if the search had answered with window ``t`` (a search that stopped earlier keeps its last
+    window), and ``any_window_success`` the share of searches with *some* window at IoU > 0.5 (what
+    a perfect choice among the visited windows would reach).
+    """
+    ious, windows, by_window = [], [], []
     for start in tqdm(range(0, len(pairs), batch_size), desc="accuracy", leave=False):
         chunk = pairs[start:start + batch_size]
         results = searcher.locate_batch([p.matcher_query for p in chunk], [p.reference for p in chunk])
         ious += [iou(r.box, p.target_box) for r, p in zip(results, chunk)]
         windows += [len(r.path) for r in results]
-    ious_arr = np.array(ious)
+        for r, p in zip(results, chunk):
+            path = [iou(box, p.target_box) for box in r.path]
+            by_window.append(path + path[-1:] * (searcher.max_trials - len(path)))
+    ious_arr, by_window_arr = np.array(ious), np.array(by_window) > 0.5
     return {"success_rate": float(np.mean(ious_arr > 0.5)), "mean_iou": float(np.mean(ious_arr)),
-            "mean_windows": float(np.mean(windows))}
+            "mean_windows": float(np.mean(windows)),
+            "success_by_window": [float(v) for v in by_window_arr.mean(axis=0)],
+            "any_window_success": float(by_window_arr.any(axis=1).mean())}
 
 
 def time_single_queries(searcher: TemplateSearcher, pairs: list, warmup: int, rounds: int = 1) -> list[float]:
@@ -151,7 +165,9 @@ def evaluate_agent(job: dict[str, Any]) -> dict[str, Any]:
     accuracy = evaluate(searcher, pairs, job["batch_size"])
     qps = throughput(searcher, pairs, job["batch_size"])
     print(f"  success {accuracy['success_rate']:.3f}, mean IoU {accuracy['mean_iou']:.3f}, "
-          f"{accuracy['mean_windows']:.2f} windows/query, "
+          f"{accuracy['mean_windows']:.2f} windows/query; success if answering with window 1..T "
+          f"{' '.join(f'{v:.3f}' for v in accuracy['success_by_window'])}, "
+          f"some window right {accuracy['any_window_success']:.3f}; "
           f"ms/query per timing round {', '.join(f'{v:.2f}' for v in rounds)}, "
           f"{ms:.2f} ms/query (batch 1), {qps:.0f} queries/s (batch {job['batch_size']})", flush=True)
     return {"agent": spec, "stop_score": stop_score, "dataset": dataset, "data": source, "pairs": len(pairs), **accuracy,

@@ -7,7 +7,7 @@
     python train/ppo_lstm.py --aux-weight 0                    # without the contrastive head
     python train/ppo_lstm.py --resume runs/<run>/last.zip      # continue an interrupted run
     python train/ppo_lstm.py --env-id TemplateSearch-MixedMNIST-v0 --overview-size 100 --pointer \
-        --imitation-steps 1000000 --imitation-lr-final 0.1 --no-ppo        # the shipped Mixed MNIST agent
+        --imitation-steps 2000000 --imitation-lr-final 0.1 --no-ppo        # the shipped Mixed MNIST agent
     python train/ppo_lstm.py --dataset FlickrLogos27 --imitation-lr-final 0.1 --ppo-timesteps 100000
                                                                # the shipped FlickrLogos-27 agent
     python train/ppo_lstm.py --dataset SelfSupervisedPhotos --dataset-kwargs '{"images": "my_photos/"}'
