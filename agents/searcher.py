@@ -55,6 +55,12 @@ class SearchResult:
         return float(self.scores[matches[-1]]) if len(matches) else float("nan")
 
 
+def stacked(images: Sequence[np.ndarray]) -> np.ndarray:
+    """``(N, ...)`` the images as one array; for one image a view, not a copy (a 2000x2000
+    reference costs a few tenths of a millisecond to copy, a sizeable part of a search)."""
+    return images[0][None] if len(images) == 1 else np.stack(images)
+
+
 class _RunningSearch:
     """``N`` searches in progress: ``step`` decides the next windows, ``distance`` verifies windows.
 
@@ -284,7 +290,7 @@ class TemplateSearcher:
             if self.overview_size is not None:
                 overviews = np.stack([resize_image(r, self.overview_size) for r in references])
             boxes, distances = self._fused(np.stack(queries), np.stack([view(r) for r in references]),
-                                           np.stack(references), overviews)
+                                           stacked(references), overviews)
             return self._results(boxes, distances, np.full(n, self.max_trials), factors)
         # The query (embedded once per search) and the global view, in one CNN call.
         both = self._cnn.embed(np.stack([view(q) for q in queries] + [view(r) for r in references]))

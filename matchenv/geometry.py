@@ -134,17 +134,41 @@ def pixels_under(image: np.ndarray, box: BoxLike) -> np.ndarray:
     return image[y0:y1, x0:x1]
 
 
+#: Images with more pixels than this are shrunk by halvings first (see :func:`resize_image`).
+HALVING_MIN_PIXELS = 512 * 512
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize an ``(H, W)`` or ``(H, W, C)`` uint8 image to ``size = (height, width)``, keeping its axes.
+
+    Shrinking averages areas (OpenCV's ``INTER_AREA``: no aliasing of thin strokes); enlarging is
+    bilinear. An image of more than :data:`HALVING_MIN_PIXELS` pixels is first halved (exact 2x2
+    averages) while it is at least twice the output size and its sides are even: the same area
+    average up to rounding (and an odd last row or column of the original, dropped), at a small
+    fraction of the cost, because OpenCV's area
+    resize costs some 3 ns per source pixel for a non-integer factor but has a fast path for an
+    exact halving (1000x1000 to 28x28: 3 ms directly, 0.12 ms by halvings; measured, 1 thread).
+    Smaller images, every Noisy MNIST canvas and photographs at working size among them, take the
+    direct resize.
 
     Returns a new array (a copy when no resizing is needed), so callers may keep it.
     """
     out_h, out_w = size
     if image.shape[:2] == (out_h, out_w):
         return image.copy()
-    # INTER_AREA averages when shrinking (no aliasing of thin strokes); INTER_LINEAR when enlarging.
     shrinking = image.shape[0] > out_h or image.shape[1] > out_w
-    resized = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    source = image
+    if shrinking and image.shape[0] * image.shape[1] > HALVING_MIN_PIXELS:
+        # An odd last source row/column is dropped (at most one pixel of the original); deeper
+        # levels halve only while exact, since a dropped row there would be 2^k original pixels.
+        source = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
+        while (source.shape[0] >= 2 * out_h and source.shape[1] >= 2 * out_w
+               and source.shape[0] % 2 == 0 and source.shape[1] % 2 == 0):
+            source = cv2.resize(source, (source.shape[1] // 2, source.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    if source.shape[:2] == (out_h, out_w):
+        resized = source if not np.shares_memory(source, image) else source.copy()
+    else:
+        resized = cv2.resize(source, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     if resized.ndim == 2 and image.ndim == 3:  # cv2 drops a singleton channel axis
         resized = resized[:, :, None]
     return resized

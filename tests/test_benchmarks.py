@@ -183,3 +183,31 @@ def test_a_method_slower_than_its_budget_is_stopped_and_reported(monkeypatch):
     table = bench.accuracy_table([result, finished], "TranslatedMNIST")
     assert "| ncc | - | - | no query finished in 0 s | | 0 |" in table
     assert table.index("| ssd |") < table.index("| ncc |")
+
+
+def test_query_controls_replace_only_the_query():
+    sys.path.insert(0, str(TRAIN))
+    try:
+        evaluate = load_script("evaluate_agents")
+    finally:
+        sys.path.remove(str(TRAIN))
+    from matchenv.datasets import make_dataset
+
+    data = make_dataset("MixedMNIST", test_size=30)
+    pairs = [data.test_pair(i) for i in range(30)]
+    grey = evaluate.control_pairs(pairs, "grey")
+    assert all((g.query == 128).all() and g.query.shape == p.query.shape for g, p in zip(grey, pairs))
+    other = evaluate.control_pairs(pairs, "other-label", seed=3)
+    again = evaluate.control_pairs(pairs, "other-label", seed=3)  # seeded: the same swap every time
+    assert all((a.query == b.query).all() for a, b in zip(other, again))
+    by_query = {p.query.tobytes(): p.label for p in pairs}
+    for o, p in zip(other, pairs):
+        assert o.reference is p.reference and (o.target_box == p.target_box).all() and o.label == p.label
+        assert by_query[o.query.tobytes()] != p.label  # the query of a pair with another label
+    with pytest.raises(ValueError, match="two labels"):
+        evaluate.control_pairs(pairs[:1], "other-label")
+    with pytest.raises(ValueError, match="unknown query control"):
+        evaluate.control_pairs(pairs, "noise")
+    row = {"agent": "a", "dataset": "MixedMNIST", "success_rate": 0.9, "stop_score": None,
+           "query_controls": {"grey": 0.1, "other-label": 0.2}}
+    assert "| a | MixedMNIST | 0.900 | 0.100 | 0.200 |" in evaluate.controls_table([row])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -211,3 +212,33 @@ def test_crop_window_of_an_empty_box_raises_value_error(image, out_size):
     assume(image.shape[0] > 1 and image.shape[1] > 1)
     with pytest.raises(ValueError):
         crop_window(image, [1, 1, 1, 1], out_size)
+
+
+@pytest.mark.parametrize("shape, size", [((1000, 1000), (28, 28)), ((1001, 1333, 3), (240, 320)),
+                                         ((900, 800, 1), (125, 100)), ((1024, 1024), (512, 512))])
+def test_large_images_shrink_by_halvings_to_the_direct_area_average(shape, size):
+    from matchenv.geometry import HALVING_MIN_PIXELS, resize_image
+
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), 8).reshape(shape)
+    image = ((noise - noise.min()) / (noise.max() - noise.min()) * 255).astype(np.uint8)  # full contrast, photo-smooth
+    assert image.shape[0] * image.shape[1] > HALVING_MIN_PIXELS
+    out = resize_image(image, size)
+    direct = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA).reshape(out.shape)
+    assert out.shape == size + shape[2:] and out.dtype == np.uint8
+    # The same area average up to uint8 rounding at each level and sub-pixel sampling differences
+    # (a misplaced level or a dropped deep row would be off by tens of grey levels).
+    error = np.abs(out.astype(int) - direct)
+    assert error.max() <= 16 and error.mean() < 2.0
+    assert not np.shares_memory(out, image)
+
+
+def test_small_images_resize_exactly_as_before():
+    from matchenv.geometry import resize_image
+
+    rng = np.random.default_rng(1)
+    for shape, size in (((100, 100, 1), (28, 28)), ((320, 240, 3), (32, 32)), ((60, 60, 1), (120, 120))):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        method = cv2.INTER_AREA if size[0] < shape[0] else cv2.INTER_LINEAR
+        np.testing.assert_array_equal(resize_image(image, size),
+                                      cv2.resize(image, size[::-1], interpolation=method).reshape(size + shape[2:]))

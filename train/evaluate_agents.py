@@ -16,7 +16,11 @@ For each agent, through the inference API (:class:`agents.searcher.TemplateSearc
 * **throughput**: queries per second of ``locate_batch`` with ``--batch-size`` pairs per call;
 * **where the target is gained or lost** (printed and in ``results.json``): the success rate had
   the search answered with each of its windows, and the share of searches in which some window
-  was right.
+  was right;
+* with ``--query-controls``, **whether it uses the query**: success when each query is replaced by
+  a flat grey image or by another label's query (the same references and targets). Close to the
+  agent's own success means it finds what the reference gives away (the one salient object, the
+  dataset's layout), not what it was asked for.
 
 ``--stop-score S`` (repeatable; ``none`` is the default protocol) also evaluates each agent with
 searches that end at the first window the match head scores at least ``S`` (the searcher's
@@ -31,6 +35,7 @@ bundled MNIST subset (its 1,000 test digits), and the output says so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -54,6 +59,8 @@ BARS = {
     "MixedMNIST": {"prototype": (0.88, 4.0), "goal": (0.94, 1.0)},
 }
 SHIPPED_MNIST = ["pretrained:translated-mnist", "pretrained:cluttered-mnist", "pretrained:mixed-mnist"]
+#: What ``--query-controls`` gives each search instead of its own query (see :func:`control_pairs`).
+QUERY_CONTROLS = ("grey", "other-label")
 
 
 def load_agent(spec: str, stop_score: float | None = None) -> tuple[TemplateSearcher, str | None, dict]:
@@ -87,6 +94,31 @@ def evaluate(searcher: TemplateSearcher, pairs: list, batch_size: int) -> dict[s
             "mean_windows": float(np.mean(windows)),
             "success_by_window": [float(v) for v in by_window_arr.mean(axis=0)],
             "any_window_success": float(by_window_arr.any(axis=1).mean())}
+
+
+def control_pairs(pairs: list, control: str, seed: int = 0) -> list:
+    """The same references and targets with each query replaced, to see how much an agent's success
+    depends on *what* it is asked to find (against what the reference alone gives away):
+
+    - ``"grey"``: a flat mid-grey query (and template) of the same shape;
+    - ``"other-label"``: the query (and template) of another test pair whose target has a different
+      label (another digit or brand), drawn with ``seed``.
+    """
+    if control == "grey":
+        return [dataclasses.replace(p, query=np.full_like(p.query, 128),
+                                    template=None if p.template is None else np.full_like(p.template, 128)) for p in pairs]
+    if control == "other-label":
+        rng = np.random.default_rng(seed)
+        labels = np.array([p.label for p in pairs], dtype=object)
+        swapped = []
+        for p in pairs:
+            others = np.flatnonzero(labels != p.label)
+            if len(others) == 0:
+                raise ValueError("the 'other-label' query control needs test pairs of at least two labels")
+            other = pairs[int(rng.choice(others))]
+            swapped.append(dataclasses.replace(p, query=other.query, template=other.template))
+        return swapped
+    raise ValueError(f"unknown query control {control!r}; choose from {QUERY_CONTROLS}")
 
 
 def time_single_queries(searcher: TemplateSearcher, pairs: list, warmup: int, rounds: int = 1) -> list[float]:
@@ -146,6 +178,17 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def controls_table(rows: list[dict[str, Any]]) -> str:
+    """Success with the agent's own query next to the query controls (``--query-controls``)."""
+    lines = ["| agent | dataset | own query | " + " | ".join(f"{c} query" for c in QUERY_CONTROLS) + " |",
+             "|---|---|---:|" + "---:|" * len(QUERY_CONTROLS)]
+    for r in rows:
+        if r.get("stop_score") is None and r.get("query_controls"):
+            lines.append(f"| {r['agent']} | {r['dataset']} | {r['success_rate']:.3f} | "
+                         + " | ".join(f"{r['query_controls'][c]:.3f}" for c in QUERY_CONTROLS) + " |")
+    return "\n".join(lines)
+
+
 def evaluate_agent(job: dict[str, Any]) -> dict[str, Any]:
     """Worker: one agent (with one ``stop_score``) timed and scored; ``job`` holds main's arguments."""
     torch.set_num_threads(job["threads"])
@@ -163,6 +206,8 @@ def evaluate_agent(job: dict[str, Any]) -> dict[str, Any]:
     rounds = time_single_queries(searcher, pairs[: job["timing_pairs"]], job["warmup"], job["timing_rounds"])
     ms = statistics.median(rounds)
     accuracy = evaluate(searcher, pairs, job["batch_size"])
+    controls = {name: evaluate(searcher, control_pairs(pairs, name), job["batch_size"])["success_rate"]
+                for name in (QUERY_CONTROLS if job["query_controls"] else ())}
     qps = throughput(searcher, pairs, job["batch_size"])
     print(f"  success {accuracy['success_rate']:.3f}, mean IoU {accuracy['mean_iou']:.3f}, "
           f"{accuracy['mean_windows']:.2f} windows/query; success if answering with window 1..T "
@@ -170,9 +215,11 @@ def evaluate_agent(job: dict[str, Any]) -> dict[str, Any]:
           f"some window right {accuracy['any_window_success']:.3f}; "
           f"ms/query per timing round {', '.join(f'{v:.2f}' for v in rounds)}, "
           f"{ms:.2f} ms/query (batch 1), {qps:.0f} queries/s (batch {job['batch_size']})", flush=True)
+    if controls:
+        print("  success with its own query replaced: " + ", ".join(f"{k} {v:.3f}" for k, v in controls.items()), flush=True)
     return {"agent": spec, "stop_score": stop_score, "dataset": dataset, "data": source, "pairs": len(pairs), **accuracy,
             "ms_per_query": ms, "ms_per_round": rounds, "queries_per_second": qps, "max_trials": searcher.max_trials,
-            "cnn_runtime": searcher.cnn_runtime}
+            "cnn_runtime": searcher.cnn_runtime, "query_controls": controls}
 
 
 def main() -> None:
@@ -191,6 +238,9 @@ def main() -> None:
     parser.add_argument("--stop-score", action="append", default=None, metavar="S",
                         help="also evaluate each agent ending searches at the first window the match head scores "
                              ">= S (TemplateSearcher's stop_score; repeatable; 'none' = always T windows, the default)")
+    parser.add_argument("--query-controls", action="store_true",
+                        help="also score each agent with its queries replaced by a flat grey image and by another "
+                             "label's query: how much of its success comes from the query at all")
     parser.add_argument("--out", default="runs/evaluate_agents")
     args = parser.parse_args()
 
@@ -211,6 +261,8 @@ def main() -> None:
     runtimes = ", ".join(sorted({r["cnn_runtime"] for r in rows}))
     machine = f"{machine_description(args.threads)}; CNN runtime: {runtimes}"
     report = f"{machine}\n\n{table(rows)}\n"
+    if args.query_controls:
+        report += "\n" + controls_table(rows) + "\n"
     print("\n" + report)
     (out / "results.md").write_text(report)
     (out / "results.json").write_text(json.dumps({"machine": machine, "threads": args.threads, "results": rows}, indent=2))
