@@ -145,11 +145,10 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     bilinear. An image of more than :data:`HALVING_MIN_PIXELS` pixels is first halved (exact 2x2
     averages) while it is at least twice the output size and its sides are even: the same area
     average up to rounding (and an odd last row or column of the original, dropped), at a small
-    fraction of the cost, because OpenCV's area
-    resize costs some 3 ns per source pixel for a non-integer factor but has a fast path for an
-    exact halving (1000x1000 to 28x28: 3 ms directly, 0.12 ms by halvings; measured, 1 thread).
-    Smaller images, every Noisy MNIST canvas and photographs at working size among them, take the
-    direct resize.
+    fraction of the cost, because OpenCV's area resize costs some 3 ns per source pixel for a
+    non-integer factor but has a fast path for an exact halving (1000x1000 to 28x28: 3 ms
+    directly, 0.12 ms by halvings; measured, 1 thread). Smaller images, every Noisy MNIST canvas
+    and photographs at working size among them, take the direct resize, as before.
 
     Returns a new array (a copy when no resizing is needed), so callers may keep it.
     """

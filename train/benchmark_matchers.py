@@ -25,8 +25,8 @@ What is measured, and how it is kept fair:
 ``--scaling`` instead measures median ms per query as the reference grows from 100x100 to
 2000x2000 pixels with the same 28x28 target (Cluttered MNIST canvases of that size, clutter
 scaled with the area); a method whose single query exceeds ``--max-seconds`` at some size is not
-run at larger sizes (controls are left out: they cost nothing at any size). Outputs: a markdown table on stdout, ``results.json``, and a PNG plot
-(accuracy vs log time; or log-log time vs size).
+run at larger sizes (controls are left out: they cost nothing at any size). Outputs: a markdown
+table on stdout, ``results.json``, and a PNG plot (accuracy vs log time; or log-log time vs size).
 """
 
 from __future__ import annotations
