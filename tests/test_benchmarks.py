@@ -211,3 +211,12 @@ def test_query_controls_replace_only_the_query():
     row = {"agent": "a", "dataset": "MixedMNIST", "success_rate": 0.9, "stop_score": None,
            "query_controls": {"grey": 0.1, "other-label": 0.2}}
     assert "| a | MixedMNIST | 0.900 | 0.100 | 0.200 |" in evaluate.controls_table([row])
+
+
+def test_accuracy_plot_is_written_with_controls_and_stopped_methods(tmp_path):
+    bench = load_script("benchmark_matchers")
+    rows = [dict(method="ncc", key="ncc", success_rate=0.9, mean_iou=0.8, median_ms=0.1, evaluated=10, pairs=5),
+            dict(method="centre-box", key="centre-box", success_rate=0.2, mean_iou=0.3, median_ms=0.01, evaluated=0, pairs=5),
+            dict(method="bbs", key="bbs", pairs=0, success_rate=float("nan"), median_ms=float("nan"), timed_out_after_s=9.0)]
+    bench.plot_accuracy(rows, tmp_path / "plot.png", "title", "ClutteredMNIST")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

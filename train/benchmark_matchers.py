@@ -232,12 +232,16 @@ def plot_accuracy(results: list[dict], path: Path, title: str, dataset: str) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, r in enumerate(sorted((r for r in results if r["pairs"]), key=lambda r: r["median_ms"])):
-        ax.scatter(r["median_ms"], r["success_rate"], s=40)
-        # Alternate labels above/below: neighbours on the log axis often share a success rate.
-        ax.annotate(r["method"], (r["median_ms"], r["success_rate"]), textcoords="offset points",
-                    xytext=(4, 6 if i % 2 == 0 else -12), fontsize=8)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    # A legend, not labels beside the points: methods often share a success rate and a time.
+    markers, colours = "os^Dv<>PX*", [f"C{k}" for k in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # C7 is the controls' grey
+    shown = sorted((r for r in results if r["pairs"]), key=lambda r: (-r["success_rate"], r["median_ms"]))
+    for i, r in enumerate(shown):
+        control = r.get("key") in CONTROL_METHODS  # drawn apart: a floor, not a competitor
+        style = dict(marker="x", color="gray") if control else dict(marker=markers[i % len(markers)], color=colours[i % len(colours)])
+        name = f"{r['method']} (control)" if control else r["method"]
+        ax.scatter(r["median_ms"], r["success_rate"], s=45, alpha=0.85,
+                   label=f"{name}: {r['success_rate']:.2f}, {r['median_ms']:.3g} ms", **style)
     for name, (success, ms) in PUBLISHED.get(dataset, {}).items():
         ax.scatter(ms, success, s=40, facecolors="none", edgecolors="gray")
         ax.annotate(f"published {name}", (ms, success), textcoords="offset points", xytext=(4, -12), fontsize=7, color="gray")
@@ -247,6 +251,7 @@ def plot_accuracy(results: list[dict], path: Path, title: str, dataset: str) -> 
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
