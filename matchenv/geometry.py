@@ -157,7 +157,8 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image.copy()
     shrinking = image.shape[0] > out_h or image.shape[1] > out_w
     source = image
-    if shrinking and image.shape[0] * image.shape[1] > HALVING_MIN_PIXELS:
+    if (image.shape[0] * image.shape[1] > HALVING_MIN_PIXELS
+            and image.shape[0] >= 2 * out_h and image.shape[1] >= 2 * out_w):  # at least one halving
         # An odd last source row/column is dropped (at most one pixel of the original); deeper
         # levels halve only while exact, since a dropped row there would be 2^k original pixels.
         source = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]

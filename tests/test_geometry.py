@@ -242,3 +242,11 @@ def test_small_images_resize_exactly_as_before():
         method = cv2.INTER_AREA if size[0] < shape[0] else cv2.INTER_LINEAR
         np.testing.assert_array_equal(resize_image(image, size),
                                       cv2.resize(image, size[::-1], interpolation=method).reshape(size + shape[2:]))
+
+
+def test_large_images_shrunk_less_than_twofold_resize_directly():
+    from matchenv.geometry import resize_image
+
+    image = np.random.default_rng(2).integers(0, 256, (1001, 1001, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_image(image, (600, 600)),
+                                  cv2.resize(image, (600, 600), interpolation=cv2.INTER_AREA)[:, :, None])
