@@ -39,9 +39,12 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:  # the worker imports matchenv lazily, inside its own process
+    from matchenv.datasets import PairDataset
 
 #: Published numbers the table is compared with (success at IoU > 0.5, ms per query), Noisy MNIST.
 PUBLISHED = {
@@ -73,7 +76,7 @@ def machine_description(threads: int = 1) -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {per_method}, Python {platform.python_version()}"
 
 
-def make_method(name: str, features_checkpoint: Optional[str], data=None):
+def make_method(name: str, features_checkpoint: Optional[str], data: Optional["PairDataset"] = None):
     """Build a matcher (or an agent wrapped as one) inside the worker process.
 
     :param data: the benchmark's :class:`~matchenv.datasets.PairDataset`. Multi-scale matchers
