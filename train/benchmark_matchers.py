@@ -76,7 +76,7 @@ def machine_description(threads: int = 1) -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {per_method}, Python {platform.python_version()}"
 
 
-def make_method(name: str, features_checkpoint: Optional[str], data: Optional["PairDataset"] = None):
+def make_method(name: str, features_checkpoint: Optional[str], data: "PairDataset"):
     """Build a matcher (or an agent wrapped as one) inside the worker process.
 
     :param data: the benchmark's :class:`~matchenv.datasets.PairDataset`. Multi-scale matchers
@@ -86,14 +86,14 @@ def make_method(name: str, features_checkpoint: Optional[str], data: Optional["P
     """
     from agents.baselines import CentreBox, make_matcher
 
-    scale_range = getattr(data, "scale_range", None)
+    scale_range = data.scale_range
     if name.startswith("agent:"):
         return AgentMatcher(name.split(":", 1)[1])
     if name in FEATURE_METHODS:
         return make_matcher(name, checkpoint=features_checkpoint)
     if name == "ncc-multiscale" and scale_range is not None:
         return make_matcher(name, scales=scale_grid(scale_range))
-    if name == "centre-box" and data is not None:
+    if name == "centre-box":  # never unfitted: its size comes from the training pairs
         rng = np.random.default_rng(0)
         prior = CentreBox.fit((data.sample(rng) for _ in range(CENTRE_BOX_FIT_PAIRS)), getattr(data, "window_fraction", None))
         prior.features = f"{CentreBox.features}: scale {prior.scale:g} on {CENTRE_BOX_FIT_PAIRS} training pairs"
