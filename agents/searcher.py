@@ -252,8 +252,8 @@ class TemplateSearcher:
             raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
         if len(queries) == 0:
             return []
-        queries = [self._prepare(q, f"query[{i}]") for i, q in enumerate(queries)]
-        references = [self._prepare(r, f"reference[{i}]") for i, r in enumerate(references)]
+        queries = [self.prepare(q, f"query[{i}]") for i, q in enumerate(queries)]
+        references = [self.prepare(r, f"reference[{i}]") for i, r in enumerate(references)]
         if self.scale_range is None:
             for i, (q, r) in enumerate(zip(queries, references)):
                 if q.shape[0] > r.shape[0] or q.shape[1] > r.shape[1]:
@@ -354,18 +354,13 @@ class TemplateSearcher:
             results.append(SearchResult(box=path[pick].copy(), path=path, scores=score.copy()))
         return results
 
-    # ------------------------------------------------------------------ internals
-    def _view(self, image: np.ndarray) -> np.ndarray:
-        """A whole image at the observation resolution, as the training env shows it."""
-        return letterbox(image, self.query_size) if self.letterbox else resize_image(image, self.query_size)
+    def prepare(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """Validate an image and convert it to what the agent sees: ``(H, W, C)`` uint8 with the
+        policy's channel count ``C``, RGB (a view, not a copy, where no conversion is needed).
 
-    def _window(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
-        if self.letterbox:
-            return crop_letterboxed(image, box, self.query_size)
-        return crop_window(image, box, self.query_size)
-
-    def _prepare(self, image: np.ndarray, name: str) -> np.ndarray:
-        """Validate an image and convert it to channel-last uint8 with the policy's channel count."""
+        :param name: how error messages call the image (``"query[3]"``).
+        :raises TypeError, ValueError: for anything but a 2-D/3-D uint8 (or [0, 1] float) array.
+        """
         if not isinstance(image, np.ndarray):
             raise TypeError(f"{name} must be a numpy array (e.g. from cv2.imread), got {type(image).__name__}")
         if image.ndim == 3 and image.shape[2] == 1:
@@ -388,3 +383,13 @@ class TemplateSearcher:
         if image.ndim == 2:
             image = image[:, :, None] if self.channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
         return image
+
+    # ------------------------------------------------------------------ internals
+    def _view(self, image: np.ndarray) -> np.ndarray:
+        """A whole image at the observation resolution, as the training env shows it."""
+        return letterbox(image, self.query_size) if self.letterbox else resize_image(image, self.query_size)
+
+    def _window(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        if self.letterbox:
+            return crop_letterboxed(image, box, self.query_size)
+        return crop_window(image, box, self.query_size)

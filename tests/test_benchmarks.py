@@ -220,3 +220,23 @@ def test_accuracy_plot_is_written_with_controls_and_stopped_methods(tmp_path):
             dict(method="bbs", key="bbs", pairs=0, success_rate=float("nan"), median_ms=float("nan"), timed_out_after_s=9.0)]
     bench.plot_accuracy(rows, tmp_path / "plot.png", "title", "ClutteredMNIST")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_runs_the_coarse_to_fine_searcher_as_an_agent():
+    from agents.coarse_to_fine import CoarseToFineSearcher
+    from matchenv.datasets import make_dataset
+    from matchenv.geometry import iou
+
+    bench = load_script("benchmark_matchers")
+    assert bench.agent_name("coarse-to-fine:cluttered-mnist") == "agent (coarse-to-fine:cluttered-mnist)"
+    assert bench.agent_name("coarse-to-fine:runs/cp/proposer.pt") == "agent (coarse-to-fine:cp/proposer.pt)"
+    kwargs = {"canvas_size": 300, "n_clutter": 72}
+    job = dict(method="agent:coarse-to-fine:cluttered-mnist", dataset="ClutteredMNIST", pairs=4, warmup=1,
+               dataset_kwargs=kwargs, features_checkpoint=None, max_seconds_total=60.0)
+    result = bench.run_method(job)
+    assert result["method"] == "agent (coarse-to-fine:cluttered-mnist)" and "proposer runtime" in result["features"]
+    searcher, data = CoarseToFineSearcher.from_pretrained("cluttered-mnist"), make_dataset("ClutteredMNIST", test_size=4, **kwargs)
+    pairs = [data.test_pair(i) for i in range(4)]
+    expected = np.mean([iou(searcher.locate(p.query, p.reference).box, p.target_box) > 0.5 for p in pairs])
+    assert result["success_rate"] == pytest.approx(expected)
+    assert result["evaluated"] == 6  # the agent's windows in the crop

@@ -19,8 +19,9 @@ What is measured, and how it is kept fair:
 * ``centre-box`` is a control, not a matcher: the same centred box for every query, its size
   fitted on training pairs; a method near it has learned the dataset's layout, not the query;
 * QATM and the exhaustive embedding search run on the agent's trained siamese CNN
-  (``--features-checkpoint``, default: the first ``--agent``), because ImageNet weights cannot
-  be downloaded here; without a checkpoint they are left out rather than run on random features.
+  (``--features-checkpoint``, default: the first ``--agent`` that is not coarse-to-fine), because
+  ImageNet weights cannot be downloaded here; without a checkpoint they are left out rather than
+  run on random features.
 
 ``--scaling`` instead measures median ms per query as the reference grows from 100x100 to
 2000x2000 pixels with the same 28x28 target (Cluttered MNIST canvases of that size, clutter
@@ -110,22 +111,43 @@ def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tup
 
 
 def agent_name(checkpoint: str) -> str:
-    """An agent's name in the tables: "agent (pretrained:photo)", "agent (fl27-zoom/best.zip)"."""
-    return f"agent ({checkpoint if checkpoint.startswith('pretrained:') else '/'.join(Path(checkpoint).parts[-2:])})"
+    """An agent's name in the tables: "agent (pretrained:photo)", "agent (fl27-zoom/best.zip)",
+    "agent (coarse-to-fine:cluttered-mnist)"."""
+    for prefix in ("pretrained:", "coarse-to-fine:"):
+        if checkpoint.startswith(prefix):
+            spec = checkpoint[len(prefix):]
+            return f"agent ({prefix}{spec if prefix == 'pretrained:' or '/' not in spec else '/'.join(Path(spec).parts[-2:])})"
+    return f"agent ({'/'.join(Path(checkpoint).parts[-2:])})"
 
 
 class AgentMatcher:
-    """The trained search agent behind the matcher interface (one query at a time)."""
+    """The trained search agent behind the matcher interface (one query at a time).
+
+    :param checkpoint: a ``train/ppo_lstm.py`` checkpoint, ``pretrained:<name>`` (a shipped agent),
+        or ``coarse-to-fine:<name or proposer file>`` (a shipped or trained coarse look with the
+        agent it names, :class:`~agents.coarse_to_fine.CoarseToFineSearcher`).
+    """
 
     def __init__(self, checkpoint: str) -> None:
+        from agents.coarse_to_fine import CoarseToFineSearcher
+        from agents.pretrained import PROPOSERS
         from agents.searcher import TemplateSearcher
 
-        if checkpoint.startswith("pretrained:"):  # an agent shipped with matchenv
+        runtime = ""
+        if checkpoint.startswith("coarse-to-fine:"):
+            spec = checkpoint.split(":", 1)[1]
+            self.searcher = (CoarseToFineSearcher.from_pretrained(spec) if spec in PROPOSERS
+                             else CoarseToFineSearcher.load(spec))
+            runtime = f", proposer runtime: {self.searcher.runtime}"
+            cnn_runtime = self.searcher.fine.cnn_runtime
+        elif checkpoint.startswith("pretrained:"):  # an agent shipped with matchenv
             self.searcher = TemplateSearcher.from_pretrained(checkpoint.split(":", 1)[1])
+            cnn_runtime = self.searcher.cnn_runtime
         else:
             self.searcher = TemplateSearcher.load(checkpoint)
+            cnn_runtime = self.searcher.cnn_runtime
         self.name = agent_name(checkpoint)
-        self.features = f"trained agent: {checkpoint} (CNN runtime: {self.searcher.cnn_runtime})"
+        self.features = f"trained agent: {checkpoint} (CNN runtime: {cnn_runtime}{runtime})"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
         from agents.baselines.base import MatchResult
@@ -286,22 +308,29 @@ def write_scaling(rows: list[dict], machine: str, out: Path) -> None:
 
 
 def plot_scaling(rows: list[dict], path: Path) -> None:
+    """Two panels against the reference side: median ms per query (log-log) and success."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (cost, success) = plt.subplots(1, 2, figsize=(11, 4.2))
     for method in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r["size"], r["median_ms"]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*pts), marker="o", label=method)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("reference side (pixels; target 28x28)")
-    ax.set_ylabel("median ms per query (1 CPU thread)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["size"])
+        sizes = [r["size"] for r in mine]
+        line, = cost.plot(sizes, [r["median_ms"] for r in mine], marker="o", label=method)
+        success.plot(sizes, [r["success_rate"] for r in mine], marker="o", color=line.get_color(), label=method)
+    cost.set_yscale("log")
+    cost.set_ylabel("median ms per query (1 CPU thread)")
+    success.set_ylabel("success (IoU > 0.5)")
+    success.set_ylim(-0.02, 1.02)
+    for ax in (cost, success):
+        ax.set_xscale("log")
+        ax.set_xlabel("reference side (pixels; target 28x28)")
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = cost.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.755, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.755, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -315,7 +344,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(CONTROL_METHODS + CLASSIC_METHODS + FEATURE_METHODS),
                         help="comma-separated matcher names (see agents.baselines.MATCHERS)")
     parser.add_argument("--agent", action="append", default=[],
-                        help="trained checkpoint, or pretrained:<name>, to include (repeatable)")
+                        help="trained checkpoint, pretrained:<name>, or coarse-to-fine:<name or proposer.pt>, to include (repeatable)")
     parser.add_argument("--features-checkpoint", default=None, help="agent checkpoint whose CNN QATM/embedding use")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time budget per method (and size)")
     parser.add_argument("--scaling", action="store_true", help="run the cost-versus-reference-size benchmark")
@@ -338,7 +367,8 @@ def main() -> None:
                       saved["dataset"])
         (out / "results.md").write_text(f"{saved['dataset']}; {saved['machine']}\n\n{accuracy_table(saved['results'], saved['dataset'])}\n")
         return
-    features_checkpoint = args.features_checkpoint or (args.agent[0] if args.agent else None)
+    plain_agents = [a for a in args.agent if not a.startswith("coarse-to-fine:")]
+    features_checkpoint = args.features_checkpoint or (plain_agents[0] if plain_agents else None)
     if features_checkpoint and features_checkpoint.startswith("pretrained:"):
         from agents.pretrained import pretrained_path
 

@@ -66,6 +66,27 @@ PRETRAINED: dict[str, PretrainedAgent] = {
 }
 
 
+@dataclass(frozen=True)
+class PretrainedProposer:
+    """A shipped coarse look for :class:`~agents.coarse_to_fine.CoarseToFineSearcher`: its file
+    in this folder (which names the shipped agent it feeds), what it is for, how it was trained."""
+
+    filename: str
+    description: str
+    command: str
+
+
+#: Name -> shipped proposer. ``CoarseToFineSearcher.from_pretrained(name)`` loads it with its agent.
+PROPOSERS: dict[str, PretrainedProposer] = {
+    "cluttered-mnist": PretrainedProposer(
+        "cluttered_mnist_proposer.pt",
+        "Cluttered MNIST references of any size (clutter at the training density, 8 fragments per "
+        "100x100 px): the coarse look for the shipped 'cluttered-mnist' agent, which searches a 100x100 crop",
+        "MATCHENV_DATA=<folder with the MNIST IDX files> python train/coarse_proposer.py",
+    ),
+}
+
+
 #: Names users may expect but that are not shipped, and why.
 NOT_SHIPPED: dict[str, str] = {
     "photo": "no generic photograph agent is shipped: self-supervised training on this project's CPU budget "
@@ -88,6 +109,21 @@ def pretrained_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"the pretrained agent file {path} is missing: reinstall matchenv, or retrain with "
                                 f"`{PRETRAINED[name].command}`")
+    return path
+
+
+def proposer_path(name: str) -> Path:
+    """The file of the shipped proposer ``name`` (see :data:`PROPOSERS`).
+
+    :raises ValueError: for an unknown name (the message lists the shipped ones).
+    :raises FileNotFoundError: if the file is missing from this installation.
+    """
+    if name not in PROPOSERS:
+        raise ValueError(f"no pretrained proposer {name!r}; shipped: {', '.join(sorted(PROPOSERS)) or 'none'}")
+    path = HERE / PROPOSERS[name].filename
+    if not path.is_file():
+        raise FileNotFoundError(f"the pretrained proposer file {path} is missing: reinstall matchenv, or retrain with "
+                                f"`{PROPOSERS[name].command}`")
     return path
 
 

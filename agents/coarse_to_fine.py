@@ -1,0 +1,301 @@
+"""Search references much larger than an agent was trained on: a coarse first look, then the agent.
+
+    searcher = CoarseToFineSearcher.from_pretrained("cluttered-mnist")
+    result = searcher.locate(query, reference)     # e.g. a 2000x2000 reference, a 28x28 query
+    x0, y0, x1, y1 = result.box                    # pixels of the reference as given
+
+A fixed-size agent looks at the whole reference shrunk to its 28x28 global view: on a 100x100
+canvas a digit is still 8 pixels there, on a 1000x1000 one less than a pixel, and the search has
+nothing to go on. The coarse-to-fine searcher splits the work:
+
+1. **coarse look** (:class:`CoarseProposer`): the reference shrunk ``shrink`` times (the
+   shipped one: 4x, a 28x28 digit becomes 7 pixels) goes through a small fully convolutional
+   network that gives one logit per cell of ``shrink * stride`` reference pixels (16): where the
+   target most probably is. Its cost grows with the reference's area, but the network is
+   evaluated once per cell, 256x fewer times than there are reference pixels;
+2. **fine search**: a crop of the agent's training canvas size (``crop_size``), centred on the
+   best cell, searched by the trained agent exactly as on its training data; the answer is mapped
+   back to reference pixels.
+
+A reference no larger than ``crop_size`` goes straight to the agent: on its own canvases the
+searcher is the agent. The proposer is trained by supervised learning on shrunk large canvases
+(``train/coarse_proposer.py``); it does not see the query, so it finds *target-like* objects (on
+Cluttered MNIST: the one whole digit among fragments) and leaves matching to the agent.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.searcher import SearchResult, TemplateSearcher
+from matchenv.geometry import resize_image
+
+
+class CoarseProposer(nn.Module):
+    """Where in a large reference the target probably is.
+
+    Convolutions on the reference shrunk ``shrink`` times -- ``kernel`` x ``kernel`` with stride
+    ``stride``, then ``depth`` 3x3, then 1x1 to one channel, ReLU between -- give one logit per
+    output cell, each cell ``shrink * stride`` reference pixels wide. The strided first layer
+    reads the shrunk image at full resolution but is evaluated only once per cell, which is what
+    keeps the look cheap.
+
+    :param channels: image channels (1 grayscale, 3 colour).
+    :param width: channels of the hidden layers.
+    :param shrink: how many times smaller than the reference the network's input is.
+    :param depth: 3x3 layers after the first convolution.
+    :param kernel: side of the first convolution's kernel (input pixels).
+    :param stride: its stride (input pixels per cell).
+    """
+
+    def __init__(self, channels: int = 1, width: int = 8, shrink: int = 4, depth: int = 1, kernel: int = 8,
+                 stride: int = 4) -> None:
+        super().__init__()
+        if channels not in (1, 3) or width < 1 or shrink < 1 or depth < 0 or stride < 1 or kernel < stride:
+            raise ValueError("CoarseProposer needs channels 1 or 3, width >= 1, shrink >= 1, depth >= 0, stride >= 1 "
+                             f"and kernel >= stride; got {channels}, {width}, {shrink}, {depth}, {kernel}, {stride}")
+        self.channels, self.width, self.shrink, self.depth = int(channels), int(width), int(shrink), int(depth)
+        self.kernel, self.stride, self.padding = int(kernel), int(stride), (int(kernel) - 1) // 2
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, kernel, stride=stride, padding=self.padding), nn.ReLU()]
+        for _ in range(depth):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Conv2d(width, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """:param images: ``(N, C, h, w)`` float pixels in [0, 1], the shrunk references.
+        :return: ``(N, h', w')`` logits, one per cell: ``h' = (h + 2 p - kernel) // stride + 1``
+            with ``p = (kernel - 1) // 2``."""
+        return self.net(images)[:, 0]
+
+    @property
+    def config(self) -> dict[str, int]:
+        return {"channels": self.channels, "width": self.width, "shrink": self.shrink, "depth": self.depth,
+                "kernel": self.kernel, "stride": self.stride}
+
+    def input_size(self, image_shape: Sequence[int]) -> tuple[int, int]:
+        """``(h, w)`` of the network's input for a reference of ``image_shape`` ``(H, W, ...)``."""
+        return max(1, round(image_shape[0] / self.shrink)), max(1, round(image_shape[1] / self.shrink))
+
+    def shrunk_pixels(self, reference: np.ndarray) -> np.ndarray:
+        """``(C, h, w)`` uint8: ``reference`` ``(H, W, C)`` uint8 shrunk to the network's input size."""
+        small = resize_image(reference, self.input_size(reference.shape))
+        if small.ndim == 2:
+            small = small[:, :, None]
+        return small.transpose(2, 0, 1)
+
+    def shrunk(self, reference: np.ndarray) -> np.ndarray:
+        """``(C, h, w)`` float32 in [0, 1]: ``reference`` ``(H, W, C)`` uint8 as the network sees it."""
+        return to_unit_range(self.shrunk_pixels(reference))
+
+    def cell_centres(self, logit_shape: Sequence[int], input_size: Sequence[int],
+                     image_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Reference-pixel centres ``(ys, xs)`` of the cells of a ``logit_shape`` ``(h', w')`` map
+        computed on an ``input_size`` ``(h, w)`` shrunk image of a reference of ``image_shape``.
+
+        Cell ``j``'s first convolution covers input pixels ``[j s - p, j s - p + k)`` (stride
+        ``s``, padding ``p``, kernel ``k``), centred at ``j s - p + k / 2`` input pixels, i.e.
+        that times ``W / w`` reference pixels.
+        """
+        offset = self.kernel / 2.0 - self.padding
+        ys = (self.stride * np.arange(logit_shape[0]) + offset) * (image_shape[0] / input_size[0])
+        xs = (self.stride * np.arange(logit_shape[1]) + offset) * (image_shape[1] / input_size[1])
+        return ys, xs
+
+
+def to_unit_range(pixels: Union[np.ndarray, torch.Tensor]) -> Union[np.ndarray, torch.Tensor]:
+    """uint8 pixels as float32 in [0, 1] (numpy or torch, the same float32 values either way)."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels.to(torch.float32) * (1.0 / 255.0)
+    return pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def target_cell(proposer: CoarseProposer, box: np.ndarray, logit_shape: Sequence[int], input_size: Sequence[int],
+                image_shape: Sequence[int]) -> int:
+    """Flat index of ``proposer``'s cell whose centre is nearest the centre of ``box``
+    ``(x0, y0, x1, y1)`` (its training label)."""
+    ys, xs = proposer.cell_centres(logit_shape, input_size, image_shape)
+    cy, cx = (box[1] + box[3]) / 2.0, (box[0] + box[2]) / 2.0
+    return int(np.argmin(np.abs(ys - cy))) * len(xs) + int(np.argmin(np.abs(xs - cx)))
+
+
+class _ProposerRuntime:
+    """The proposer for inference: ONNX Runtime when installed (image size left free), else PyTorch."""
+
+    def __init__(self, proposer: CoarseProposer, threads: int) -> None:
+        self.proposer = proposer.eval()
+        self.session = None
+        try:
+            from agents.cnn_runtime import onnx_session, onnxruntime_available
+
+            if onnxruntime_available():
+                example = torch.zeros(1, proposer.channels, 32, 32)
+                self.session = onnx_session(proposer, (example,), ["images"], ["logits"],
+                                            {"images": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 1: "gh", 2: "gw"}}, threads)
+        except Exception as err:  # noqa: BLE001  (a speed-up only: PyTorch gives the same logits)
+            warnings.warn(f"could not run the coarse look in ONNX Runtime ({err}); using PyTorch", RuntimeWarning,
+                          stacklevel=3)
+            self.session = None
+        self.name = "onnxruntime" if self.session is not None else "torch"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """``(N, C, h, w)`` float32 -> ``(N, h', w')`` logits."""
+        if self.session is not None:
+            return self.session.run(None, {"images": images})[0]
+        with torch.inference_mode():
+            return self.proposer(torch.from_numpy(images)).numpy()
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The coarse look's answer for one reference.
+
+    :param centre: ``(x, y)`` reference pixels: the best cell's centre.
+    :param crop: ``(x0, y0, x1, y1)`` whole-pixel box of the crop the agent searched:
+        ``crop_size`` around :attr:`centre`, moved inside the reference.
+    """
+
+    centre: tuple[float, float]
+    crop: tuple[int, int, int, int]
+
+
+@dataclass
+class CoarseToFineResult(SearchResult):
+    """A :class:`~agents.searcher.SearchResult` (box, path and scores in reference pixels) and the
+    coarse look's :class:`Proposal` (``None`` when the reference went straight to the agent)."""
+
+    proposal: Optional[Proposal] = field(default=None)
+
+
+def crop_around(centre: tuple[float, float], crop_size: tuple[int, int], image_shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """The ``crop_size`` ``(h, w)`` box centred on ``centre`` ``(x, y)``, moved inside the image
+    (and cut to it where the image is smaller): whole pixels ``(x0, y0, x1, y1)``."""
+    height, width = int(image_shape[0]), int(image_shape[1])
+    crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
+    x0 = int(np.clip(round(centre[0] - crop_w / 2), 0, width - crop_w))
+    y0 = int(np.clip(round(centre[1] - crop_h / 2), 0, height - crop_h))
+    return x0, y0, x0 + crop_w, y0 + crop_h
+
+
+class CoarseToFineSearcher:
+    """A trained agent (:class:`~agents.searcher.TemplateSearcher`) on references of any size.
+
+    :param fine: the agent that searches a ``crop_size`` crop.
+    :param proposer: the trained coarse look.
+    :param crop_size: ``(h, w)`` of the crop the agent searches: the canvas it was trained on.
+    """
+
+    def __init__(self, fine: TemplateSearcher, proposer: CoarseProposer, crop_size: tuple[int, int]) -> None:
+        if proposer.channels != fine.channels:
+            raise ValueError(f"the proposer takes {proposer.channels}-channel images but the agent {fine.channels}-channel ones")
+        if min(crop_size) < max(fine.query_size):
+            raise ValueError(f"crop_size {tuple(crop_size)} is smaller than the agent's query size {fine.query_size}")
+        self.fine = fine
+        self.proposer = proposer.eval()
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self._run = _ProposerRuntime(proposer, threads=torch.get_num_threads())
+        #: where the proposer runs: "onnxruntime" or "torch"
+        self.runtime: str = self._run.name
+
+    @classmethod
+    def load(cls, path: Union[str, Path], fine: Optional[TemplateSearcher] = None, **searcher_kwargs) -> "CoarseToFineSearcher":
+        """Load a proposer file written by ``train/coarse_proposer.py``; the agent is the one it
+        names (a shipped agent's name or a checkpoint path) unless ``fine`` is given.
+        ``searcher_kwargs`` go to that agent's :class:`TemplateSearcher`."""
+        saved = load_proposer_file(path)
+        if fine is None:
+            name = saved["fine"]
+            fine = (TemplateSearcher.from_pretrained(name.split(":", 1)[1], **searcher_kwargs) if name.startswith("pretrained:")
+                    else TemplateSearcher.load(name, **searcher_kwargs))
+        proposer = CoarseProposer(**saved["config"])
+        proposer.load_state_dict(saved["state_dict"])
+        return cls(fine, proposer, tuple(saved["crop_size"]))
+
+    @classmethod
+    def from_pretrained(cls, name: str, **searcher_kwargs) -> "CoarseToFineSearcher":
+        """A shipped proposer and the shipped agent it was trained for: see
+        :data:`agents.pretrained.PROPOSERS`."""
+        from agents.pretrained import proposer_path
+
+        return cls.load(proposer_path(name), **searcher_kwargs)
+
+    # ------------------------------------------------------------------ public API
+    def locate(self, query: np.ndarray, reference: np.ndarray) -> CoarseToFineResult:
+        """Find ``query`` in ``reference`` (images as for :meth:`TemplateSearcher.locate`)."""
+        return self.locate_batch([query], [reference])[0]
+
+    def propose(self, reference: np.ndarray) -> Optional[Proposal]:
+        """The coarse look alone: where the agent will search in ``reference`` (``(H, W)`` or
+        ``(H, W, C)`` uint8, as for :meth:`locate`); ``None`` if the reference is no larger than
+        ``crop_size`` (the agent searches all of it)."""
+        reference = self.fine.prepare(reference, "reference")
+        return self._propose(reference)
+
+    def locate_batch(self, queries: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> list[CoarseToFineResult]:
+        """:meth:`locate` for many pairs: one coarse look per reference, one batched agent search."""
+        if len(queries) != len(references):
+            raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
+        proposals = [self._propose(self.fine.prepare(r, f"reference[{i}]")) for i, r in enumerate(references)]
+        # Crops of the images as given: the agent converts them itself (converting twice would,
+        # for instance, swap BGR channels back).
+        crops = [r if p is None else r[p.crop[1]:p.crop[3], p.crop[0]:p.crop[2]] for r, p in zip(references, proposals)]
+        results = []
+        for found, proposal in zip(self.fine.locate_batch(queries, crops), proposals):
+            shift = np.zeros(4) if proposal is None else np.array(proposal.crop[:2] * 2, dtype=np.float64)
+            results.append(CoarseToFineResult(box=found.box + shift, path=found.path + shift, scores=found.scores,
+                                              proposal=proposal))
+        return results
+
+    def cell_logits(self, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The coarse look's ``(h', w')`` logits over the cells of ``reference`` (any size, as for
+        :meth:`locate`) and the cells' centres ``(ys, xs)`` in reference pixels (for pictures and
+        diagnostics; a softmax over all cells gives where it thinks the target is)."""
+        return self._cell_logits(self.fine.prepare(reference, "reference"))
+
+    def _cell_logits(self, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        image = self.proposer.shrunk(reference)
+        logits = self._run(image[None])[0]
+        return (logits, *self.proposer.cell_centres(logits.shape, image.shape[1:], reference.shape))
+
+    def _propose(self, reference: np.ndarray) -> Optional[Proposal]:
+        height, width = reference.shape[:2]
+        if height <= self.crop_size[0] and width <= self.crop_size[1]:
+            return None  # the agent's own canvas size: no coarse look needed
+        logits, ys, xs = self._cell_logits(reference)
+        row, col = np.unravel_index(int(np.argmax(logits)), logits.shape)
+        centre = (float(xs[col]), float(ys[row]))
+        return Proposal(centre=centre, crop=crop_around(centre, self.crop_size, reference.shape))
+
+
+def save_proposer_file(path: Union[str, Path], proposer: CoarseProposer, crop_size: tuple[int, int], fine: str,
+                       info: Optional[dict[str, Any]] = None) -> Path:
+    """Write a proposer (weights, architecture, crop size, the agent it works with, free-form
+    ``info`` such as the training command and its measured hit rate) to ``path`` (``.pt``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"state_dict": proposer.state_dict(), "config": proposer.config, "crop_size": list(crop_size),
+                "fine": fine, "info": info or {}}, tmp)
+    tmp.replace(path)  # never a half-written file under the real name
+    return path
+
+
+def load_proposer_file(path: Union[str, Path]) -> dict[str, Any]:
+    """The contents of a proposer file, checked; clear errors for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no proposer file at {path}: train one with `python train/coarse_proposer.py`")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path} is not a proposer file written by train/coarse_proposer.py ({err})") from err
+    missing = {"state_dict", "config", "crop_size", "fine"} - set(saved if isinstance(saved, dict) else ())
+    if missing:
+        raise ValueError(f"{path} is not a proposer file written by train/coarse_proposer.py (missing {sorted(missing)})")
+    return saved

@@ -1,0 +1,78 @@
+"""Draw the coarse-to-fine searcher on large Cluttered MNIST canvases (docs/images/coarse_to_fine.png).
+
+    MATCHENV_DATA=/path/to/mnist python docs/render_coarse_to_fine.py
+
+One row per test pair: the whole reference shrunk for display with the coarse look's
+probabilities over its cells (brighter red: more probable), the 100x100 crop it chose (yellow)
+and the target (green); then the shipped agent's search inside that crop (as in the env's
+rendering). Uses the shipped proposer and agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from agents.coarse_to_fine import CoarseToFineSearcher
+from matchenv.datasets import make_dataset
+from matchenv.geometry import iou
+from matchenv.rendering import frame_strip, render_search, save_frames
+
+#: side of the overview panel in display pixels
+PANEL = 300
+
+
+def overview_panel(searcher: CoarseToFineSearcher, reference: np.ndarray, crop: tuple, target: np.ndarray) -> np.ndarray:
+    """The reference at ``PANEL`` px with the cell probabilities, the searched crop and the target."""
+    height, width = reference.shape[:2]
+    logits, _, _ = searcher.cell_logits(reference)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    grey = cv2.resize(reference[:, :, 0], (PANEL, PANEL), interpolation=cv2.INTER_AREA)
+    panel = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
+    heat = cv2.resize(probs / probs.max(), (PANEL, PANEL), interpolation=cv2.INTER_NEAREST)
+    panel[:, :, 0] = np.maximum(panel[:, :, 0], 255 * heat)  # red channel (RGB)
+    panel = panel.clip(0, 255).astype(np.uint8)
+    sx, sy = PANEL / width, PANEL / height
+
+    def rect(box, colour):
+        x0, y0, x1, y1 = box
+        cv2.rectangle(panel, (int(x0 * sx), int(y0 * sy)), (int(np.ceil(x1 * sx)), int(np.ceil(y1 * sy))), colour, 1)
+
+    rect(target, (0, 255, 0))
+    rect(crop, (255, 255, 0))
+    return panel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--canvas", type=int, default=1000)
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "images" / "coarse_to_fine.png"))
+    args = parser.parse_args()
+    searcher = CoarseToFineSearcher.from_pretrained("cluttered-mnist")
+    data = make_dataset("ClutteredMNIST", canvas_size=args.canvas, n_clutter=int(round(8 * (args.canvas / 100) ** 2)),
+                        test_size=args.pairs)
+    rows = []
+    for i in range(args.pairs):
+        pair = data.test_pair(i)
+        result = searcher.locate(pair.query, pair.reference)
+        x0, y0, x1, y1 = result.proposal.crop
+        shift = np.array([x0, y0, x0, y0], dtype=np.float64)
+        fine = render_search(pair.reference[y0:y1, x0:x1], pair.query, result.path - shift, pair.target_box - shift,
+                             scale=PANEL // 100, title=f"test pair {i}, {args.canvas}x{args.canvas}\nagent in the crop: "
+                                   f"IoU {iou(result.box, pair.target_box):.2f}")
+        overview = overview_panel(searcher, pair.reference, result.proposal.crop, pair.target_box)
+        pad = np.full((max(0, fine.shape[0] - PANEL), PANEL, 3), 255, np.uint8)
+        rows.append(frame_strip([np.concatenate([overview, pad]) if len(pad) else overview, fine]))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    path = save_frames([np.concatenate(rows)], args.out)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
