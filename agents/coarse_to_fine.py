@@ -242,6 +242,12 @@ class CoarseToFineSearcher:
         if len(queries) != len(references):
             raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
         proposals = [self._propose(self.fine.prepare(r, f"reference[{i}]")) for i, r in enumerate(references)]
+        for i, (query, proposal) in enumerate(zip(queries, proposals)):
+            shape = np.shape(query)
+            if proposal is not None and len(shape) >= 2 and (shape[0] > self.crop_size[0] or shape[1] > self.crop_size[1]):
+                raise ValueError(f"pair {i}: the query ({shape[1]}x{shape[0]} px) is larger than the {self.crop_size[1]}x"
+                                 f"{self.crop_size[0]} crop the agent searches; this searcher is for queries of the "
+                                 "agent's training size (use the agent alone, or shrink both images)")
         # Crops of the images as given: the agent converts them itself (converting twice would,
         # for instance, swap BGR channels back).
         crops = [r if p is None else r[p.crop[1]:p.crop[3], p.crop[0]:p.crop[2]] for r, p in zip(references, proposals)]

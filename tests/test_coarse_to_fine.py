@@ -153,6 +153,8 @@ def test_locate_rejects_bad_input(untrained):
         untrained.locate(np.zeros((28, 28), np.uint8), np.zeros((5,), np.uint8))
     with pytest.raises(TypeError, match="numpy array"):
         untrained.propose([[0, 1]])
+    with pytest.raises(ValueError, match="larger than the 100x100 crop"):
+        untrained.locate(np.zeros((120, 120), np.uint8), np.zeros((500, 500), np.uint8))
 
 
 def test_onnx_runtime_and_pytorch_give_the_same_logits(untrained):

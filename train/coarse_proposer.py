@@ -1,7 +1,8 @@
 """Train the coarse look of the coarse-to-fine searcher (agents/coarse_to_fine.py).
 
     MATCHENV_DATA=/path/to/mnist python train/coarse_proposer.py            # the shipped proposer
-    python train/coarse_proposer.py --resume runs/coarse-proposer/last.pt    # continue a run
+    MATCHENV_DATA=... python train/coarse_proposer.py --resume runs/coarse-proposer/last.pt
+                                         # continue a run (same flags and data: the canvases are regenerated)
 
 A fixed-size agent is trained on small canvases (Cluttered MNIST: 100x100). On a 2000x2000
 reference its 28x28 global view shows nothing. The coarse-to-fine searcher first finds, on the
@@ -14,7 +15,7 @@ agent search a crop of its training canvas size around it. This script trains th
 2. training: cross-entropy over all cells of a canvas (one softmax per canvas), Adam; a
    checkpoint (``last.pt``, with the optimizer) after every epoch, so a crash loses one epoch;
 3. evaluation, on the fixed test split at each ``--eval-canvases`` size (clutter at the same
-   density, ``--eval-pairs`` pairs, test seed 0): how often the crop the agent will search holds
+   density, the first ``--eval-pairs`` pairs; the dataset's fixed test seed): how often the crop the agent will search holds
    the whole target ("hit"), and the coarse-to-fine searcher's success (IoU > 0.5) with the
    agent ``--fine``.
 

@@ -95,6 +95,18 @@ NOT_SHIPPED: dict[str, str] = {
 }
 
 
+def _shipped_file(kind: str, name: str, registry: dict) -> Path:
+    """The file of the shipped ``kind`` ("agent", "proposer") ``name`` from ``registry``, with the
+    errors both lookups share."""
+    if name not in registry:
+        raise ValueError(f"no pretrained {kind} {name!r}; shipped: {', '.join(sorted(registry)) or 'none'}")
+    path = HERE / registry[name].filename
+    if not path.is_file():
+        raise FileNotFoundError(f"the pretrained {kind} file {path} is missing: reinstall matchenv, or retrain with "
+                                f"`{registry[name].command}`")
+    return path
+
+
 def pretrained_path(name: str) -> Path:
     """The checkpoint file of the shipped agent ``name``.
 
@@ -103,13 +115,7 @@ def pretrained_path(name: str) -> Path:
     """
     if name in NOT_SHIPPED:
         raise ValueError(NOT_SHIPPED[name])
-    if name not in PRETRAINED:
-        raise ValueError(f"no pretrained agent {name!r}; shipped: {', '.join(sorted(PRETRAINED)) or 'none'}")
-    path = HERE / PRETRAINED[name].filename
-    if not path.is_file():
-        raise FileNotFoundError(f"the pretrained agent file {path} is missing: reinstall matchenv, or retrain with "
-                                f"`{PRETRAINED[name].command}`")
-    return path
+    return _shipped_file("agent", name, PRETRAINED)
 
 
 def proposer_path(name: str) -> Path:
@@ -118,13 +124,7 @@ def proposer_path(name: str) -> Path:
     :raises ValueError: for an unknown name (the message lists the shipped ones).
     :raises FileNotFoundError: if the file is missing from this installation.
     """
-    if name not in PROPOSERS:
-        raise ValueError(f"no pretrained proposer {name!r}; shipped: {', '.join(sorted(PROPOSERS)) or 'none'}")
-    path = HERE / PROPOSERS[name].filename
-    if not path.is_file():
-        raise FileNotFoundError(f"the pretrained proposer file {path} is missing: reinstall matchenv, or retrain with "
-                                f"`{PROPOSERS[name].command}`")
-    return path
+    return _shipped_file("proposer", name, PROPOSERS)
 
 
 def export_for_inference(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.PathLike[str]"]) -> Path:
