@@ -28,7 +28,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import gymnasium as gym

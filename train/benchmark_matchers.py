@@ -113,11 +113,11 @@ def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tup
 def agent_name(checkpoint: str) -> str:
     """An agent's name in the tables: "agent (pretrained:photo)", "agent (fl27-zoom/best.zip)",
     "agent (coarse-to-fine:cluttered-mnist)"."""
-    for prefix in ("pretrained:", "coarse-to-fine:"):
-        if checkpoint.startswith(prefix):
-            spec = checkpoint[len(prefix):]
-            return f"agent ({prefix}{spec if prefix == 'pretrained:' or '/' not in spec else '/'.join(Path(spec).parts[-2:])})"
-    return f"agent ({'/'.join(Path(checkpoint).parts[-2:])})"
+    prefix = next((p for p in ("pretrained:", "coarse-to-fine:") if checkpoint.startswith(p)), "")
+    spec = checkpoint[len(prefix):]
+    if not prefix or "/" in spec:  # a file: its folder and name say which run it is
+        spec = "/".join(Path(spec).parts[-2:])
+    return f"agent ({prefix}{spec})"
 
 
 class AgentMatcher:

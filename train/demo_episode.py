@@ -12,7 +12,6 @@ agent: they exist to look at the environment.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import gymnasium as gym
 import matchenv

@@ -41,7 +41,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import gymnasium as gym
 import numpy as np
