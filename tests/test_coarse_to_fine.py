@@ -46,6 +46,15 @@ def test_proposer_gives_one_logit_per_cell_of_two_input_pixels(shape):
     assert logits.shape == (3, -(-shape[0] // 2), -(-shape[1] // 2))
 
 
+def test_separable_proposer_has_the_same_cells_and_fewer_weights():
+    plain, separable = CoarseProposer(), CoarseProposer(separable=True)
+    images = torch.rand(2, 1, 150, 110)
+    assert plain(images).shape == separable(images).shape
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(separable) < count(plain)
+    assert CoarseProposer(**separable.config).config == separable.config
+
+
 @pytest.mark.parametrize("kwargs", [{"channels": 2}, {"width": 0}, {"shrink": 0}, {"depth": -1}, {"kernel": 3, "stride": 4}])
 def test_proposer_rejects_bad_architecture(kwargs):
     with pytest.raises(ValueError, match="CoarseProposer needs"):

@@ -56,6 +56,7 @@ class Args:
     depth: int = 1  # 3x3 layers after its first convolution
     kernel: int = 8  # the first convolution's kernel side (shrunk-image pixels)
     stride: int = 4  # its stride: a cell is shrink * stride reference pixels
+    separable: int = 0  # 1: each 3x3 layer depthwise + 1x1 (cheaper)
     epochs: int = 20
     batch_size: int = 64
     learning_rate: float = 3e-3
@@ -132,7 +133,7 @@ def main() -> None:
     fine = (TemplateSearcher.from_pretrained(args.fine.split(":", 1)[1]) if args.fine.startswith("pretrained:")
             else TemplateSearcher.load(args.fine))
     proposer = CoarseProposer(channels=fine.channels, width=args.width, shrink=args.shrink, depth=args.depth,
-                              kernel=args.kernel, stride=args.stride)
+                              kernel=args.kernel, stride=args.stride, separable=bool(args.separable))
     optimizer = torch.optim.Adam(proposer.parameters(), lr=args.learning_rate)
     steps_per_epoch = -(-args.train_pairs // args.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch,
