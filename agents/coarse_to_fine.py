@@ -216,9 +216,7 @@ class CoarseToFineSearcher:
         ``searcher_kwargs`` go to that agent's :class:`TemplateSearcher`."""
         saved = load_proposer_file(path)
         if fine is None:
-            name = saved["fine"]
-            fine = (TemplateSearcher.from_pretrained(name.split(":", 1)[1], **searcher_kwargs) if name.startswith("pretrained:")
-                    else TemplateSearcher.load(name, **searcher_kwargs))
+            fine = TemplateSearcher.from_spec(saved["fine"], **searcher_kwargs)
         proposer = CoarseProposer(**saved["config"])
         proposer.load_state_dict(saved["state_dict"])
         return cls(fine, proposer, tuple(saved["crop_size"]))

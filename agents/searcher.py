@@ -233,6 +233,14 @@ class TemplateSearcher:
 
         return cls.load(pretrained_path(name), device=device, **kwargs)
 
+    @classmethod
+    def from_spec(cls, spec: str, device: str = "cpu", **kwargs) -> "TemplateSearcher":
+        """``"pretrained:<name>"`` (:meth:`from_pretrained`) or a checkpoint path (:meth:`load`):
+        how the scripts and proposer files name an agent."""
+        if spec.startswith("pretrained:"):
+            return cls.from_pretrained(spec.split(":", 1)[1], device=device, **kwargs)
+        return cls.load(spec, device=device, **kwargs)
+
     # ------------------------------------------------------------------ public API
     def locate(self, query: np.ndarray, reference: np.ndarray) -> SearchResult:
         """Find ``query`` in ``reference``.

@@ -100,3 +100,12 @@ def test_mnist_agents_take_plain_2d_uint8_arrays(name, canvas):
     x0, y0, x1, y1 = result.box
     assert (x1 - x0, y1 - y0) == (28, 28) and 0 <= x0 and x1 <= canvas and 0 <= y0 and y1 <= canvas
     assert result.path.shape == (6, 4) and np.all((result.scores >= 0) & (result.scores <= 1))
+
+
+def test_from_spec_names_a_shipped_agent_or_a_checkpoint():
+    by_name = TemplateSearcher.from_spec("pretrained:cluttered-mnist")
+    by_path = TemplateSearcher.from_spec(str(pretrained_path("cluttered-mnist")))
+    for a, b in zip(by_name.policy.state_dict().values(), by_path.policy.state_dict().values()):
+        assert (a == b).all()
+    with pytest.raises(ValueError, match="no pretrained agent"):
+        TemplateSearcher.from_spec("pretrained:imagenet")

@@ -133,21 +133,16 @@ class AgentMatcher:
         from agents.pretrained import PROPOSERS
         from agents.searcher import TemplateSearcher
 
-        runtime = ""
         if checkpoint.startswith("coarse-to-fine:"):
             spec = checkpoint.split(":", 1)[1]
             self.searcher = (CoarseToFineSearcher.from_pretrained(spec) if spec in PROPOSERS
                              else CoarseToFineSearcher.load(spec))
-            runtime = f", proposer runtime: {self.searcher.runtime}"
-            cnn_runtime = self.searcher.fine.cnn_runtime
-        elif checkpoint.startswith("pretrained:"):  # an agent shipped with matchenv
-            self.searcher = TemplateSearcher.from_pretrained(checkpoint.split(":", 1)[1])
-            cnn_runtime = self.searcher.cnn_runtime
-        else:
-            self.searcher = TemplateSearcher.load(checkpoint)
-            cnn_runtime = self.searcher.cnn_runtime
+            agent, proposer = self.searcher.fine, f", proposer runtime: {self.searcher.runtime}"
+        else:  # a checkpoint, or pretrained:<name> for an agent shipped with matchenv
+            self.searcher = agent = TemplateSearcher.from_spec(checkpoint)
+            proposer = ""
         self.name = agent_name(checkpoint)
-        self.features = f"trained agent: {checkpoint} (CNN runtime: {cnn_runtime}{runtime})"
+        self.features = f"trained agent: {checkpoint} (CNN runtime: {agent.cnn_runtime}{proposer})"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
         from agents.baselines.base import MatchResult

@@ -130,8 +130,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     # The agent that will search the crops, loaded first so that a wrong --fine fails before training.
-    fine = (TemplateSearcher.from_pretrained(args.fine.split(":", 1)[1]) if args.fine.startswith("pretrained:")
-            else TemplateSearcher.load(args.fine))
+    fine = TemplateSearcher.from_spec(args.fine)
     proposer = CoarseProposer(channels=fine.channels, width=args.width, shrink=args.shrink, depth=args.depth,
                               kernel=args.kernel, stride=args.stride, separable=bool(args.separable))
     optimizer = torch.optim.Adam(proposer.parameters(), lr=args.learning_rate)

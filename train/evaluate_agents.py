@@ -65,11 +65,11 @@ QUERY_CONTROLS = ("grey", "other-label")
 
 def load_agent(spec: str, stop_score: float | None = None) -> tuple[TemplateSearcher, str | None, dict]:
     """The searcher for ``spec`` (a checkpoint or ``pretrained:<name>``) and, for a shipped agent, its dataset."""
+    searcher = TemplateSearcher.from_spec(spec, stop_score=stop_score)
     if spec.startswith("pretrained:"):
-        name = spec.split(":", 1)[1]
-        searcher = TemplateSearcher.from_pretrained(name, stop_score=stop_score)
-        return searcher, PRETRAINED[name].dataset, dict(PRETRAINED[name].dataset_kwargs)
-    return TemplateSearcher.load(spec, stop_score=stop_score), None, {}
+        shipped = PRETRAINED[spec.split(":", 1)[1]]
+        return searcher, shipped.dataset, dict(shipped.dataset_kwargs)
+    return searcher, None, {}
 
 
 def evaluate(searcher: TemplateSearcher, pairs: list, batch_size: int) -> dict[str, Any]:
