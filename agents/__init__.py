@@ -6,16 +6,22 @@
 - :mod:`agents.imitation`, :mod:`agents.teacher`, :mod:`agents.rollout`: the DAgger warm start;
 - :mod:`agents.searcher`, :mod:`agents.numpy_step`, :mod:`agents.cnn_runtime`, :mod:`agents.fused_search`:
   ``TemplateSearcher``, the inference API, and its CPU fast path;
-- :mod:`agents.pretrained`: the shipped agents (``TemplateSearcher.from_pretrained(name)``);
+- :mod:`agents.coarse_to_fine`: ``CoarseToFineSearcher``, a trained coarse look then the agent on a crop
+  (large references);
+- :mod:`agents.multiscale_look`: ``LookSearcher``, a learned multi-scale look for photographs (SiamFC-style
+  correlation over a scale pyramid; not a sequential search);
+- :mod:`agents.pretrained`: the shipped agents (``TemplateSearcher.from_pretrained(name)``), proposers and looks;
 - :mod:`agents.baselines`: classic matchers (NCC/SSD, MTM, BBS, DDIS, QATM, exhaustive embedding).
 """
 
 from agents.policy import PointerHead, SearchLstmPolicy
 from agents.ppo import SearchRecurrentPPO
+from agents.multiscale_look import LookSearcher
 from agents.searcher import SearchResult, TemplateSearcher
 from agents.siamese import SearchFeaturesExtractor, SiameseCNN
 
 __all__ = [
+    "LookSearcher",
     "PointerHead",
     "SearchFeaturesExtractor",
     "SearchLstmPolicy",

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.model_files import read_model_file, write_model_file
 from agents.searcher import SearchResult, TemplateSearcher
 from matchenv.geometry import resize_image
 
@@ -287,25 +288,10 @@ def save_proposer_file(path: Union[str, Path], proposer: CoarseProposer, crop_si
                        info: Optional[dict[str, Any]] = None) -> Path:
     """Write a proposer (weights, architecture, crop size, the agent it works with, free-form
     ``info`` such as the training command and its measured hit rate) to ``path`` (``.pt``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"state_dict": proposer.state_dict(), "config": proposer.config, "crop_size": list(crop_size),
-                "fine": fine, "info": info or {}}, tmp)
-    tmp.replace(path)  # never a half-written file under the real name
-    return path
+    return write_model_file(path, {"state_dict": proposer.state_dict(), "config": proposer.config,
+                                   "crop_size": list(crop_size), "fine": fine, "info": info or {}})
 
 
 def load_proposer_file(path: Union[str, Path]) -> dict[str, Any]:
     """The contents of a proposer file, checked; clear errors for a missing or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no proposer file at {path}: train one with `python train/coarse_proposer.py`")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"{path} is not a proposer file written by train/coarse_proposer.py ({err})") from err
-    missing = {"state_dict", "config", "crop_size", "fine"} - set(saved if isinstance(saved, dict) else ())
-    if missing:
-        raise ValueError(f"{path} is not a proposer file written by train/coarse_proposer.py (missing {sorted(missing)})")
-    return saved
+    return read_model_file(path, "proposer", "train/coarse_proposer.py", {"state_dict", "config", "crop_size", "fine"})

@@ -61,6 +61,38 @@ def stacked(images: Sequence[np.ndarray]) -> np.ndarray:
     return images[0][None] if len(images) == 1 else np.stack(images)
 
 
+def prepare_image(image: np.ndarray, channels: int, channel_order: str = "rgb", name: str = "image") -> np.ndarray:
+    """Validate an image and convert it to what a network trained on RGB uint8 sees: ``(H, W, C)``
+    uint8 with ``channels`` channels (1 or 3), RGB (a view, not a copy, where no conversion is needed).
+
+    :param channel_order: ``"rgb"`` or ``"bgr"``: the order of ``image``'s colour channels.
+    :param name: how error messages call the image (``"query[3]"``).
+    :raises TypeError, ValueError: for anything but a 2-D/3-D uint8 (or [0, 1] float) array.
+    """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array (e.g. from cv2.imread), got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"{name} must be (H, W) grayscale or (H, W, 3) colour, got shape {image.shape}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"{name} is empty: shape {image.shape}")
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating) and np.all((image >= 0.0) & (image <= 1.0)):  # NaN fails
+            image = (image * 255.0).round().astype(np.uint8)  # floats in [0, 1]
+        else:
+            raise ValueError(f"{name} must be uint8 (0-255) or float in [0, 1], got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim == 3 and channel_order == "bgr":
+        image = image[:, :, ::-1]  # the networks are trained on RGB
+    if channels == 1 and image.ndim == 3:
+        image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    if image.ndim == 2:
+        image = image[:, :, None] if channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
+    return image
+
+
 class _RunningSearch:
     """``N`` searches in progress: ``step`` decides the next windows, ``distance`` verifies windows.
 
@@ -363,34 +395,12 @@ class TemplateSearcher:
         return results
 
     def prepare(self, image: np.ndarray, name: str = "image") -> np.ndarray:
-        """Validate an image and convert it to what the agent sees: ``(H, W, C)`` uint8 with the
-        policy's channel count ``C``, RGB (a view, not a copy, where no conversion is needed).
+        """Validate an image and convert it to what the agent sees (:func:`prepare_image` with the
+        policy's channel count and this searcher's ``channel_order``).
 
         :param name: how error messages call the image (``"query[3]"``).
-        :raises TypeError, ValueError: for anything but a 2-D/3-D uint8 (or [0, 1] float) array.
         """
-        if not isinstance(image, np.ndarray):
-            raise TypeError(f"{name} must be a numpy array (e.g. from cv2.imread), got {type(image).__name__}")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-            raise ValueError(f"{name} must be (H, W) grayscale or (H, W, 3) colour, got shape {image.shape}")
-        if min(image.shape[:2]) < 1:
-            raise ValueError(f"{name} is empty: shape {image.shape}")
-        if image.dtype != np.uint8:
-            if np.issubdtype(image.dtype, np.floating) and np.all((image >= 0.0) & (image <= 1.0)):  # NaN fails
-                image = (image * 255.0).round().astype(np.uint8)  # floats in [0, 1]
-            else:
-                raise ValueError(f"{name} must be uint8 (0-255) or float in [0, 1], got {image.dtype}")
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = image[:, :, :3]
-        if image.ndim == 3 and self.channel_order == "bgr":
-            image = image[:, :, ::-1]  # the agents are trained on RGB
-        if self.channels == 1 and image.ndim == 3:
-            image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-        if image.ndim == 2:
-            image = image[:, :, None] if self.channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
-        return image
+        return prepare_image(image, self.channels, self.channel_order, name)
 
     # ------------------------------------------------------------------ internals
     def _view(self, image: np.ndarray) -> np.ndarray:

@@ -240,3 +240,33 @@ def test_benchmark_runs_the_coarse_to_fine_searcher_as_an_agent():
     expected = np.mean([iou(searcher.locate(p.query, p.reference).box, p.target_box) > 0.5 for p in pairs])
     assert result["success_rate"] == pytest.approx(expected)
     assert result["evaluated"] == 6  # the agent's windows in the crop
+
+
+def test_benchmark_runs_the_shipped_look_on_photograph_pairs():
+    from agents.multiscale_look import LookSearcher
+    from matchenv.datasets import make_dataset
+    from matchenv.geometry import iou
+
+    bench = load_script("benchmark_matchers")
+    assert bench.agent_name("look:photo") == "learned look (look:photo)"
+    assert bench.agent_name("look:runs/ml/look.pt") == "learned look (look:ml/look.pt)"
+    root = str(Path(__file__).parent / "fixtures" / "bbs_pairs")
+    job = dict(method="agent:look:photo", dataset="TemplateTargetPairs", pairs=4, warmup=1,
+               dataset_kwargs={"path": root}, features_checkpoint=None, max_seconds_total=60.0)
+    result = bench.run_method(job)
+    assert result["method"] == "learned look (look:photo)" and "runtime" in result["features"]
+    searcher, data = LookSearcher.from_pretrained("photo"), make_dataset("TemplateTargetPairs", path=root)
+    pairs = [data.test_pair(i) for i in range(4)]
+    expected = np.mean([iou(searcher.locate(p.template, p.reference).box, p.target_box) > 0.5 for p in pairs])
+    assert result["success_rate"] == pytest.approx(expected)
+    assert result["evaluated"] > 1000  # every position of every level
+
+
+def test_benchmark_rejects_bad_dataset_arguments_before_starting_workers(tmp_path):
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(TRAIN / "benchmark_matchers.py"), "--dataset", "TemplateTargetPairs",
+                          "--dataset-kwargs", '{"root": "x"}', "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "unexpected keyword argument 'root'" in run.stderr
+    assert "Traceback" not in run.stderr

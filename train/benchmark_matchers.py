@@ -19,7 +19,7 @@ What is measured, and how it is kept fair:
 * ``centre-box`` is a control, not a matcher: the same centred box for every query, its size
   fitted on training pairs; a method near it has learned the dataset's layout, not the query;
 * QATM and the exhaustive embedding search run on the agent's trained siamese CNN
-  (``--features-checkpoint``, default: the first ``--agent`` that is not coarse-to-fine), because
+  (``--features-checkpoint``, default: the first ``--agent`` that is a plain agent), because
   ImageNet weights cannot be downloaded here; without a checkpoint they are left out rather than
   run on random features.
 
@@ -111,44 +111,52 @@ def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tup
 
 
 def agent_name(checkpoint: str) -> str:
-    """An agent's name in the tables: "agent (pretrained:photo)", "agent (fl27-zoom/best.zip)",
-    "agent (coarse-to-fine:cluttered-mnist)"."""
-    prefix = next((p for p in ("pretrained:", "coarse-to-fine:") if checkpoint.startswith(p)), "")
+    """A searcher's name in the tables: "agent (pretrained:flickrlogos27)", "agent (fl27-zoom/best.zip)",
+    "agent (coarse-to-fine:cluttered-mnist)", "learned look (look:photo)"."""
+    prefix = next((p for p in ("pretrained:", "coarse-to-fine:", "look:") if checkpoint.startswith(p)), "")
     spec = checkpoint[len(prefix):]
     if not prefix or "/" in spec:  # a file: its folder and name say which run it is
         spec = "/".join(Path(spec).parts[-2:])
-    return f"agent ({prefix}{spec})"
+    return f"{'learned look' if prefix == 'look:' else 'agent'} ({prefix}{spec})"
 
 
 class AgentMatcher:
-    """The trained search agent behind the matcher interface (one query at a time).
+    """A trained searcher behind the matcher interface (one query at a time).
 
     :param checkpoint: a ``train/ppo_lstm.py`` checkpoint, ``pretrained:<name>`` (a shipped agent),
-        or ``coarse-to-fine:<name or proposer file>`` (a shipped or trained coarse look with the
-        agent it names, :class:`~agents.coarse_to_fine.CoarseToFineSearcher`).
+        ``coarse-to-fine:<name or proposer file>`` (a shipped or trained coarse look with the
+        agent it names, :class:`~agents.coarse_to_fine.CoarseToFineSearcher`), or ``look:<name or
+        look file>`` (a learned multi-scale look, :class:`~agents.multiscale_look.LookSearcher`).
     """
 
     def __init__(self, checkpoint: str) -> None:
         from agents.coarse_to_fine import CoarseToFineSearcher
-        from agents.pretrained import PROPOSERS
+        from agents.multiscale_look import LookSearcher
+        from agents.pretrained import LOOKS, PROPOSERS
         from agents.searcher import TemplateSearcher
 
+        self.name = agent_name(checkpoint)
+        spec = checkpoint.split(":", 1)[1] if ":" in checkpoint else checkpoint
+        if checkpoint.startswith("look:"):
+            self.searcher = LookSearcher.from_pretrained(spec) if spec in LOOKS else LookSearcher.load(spec)
+            self.features = f"learned look: {checkpoint} (runtime: {self.searcher.runtime})"
+            return
         if checkpoint.startswith("coarse-to-fine:"):
-            spec = checkpoint.split(":", 1)[1]
             self.searcher = (CoarseToFineSearcher.from_pretrained(spec) if spec in PROPOSERS
                              else CoarseToFineSearcher.load(spec))
             agent, proposer = self.searcher.fine, f", proposer runtime: {self.searcher.runtime}"
         else:  # a checkpoint, or pretrained:<name> for an agent shipped with matchenv
             self.searcher = agent = TemplateSearcher.from_spec(checkpoint)
             proposer = ""
-        self.name = agent_name(checkpoint)
         self.features = f"trained agent: {checkpoint} (CNN runtime: {agent.cnn_runtime}{proposer})"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
         from agents.baselines.base import MatchResult
 
         result = self.searcher.locate(query, reference)
-        return MatchResult(box=result.box, score=result.score, evaluated=len(result.path))
+        # a look scores every position of its grid; an agent looks at its windows
+        evaluated = getattr(result, "positions", len(result.path))
+        return MatchResult(box=result.box, score=result.score, evaluated=evaluated)
 
 
 def make_pairs(dataset: str, n: int, dataset_kwargs: dict):
@@ -339,7 +347,8 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(CONTROL_METHODS + CLASSIC_METHODS + FEATURE_METHODS),
                         help="comma-separated matcher names (see agents.baselines.MATCHERS)")
     parser.add_argument("--agent", action="append", default=[],
-                        help="trained checkpoint, pretrained:<name>, or coarse-to-fine:<name or proposer.pt>, to include (repeatable)")
+                        help="trained checkpoint, pretrained:<name>, coarse-to-fine:<name or proposer.pt>, or "
+                             "look:<name or look.pt>, to include (repeatable)")
     parser.add_argument("--features-checkpoint", default=None, help="agent checkpoint whose CNN QATM/embedding use")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time budget per method (and size)")
     parser.add_argument("--scaling", action="store_true", help="run the cost-versus-reference-size benchmark")
@@ -362,7 +371,7 @@ def main() -> None:
                       saved["dataset"])
         (out / "results.md").write_text(f"{saved['dataset']}; {saved['machine']}\n\n{accuracy_table(saved['results'], saved['dataset'])}\n")
         return
-    plain_agents = [a for a in args.agent if not a.startswith("coarse-to-fine:")]
+    plain_agents = [a for a in args.agent if not a.startswith(("coarse-to-fine:", "look:"))]
     features_checkpoint = args.features_checkpoint or (plain_agents[0] if plain_agents else None)
     if features_checkpoint and features_checkpoint.startswith("pretrained:"):
         from agents.pretrained import pretrained_path
@@ -381,6 +390,10 @@ def main() -> None:
     print(f"machine: {machine}")
 
     if not args.scaling:
+        try:  # bad --dataset/--dataset-kwargs: one clear line here, not a worker's traceback
+            make_pairs(args.dataset, 1, json.loads(args.dataset_kwargs))
+        except (ValueError, TypeError, OSError) as err:
+            parser.error(f"--dataset {args.dataset} --dataset-kwargs {args.dataset_kwargs}: {err}")
         results = []
         for method in methods:
             job = dict(method=method, dataset=args.dataset, pairs=args.pairs, warmup=args.warmup,

@@ -87,16 +87,38 @@ PROPOSERS: dict[str, PretrainedProposer] = {
 }
 
 
-#: Names users may expect but that are not shipped, and why.
+@dataclass(frozen=True)
+class PretrainedLook:
+    """A shipped learned multi-scale look (:class:`~agents.multiscale_look.LookSearcher`): its file
+    in this folder, what it is for, how it was trained."""
+
+    filename: str
+    description: str
+    command: str
+
+
+#: Name -> shipped look. ``LookSearcher.from_pretrained(name)`` loads one.
+LOOKS: dict[str, PretrainedLook] = {
+    "photo": PretrainedLook(
+        "photo_look.pt",
+        "any query crop in any photograph (colour; targets 0.125-0.8 of the reference's shorter side): "
+        "trained without labels on self-supervised pairs of FlickrLogos-27's training photographs",
+        "python train/multiscale_look.py",
+    ),
+}
+
+
+#: Agent names users may expect but that are not shipped, and why.
 NOT_SHIPPED: dict[str, str] = {
-    "photo": "no generic photograph agent is shipped: self-supervised training on this project's CPU budget "
-    "did not learn to localise (about 0.01 test success; see README, 'Photographs'). Use 'flickrlogos27' "
-    "for logos, or train one on your photos with train/ppo_lstm.py --dataset SelfSupervisedPhotos",
+    "photo": "no generic photograph *agent* (a sequential search) is shipped: self-supervised reinforcement "
+    "learning on this project's CPU budget did not learn to localise (about 0.01 test success; see README, "
+    "'Photographs'). For photographs use the learned look, LookSearcher.from_pretrained('photo') "
+    "(agents.multiscale_look), or 'flickrlogos27' for logos",
 }
 
 
 def _shipped_file(kind: str, name: str, registry: dict) -> Path:
-    """The file of the shipped ``kind`` ("agent", "proposer") ``name`` from ``registry``, with the
+    """The file of the shipped ``kind`` ("agent", "proposer", "look") ``name`` from ``registry``, with the
     errors both lookups share."""
     if name not in registry:
         raise ValueError(f"no pretrained {kind} {name!r}; shipped: {', '.join(sorted(registry)) or 'none'}")
@@ -125,6 +147,15 @@ def proposer_path(name: str) -> Path:
     :raises FileNotFoundError: if the file is missing from this installation.
     """
     return _shipped_file("proposer", name, PROPOSERS)
+
+
+def look_path(name: str) -> Path:
+    """The file of the shipped look ``name`` (see :data:`LOOKS`).
+
+    :raises ValueError: for an unknown name (the message lists the shipped ones).
+    :raises FileNotFoundError: if the file is missing from this installation.
+    """
+    return _shipped_file("look", name, LOOKS)
 
 
 def export_for_inference(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.PathLike[str]"]) -> Path:

@@ -1,0 +1,482 @@
+"""A learned multi-scale look for photographs: where, and how large, is the query in the reference?
+
+The photograph agents trained from scratch by reinforcement learning did not learn to *match*
+(README "Photographs"): their 32x32 thumbnail of the reference does not show where a small,
+re-photographed region is. This module is the fully convolutional alternative (the idea of
+SiamFC, Bertinetto et al., ECCVW 2016, with a scale pyramid):
+
+* one small CNN (:class:`LookFeatures`, stride 4, unit-length features per cell) embeds the query
+  and the reference;
+* the query is drawn on a square **canvas** with its aspect kept and its geometric-mean side
+  scaled to ``side`` pixels (:func:`template_canvas`); its feature cells that hold the query (the
+  **cell mask**) are the correlation kernel;
+* the reference is resized once per **level** of a pyramid of target sizes (``smallest`` to
+  ``largest`` of its shorter side, ``level_step`` apart), so that a target of that level's size
+  would be ``side`` pixels; the kernel slides over every level's feature map: the score of a
+  position is the mean cosine similarity of the query's cells with the reference's cells under it;
+* the answer is the best position of the best level, refined between positions and between
+  levels by a parabola through the neighbours (:func:`refine_peak`).
+
+Training (``train/multiscale_look.py``) needs no labels: :func:`training_sample` turns any
+:class:`~matchenv.datasets.base.SearchPair` (e.g. of
+:class:`~matchenv.datasets.self_supervised.SelfSupervisedPhotos`) into the query's canvas and
+crops of the reference at the true level and its neighbours, and the loss is a softmax
+cross-entropy over every position of every level, so the network learns *where* and *which size*
+at once. It is an exhaustive search over a coarse grid (thousands of positions), not a sequential
+search; :class:`LookSearcher` is its inference API.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.model_files import read_model_file, write_model_file
+from agents.searcher import SearchResult, prepare_image
+from matchenv.datasets.base import SearchPair
+from matchenv.datasets.photos import DEFAULT_MAX_SIDE, to_working_size
+from matchenv.geometry import resize_image
+
+#: pixels per feature cell of :class:`LookFeatures` (two stride-2 convolutions).
+STRIDE = 4
+
+
+@dataclass(frozen=True)
+class LookConfig:
+    """Architecture and pyramid of a :class:`MultiScaleLook` (saved with its weights).
+
+    :param channels: output channels of the four 3x3 convolutions (strides 2, 2, 1, 1).
+    :param separable: the last two convolutions depthwise-separable (3x3 per channel, then 1x1):
+        about 3x fewer multiply-adds where most of them are, at stride 4.
+    :param side: geometric-mean side, in pixels, the query is drawn at on its canvas and a target
+        has at its level's scale.
+    :param canvas: side of the square query canvas, in pixels (a multiple of :data:`STRIDE`, at
+        least ``side * sqrt(2)`` so that queries of aspect up to 2 fit).
+    :param level_step: size ratio between neighbouring pyramid levels.
+    :param smallest: smallest target side the pyramid looks for, as a fraction of the reference's
+        shorter side (geometric mean of width and height).
+    :param largest: largest target side, likewise.
+    :param max_side: working size: references are shrunk so their longer side is at most this
+        (as in training) before the pyramid is built; ``None``: never.
+    """
+
+    channels: tuple[int, int, int, int] = (16, 48, 48, 48)
+    separable: bool = True
+    side: int = 16
+    canvas: int = 24
+    level_step: float = 2.0 ** (1.0 / 3.0)
+    smallest: float = 0.125
+    largest: float = 0.8
+    max_side: Optional[int] = DEFAULT_MAX_SIDE
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != 4 or min(self.channels) < 1:
+            raise ValueError(f"channels must be four positive widths, got {self.channels}")
+        if self.canvas % STRIDE or self.canvas < self.side:
+            raise ValueError(f"canvas must be a multiple of {STRIDE} and >= side, got canvas={self.canvas}, side={self.side}")
+        if self.side < STRIDE:
+            raise ValueError(f"side must be at least {STRIDE} px (one feature cell), got {self.side}")
+        if not self.level_step > 1.0:
+            raise ValueError(f"level_step must be > 1, got {self.level_step}")
+        if not 0.0 < self.smallest <= self.largest:
+            raise ValueError(f"need 0 < smallest <= largest, got smallest={self.smallest}, largest={self.largest}")
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+
+    @property
+    def kernel_cells(self) -> int:
+        """Side of the query's feature map (the correlation kernel), in cells."""
+        return self.canvas // STRIDE
+
+    def level_sides(self, short_side: float) -> np.ndarray:
+        """Target sides (pixels of the working reference) of the pyramid's levels, smallest first.
+
+        :param short_side: the working reference's shorter side, in pixels.
+        """
+        count = int(math.floor(math.log(self.largest / self.smallest) / math.log(self.level_step) + 1e-9)) + 1
+        return self.smallest * short_side * self.level_step ** np.arange(count)
+
+
+class LookFeatures(nn.Module):
+    """Four 3x3 convolutions with ReLUs between them: ``(N, 3, H, W)`` pixels in 0-255 ->
+    ``(N, C, ceil(H/4), ceil(W/4))`` features of unit length per cell (cosine similarity is then a
+    dot product)."""
+
+    def __init__(self, channels: Sequence[int] = (16, 48, 48, 48), separable: bool = True) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = channels
+        layers: list[nn.Module] = [nn.Conv2d(3, c1, 3, 2, 1), nn.ReLU(), nn.Conv2d(c1, c2, 3, 2, 1), nn.ReLU()]
+        if separable:
+            layers += [nn.Conv2d(c2, c2, 3, 1, 1, groups=c2), nn.Conv2d(c2, c3, 1), nn.ReLU(),
+                       nn.Conv2d(c3, c3, 3, 1, 1, groups=c3), nn.Conv2d(c3, c4, 1)]
+        else:
+            layers += [nn.Conv2d(c2, c3, 3, 1, 1), nn.ReLU(), nn.Conv2d(c3, c4, 3, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(pixels / 255.0 - 0.5), dim=1)
+
+
+class MultiScaleLook(nn.Module):
+    """The look's network: :class:`LookFeatures` and a learned softmax temperature.
+
+    :param config: architecture and pyramid, see :class:`LookConfig`.
+    """
+
+    def __init__(self, config: LookConfig = LookConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.features = LookFeatures(config.channels, config.separable)
+        #: log of the factor from mean cosine similarity to training logit
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def kernel(self, canvas: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The correlation kernels of queries drawn on canvases.
+
+        :param canvas: ``(N, 3, canvas, canvas)`` pixels in 0-255 (:func:`template_canvas`).
+        :param cells: ``(N, K, K)`` float cell mask (1 where the query is), ``K = canvas / 4``.
+        :return: ``(N, C, K, K)``: the query's features on its cells divided by the number of
+            cells, so that correlating it gives the mean cosine similarity in ``[-1, 1]``.
+        """
+        masked = self.features(canvas) * cells[:, None]
+        return masked / cells.sum((1, 2)).clamp(min=1.0)[:, None, None, None]
+
+    def forward(self, canvas: torch.Tensor, cells: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+        """Training logits: each query's kernel over its own crops.
+
+        :param canvas: ``(N, 3, canvas, canvas)`` query canvases. :param cells: ``(N, K, K)`` masks.
+        :param crops: ``(N, L, 3, h, w)`` crops of each reference at ``L`` levels.
+        :return: ``(N, L * P * Q)`` logits over every position of every level (level-major).
+        """
+        n, levels = crops.shape[:2]
+        kernels = self.kernel(canvas, cells)
+        maps = self.features(crops.flatten(0, 1))
+        c, h, w = maps.shape[1:]
+        # one grouped convolution correlates every query with its own crops (groups = queries)
+        maps = maps.view(n, levels, c, h, w).transpose(0, 1).reshape(levels, n * c, h, w)
+        scores = F.conv2d(maps, kernels, groups=n)  # (L, N, P, Q)
+        return scores.transpose(0, 1).reshape(n, -1) * self.log_temperature.exp()
+
+
+class _Score(nn.Module):
+    """One pyramid level's score map, for export: ``(1, 3, H, W)`` pixels and ``(1, C, K, K)``
+    kernel -> ``(1, 1, P, Q)`` mean cosine similarities."""
+
+    def __init__(self, look: MultiScaleLook) -> None:
+        super().__init__()
+        self.features = look.features
+
+    def forward(self, pixels: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.features(pixels), kernel)
+
+
+# ---------------------------------------------------------------------------------- geometry
+def template_canvas(template: np.ndarray, config: LookConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The query drawn for the look: aspect kept, geometric-mean side ``config.side``, centred on a
+    square canvas filled with its mean colour (a neutral background, not a black frame).
+
+    :param template: ``(h, w, 3)`` uint8 query at any size.
+    :return: ``(canvas, canvas, 3)`` uint8 canvas and ``(K, K)`` float32 cell mask: 1 for feature
+        cells at least half covered by the query (at least one cell).
+    """
+    h, w = template.shape[:2]
+    factor = config.side / math.sqrt(h * w)
+    size = config.canvas
+    new_h = min(max(int(round(h * factor)), 1), size)
+    new_w = min(max(int(round(w * factor)), 1), size)
+    canvas = np.empty((size, size, 3), np.uint8)
+    small = resize_image(template, (new_h, new_w))
+    canvas[:] = small.reshape(-1, 3).mean(0).round().astype(np.uint8)
+    y0, x0 = (size - new_h) // 2, (size - new_w) // 2
+    canvas[y0 : y0 + new_h, x0 : x0 + new_w] = small
+    covered = np.zeros((size, size), np.float32)
+    covered[y0 : y0 + new_h, x0 : x0 + new_w] = 1.0
+    k = config.kernel_cells
+    cells = covered.reshape(k, STRIDE, k, STRIDE).mean((1, 3)) >= 0.5
+    if not cells.any():  # a query thinner than half a cell: its centre cell
+        cells[k // 2, k // 2] = True
+    return canvas, cells.astype(np.float32)
+
+
+def fill_colour(image: np.ndarray) -> np.ndarray:
+    """The mean colour of an image: what the look sees outside it (training crops and padded
+    levels alike)."""
+    return image.reshape(-1, image.shape[-1]).mean(0).round().astype(np.uint8)
+
+
+def level_image(reference: np.ndarray, level_side: float, config: LookConfig) -> tuple[np.ndarray, float, float]:
+    """The working reference resized so a target of side ``level_side`` is ``config.side`` pixels,
+    padded (mean colour) to at least the canvas size.
+
+    :return: the level image and its scale in x and in y (level pixels per reference pixel).
+    """
+    height, width = reference.shape[:2]
+    factor = config.side / level_side
+    size = (max(int(round(height * factor)), 1), max(int(round(width * factor)), 1))
+    scaled = resize_image(reference, size)
+    if min(size) < config.canvas:  # the largest levels of small references: pad, the kernel must fit
+        padded = np.empty((max(size[0], config.canvas), max(size[1], config.canvas), 3), np.uint8)
+        padded[:] = fill_colour(scaled)
+        padded[: size[0], : size[1]] = scaled
+        scaled = padded
+    return scaled, size[1] / width, size[0] / height
+
+
+# ---------------------------------------------------------------------------------- training data
+@dataclass(frozen=True)
+class TrainingSample:
+    """One training example for :meth:`MultiScaleLook.forward` (uint8 arrays, channel-last).
+
+    :param canvas: ``(canvas, canvas, 3)`` query canvas. :param cells: ``(K, K)`` cell mask.
+    :param crops: ``(L, crop, crop, 3)`` reference crops at levels ``offsets`` around the truth.
+    :param label: index of the target's position in the flattened ``(L, P, Q)`` logits.
+    """
+
+    canvas: np.ndarray
+    cells: np.ndarray
+    crops: np.ndarray
+    label: int
+
+
+def training_sample(pair: SearchPair, config: LookConfig, rng: np.random.Generator, crop: int = 80,
+                    offsets: Sequence[int] = (-2, -1, 0, 1, 2)) -> TrainingSample:
+    """Crops of ``pair.reference`` at the target's level (offset 0) and at ``offsets`` levels
+    around it, all centred on one point, with the target centre at a uniform random position.
+
+    The true level is the target's size times a uniform ``level_step ** u``, ``|u| <= 1/2``:
+    the pyramid's levels do not line up with targets, and the network must score a target between
+    two levels highest at the nearer one. Outside the reference the crops are its mean colour.
+
+    :param pair: a pair with ``template`` (the query at its natural size) and ``target_box``.
+    :param crop: side of the square crops, in level pixels.
+    """
+    if pair.template is None:
+        raise ValueError("training_sample needs pairs with a template (photograph datasets)")
+    if 0 not in offsets:
+        raise ValueError(f"offsets must include 0 (the target's level), got {offsets}")
+    canvas, cells = template_canvas(pair.template, config)
+    x0, y0, x1, y1 = (float(v) for v in pair.target_box)
+    target_side = math.sqrt(max(x1 - x0, 1e-6) * max(y1 - y0, 1e-6))
+    centre_x, centre_y = (x0 + x1) / 2, (y0 + y1) / 2
+    factor = config.side / target_side * config.level_step ** rng.uniform(-0.5, 0.5)
+    half = config.canvas / 2
+    positions = (crop - config.canvas) // STRIDE + 1
+    # where the target centre lands in the true level's crop: anywhere a kernel can be centred
+    at_x, at_y = rng.uniform(half, half + (positions - 1) * STRIDE, size=2)
+    look_x, look_y = centre_x + (crop / 2 - at_x) / factor, centre_y + (crop / 2 - at_y) / factor
+    fill = fill_colour(pair.reference)
+    crops = np.empty((len(offsets), crop, crop, 3), np.uint8)
+    for n, offset in enumerate(offsets):
+        scale = factor * config.level_step ** offset
+        crops[n] = _crop_scaled(pair.reference, scale, look_x, look_y, crop, fill)
+    left, top = int(round(look_x * factor - crop / 2)), int(round(look_y * factor - crop / 2))
+    col = int(np.clip(round((centre_x * factor - left - half) / STRIDE), 0, positions - 1))
+    row = int(np.clip(round((centre_y * factor - top - half) / STRIDE), 0, positions - 1))
+    label = (list(offsets).index(0) * positions + row) * positions + col
+    return TrainingSample(canvas, cells, crops, label)
+
+
+def _crop_scaled(image: np.ndarray, scale: float, centre_x: float, centre_y: float, crop: int,
+                 fill: np.ndarray) -> np.ndarray:
+    """The ``crop`` x ``crop`` square of ``image`` resized by ``scale``, centred on the point
+    ``(centre_x, centre_y)`` of ``image``; ``fill`` outside it."""
+    height, width = image.shape[:2]
+    scaled = resize_image(image, (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)))
+    left, top = int(round(centre_x * scale - crop / 2)), int(round(centre_y * scale - crop / 2))
+    out = np.empty((crop, crop, 3), np.uint8)
+    out[:] = fill
+    sx0, sy0 = max(left, 0), max(top, 0)
+    sx1, sy1 = min(left + crop, scaled.shape[1]), min(top + crop, scaled.shape[0])
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = scaled[sy0:sy1, sx0:sx1]
+    return out
+
+
+def refine_peak(before: float, peak: float, after: float) -> float:
+    """Offset in ``[-1/2, 1/2]`` of the vertex of the parabola through three equally spaced
+    samples whose middle one is the largest: sub-step precision for a maximum on a grid."""
+    curvature = before - 2.0 * peak + after
+    if not curvature < 0.0:  # flat or not a maximum: stay on the grid point
+        return 0.0
+    return float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5))
+
+
+# ---------------------------------------------------------------------------------- files
+def save_look_file(path: Union[str, Path], look: MultiScaleLook, info: Optional[dict[str, Any]] = None) -> Path:
+    """Write a look (weights, :class:`LookConfig`, free-form ``info`` such as the training command
+    and its measured success) to ``path`` (``.pt``)."""
+    return write_model_file(path, {"kind": "multiscale-look", "state_dict": look.state_dict(),
+                                   "config": config_dict(look.config), "info": info or {}})
+
+
+def config_dict(config: LookConfig) -> dict[str, Any]:
+    """``config`` as plain Python values (what :func:`torch.load` with ``weights_only`` reads back)."""
+    return asdict(config) | {"channels": list(config.channels)}
+
+
+def load_look_file(path: Union[str, Path]) -> tuple[MultiScaleLook, dict[str, Any]]:
+    """A look and its ``info`` from a file written by :func:`save_look_file`; clear errors for a
+    missing or foreign file."""
+    saved = read_model_file(path, "look", "train/multiscale_look.py", {"kind", "state_dict", "config", "info"})
+    look = MultiScaleLook(LookConfig(**saved["config"]))
+    look.load_state_dict(saved["state_dict"])
+    return look.eval(), saved["info"]
+
+
+# ---------------------------------------------------------------------------------- inference
+class _LookRuntime:
+    """Kernels and score maps for inference: ONNX Runtime when installed (image size left free),
+    else PyTorch (the same arithmetic)."""
+
+    def __init__(self, look: MultiScaleLook, threads: int) -> None:
+        self.look = look.eval()
+        self.session = None
+        try:
+            from agents.cnn_runtime import onnx_session, onnxruntime_available
+
+            if onnxruntime_available():
+                cfg, k = look.config, look.config.kernel_cells
+                example = (torch.zeros(1, 3, 4 * cfg.canvas, 4 * cfg.canvas), torch.zeros(1, cfg.channels[3], k, k))
+                self.session = onnx_session(_Score(look), example, ["pixels", "kernel"], ["scores"],
+                                            {"pixels": {2: "h", 3: "w"}, "scores": {2: "p", 3: "q"}}, threads)
+        except Exception as err:  # noqa: BLE001  (a speed-up only: PyTorch gives the same scores)
+            warnings.warn(f"could not run the look in ONNX Runtime ({err}); using PyTorch", RuntimeWarning, stacklevel=3)
+            self.session = None
+        self.name = "onnxruntime" if self.session is not None else "torch"
+
+    @torch.inference_mode()
+    def kernel(self, canvas: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """``(1, C, K, K)`` float32 kernel of one canvas (PyTorch: a 20x20 image, negligible)."""
+        pixels = torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32))
+        return self.look.kernel(pixels, torch.from_numpy(cells)[None]).numpy()
+
+    def scores(self, image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """``(P, Q)`` mean cosine similarity of the kernel at every position of ``(H, W, 3)`` ``image``."""
+        pixels = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+        if self.session is not None:
+            return self.session.run(None, {"pixels": pixels, "kernel": kernel})[0][0, 0]
+        with torch.inference_mode():
+            return F.conv2d(self.look.features(torch.from_numpy(pixels)), torch.from_numpy(kernel))[0, 0].numpy()
+
+
+@dataclass
+class LookResult(SearchResult):
+    """A :class:`~agents.searcher.SearchResult` of the look (``path`` is the answer alone; its
+    score is the mean cosine similarity, clipped to ``[0, 1]``), plus where it came from.
+
+    :param level_sides: ``(L,)`` target side of each pyramid level, pixels of the reference as given.
+    :param level_scores: ``(L,)`` best score of each level.
+    :param positions: positions scored (every level's grid).
+    """
+
+    level_sides: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    level_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    positions: int = 0
+
+
+class LookSearcher:
+    """Find a query in a photograph with a trained :class:`MultiScaleLook`.
+
+        searcher = LookSearcher.from_pretrained("photo")
+        result = searcher.locate(query, reference)      # any sizes; RGB (channel_order="bgr" for cv2)
+        x0, y0, x1, y1 = result.box                     # pixels of the reference as given
+
+    :param look: the trained network.
+    :param channel_order: ``"rgb"`` or ``"bgr"`` (what ``cv2.imread`` gives).
+    :param refine: place the answer between grid positions and between levels by parabolic
+        interpolation of the scores (:func:`refine_peak`); ``False``: on the grid.
+    :param threads: ONNX Runtime threads (default: ``torch.get_num_threads()``).
+    """
+
+    def __init__(self, look: MultiScaleLook, channel_order: str = "rgb", refine: bool = True,
+                 threads: Optional[int] = None) -> None:
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr' (cv2.imread gives 'bgr'), got {channel_order!r}")
+        self.look = look.eval()
+        self.config = look.config
+        self.channel_order = channel_order
+        self.refine = bool(refine)
+        self._runtime = _LookRuntime(look, torch.get_num_threads() if threads is None else int(threads))
+        #: where the look runs: "onnxruntime" or "torch"
+        self.runtime: str = self._runtime.name
+
+    @classmethod
+    def load(cls, path: Union[str, Path], **kwargs) -> "LookSearcher":
+        """Load a look file written by ``train/multiscale_look.py``."""
+        look, _ = load_look_file(path)
+        return cls(look, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs) -> "LookSearcher":
+        """Load a look shipped with matchenv: see :data:`agents.pretrained.LOOKS`."""
+        from agents.pretrained import look_path
+
+        return cls.load(look_path(name), **kwargs)
+
+    def locate(self, query: np.ndarray, reference: np.ndarray) -> LookResult:
+        """Find ``query`` (``(h, w, 3)`` or grayscale uint8, any size) in ``reference``.
+
+        :return: a :class:`LookResult`; its box has the query's aspect and is in pixels of
+            ``reference`` as given.
+        """
+        query = prepare_image(query, 3, self.channel_order, "query")
+        maps, sides, scales, factor = self._score_maps(query, reference)
+        best = [float(m.max()) for m in maps]
+        level = int(np.argmax(best))
+        score_map = maps[level]
+        row, col = np.unravel_index(int(np.argmax(score_map)), score_map.shape)
+        d_row = d_col = d_level = 0.0
+        if self.refine:
+            if 0 < row < score_map.shape[0] - 1:
+                d_row = refine_peak(score_map[row - 1, col], score_map[row, col], score_map[row + 1, col])
+            if 0 < col < score_map.shape[1] - 1:
+                d_col = refine_peak(score_map[row, col - 1], score_map[row, col], score_map[row, col + 1])
+            if 0 < level < len(maps) - 1:
+                d_level = refine_peak(best[level - 1], best[level], best[level + 1])
+        scale_x, scale_y = scales[level]
+        half = self.config.canvas / 2
+        centre_x = ((col + d_col) * STRIDE + half) / scale_x
+        centre_y = ((row + d_row) * STRIDE + half) / scale_y
+        side = sides[level] * self.config.level_step ** d_level
+        aspect = query.shape[1] / query.shape[0]
+        width, height = side * math.sqrt(aspect), side / math.sqrt(aspect)
+        box = np.array([centre_x - width / 2, centre_y - height / 2, centre_x + width / 2, centre_y + height / 2]) / factor
+        score = float(np.clip(best[level], 0.0, 1.0))
+        return LookResult(box=box, path=box[None].copy(), scores=np.array([score]), level_sides=sides / factor,
+                          level_scores=np.array(best), positions=int(sum(m.size for m in maps)))
+
+    def score_maps(self, query: np.ndarray, reference: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Every level's scores, for pictures and analysis.
+
+        :return: one ``(P, Q)`` map of mean cosine similarities per level (position ``(i, j)``:
+            the query's canvas centred at level pixel ``(4 j + canvas / 2, 4 i + canvas / 2)``),
+            and ``(L,)`` the levels' target sides in pixels of ``reference`` as given.
+        """
+        maps, sides, _, factor = self._score_maps(prepare_image(query, 3, self.channel_order, "query"), reference)
+        return maps, sides / factor
+
+    def _score_maps(self, query: np.ndarray, reference: np.ndarray):
+        """Score maps, level sides and scales (working pixels) and the working-size factor."""
+        reference = prepare_image(reference, 3, self.channel_order, "reference")
+        working, factor = to_working_size(reference, self.config.max_side)
+        kernel = self._runtime.kernel(*template_canvas(query, self.config))
+        sides = self.config.level_sides(min(working.shape[:2]))
+        maps, scales = [], []
+        for side in sides:
+            image, scale_x, scale_y = level_image(working, side, self.config)
+            maps.append(self._runtime.scores(image, kernel))
+            scales.append((scale_x, scale_y))
+        return maps, sides, scales, factor
+
+    def locate_batch(self, queries: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> list[LookResult]:
+        """:meth:`locate` for each pair (references of any sizes, so one at a time)."""
+        if len(queries) != len(references):
+            raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
+        return [self.locate(q, r) for q, r in zip(queries, references)]

@@ -1,0 +1,375 @@
+"""The learned multi-scale look for photographs (agents/multiscale_look.py) and its training script."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agents.multiscale_look import (
+    STRIDE,
+    LookConfig,
+    LookSearcher,
+    MultiScaleLook,
+    level_image,
+    load_look_file,
+    refine_peak,
+    save_look_file,
+    template_canvas,
+    training_sample,
+)
+from agents.pretrained import LOOKS, look_path
+from agents.searcher import TemplateSearcher
+from matchenv.datasets.base import SearchPair
+from matchenv.datasets.self_supervised import SelfSupervisedPhotos
+from matchenv.geometry import iou
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT / "tests" / "fixtures" / "manifest"
+
+
+def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A colour image with structure at several scales (smoothed noise), like a photograph's texture."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width, 3), np.float32)
+    for blur in (1, 3, 9):
+        noise = rng.random((height, width, 3)).astype(np.float32)
+        image += cv2.GaussianBlur(noise, (0, 0), blur) * blur
+    image -= image.min()
+    return (255 * image / image.max()).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def untrained() -> LookSearcher:
+    torch.manual_seed(0)
+    return LookSearcher(MultiScaleLook(), threads=1)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LookSearcher:
+    return LookSearcher.from_pretrained("photo", threads=1)
+
+
+# ---------------------------------------------------------------------------------- geometry
+@pytest.mark.parametrize("shape", [(40, 40), (30, 60), (90, 45), (7, 200)])
+def test_template_canvas_keeps_the_aspect_at_the_configured_size(shape):
+    config = LookConfig()
+    template = np.full((*shape, 3), 200, np.uint8)
+    canvas, cells = template_canvas(template, config)
+    assert canvas.shape == (config.canvas, config.canvas, 3) and cells.shape == (config.kernel_cells,) * 2
+    assert canvas.dtype == np.uint8 and cells.dtype == np.float32
+    assert cells.sum() >= 1
+    if shape == (40, 40):  # a square query: a side of `side` pixels, centred; cells at least half covered
+        k0 = (config.canvas - config.side) // 2
+        assert (canvas == 200).all()  # the fill is the query's mean colour: no frame to match
+        covered = np.zeros((config.canvas, config.canvas))
+        covered[k0:k0 + config.side, k0:k0 + config.side] = 1
+        k = config.kernel_cells
+        assert np.array_equal(cells, (covered.reshape(k, 4, k, 4).mean((1, 3)) >= 0.5).astype(np.float32))
+    if shape == (30, 60):  # aspect 2: wider than high, geometric mean `side`
+        assert cells.sum(1).max() > cells.sum(0).max()
+
+
+def test_look_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        LookConfig(canvas=26)
+    with pytest.raises(ValueError, match="level_step"):
+        LookConfig(level_step=1.0)
+    with pytest.raises(ValueError, match="smallest <= largest"):
+        LookConfig(smallest=0.5, largest=0.2)
+    with pytest.raises(ValueError, match="four positive"):
+        LookConfig(channels=(8, 8))
+
+
+def test_level_sides_span_smallest_to_largest_in_level_steps():
+    config = LookConfig(smallest=0.1, largest=0.8, level_step=2.0)
+    assert np.allclose(config.level_sides(200), [20, 40, 80, 160])
+
+
+@pytest.mark.parametrize("side", [10.0, 200.0])
+def test_level_image_scales_a_target_of_the_level_side_to_the_query_side(side):
+    config = LookConfig()
+    reference = textured(120, 160)
+    image, scale_x, scale_y = level_image(reference, side, config)
+    assert scale_x == pytest.approx(config.side / side, rel=0.05) and scale_y == pytest.approx(config.side / side, rel=0.05)
+    assert min(image.shape[:2]) >= config.canvas  # small levels padded so the kernel fits
+
+
+def test_refine_peak_finds_the_vertex_of_a_parabola():
+    vertex = 0.3
+    values = [-(x - vertex) ** 2 for x in (-1, 0, 1)]
+    assert refine_peak(*values) == pytest.approx(vertex)
+    assert refine_peak(1.0, 1.0, 1.0) == 0.0  # flat: stay on the grid
+
+
+# ---------------------------------------------------------------------------------- training data
+@pytest.mark.parametrize("seed", range(6))
+def test_training_label_is_where_the_target_lands_at_its_level(seed):
+    # A white target box on black: at the labelled position of the target's level crop, the
+    # canvas-sized window is centred on the white box (to within a cell and the crops' rounding).
+    config = LookConfig()
+    rng = np.random.default_rng(seed)
+    reference = np.zeros((180, 240, 3), np.uint8)
+    w, h = (int(v) for v in rng.integers(20, 70, size=2))
+    x0, y0 = int(rng.integers(0, 240 - w)), int(rng.integers(0, 180 - h))
+    reference[y0:y0 + h, x0:x0 + w] = 255
+    pair = SearchPair(query=np.zeros((32, 32, 3), np.uint8), reference=reference,
+                      target_box=np.array([x0, y0, x0 + w, y0 + h], float), template=reference[y0:y0 + h, x0:x0 + w])
+    offsets = (-1, 0, 1)
+    sample = training_sample(pair, config, rng, crop=80, offsets=offsets)
+    positions = (80 - config.canvas) // STRIDE + 1
+    level, rest = divmod(sample.label, positions * positions)
+    row, col = divmod(rest, positions)
+    assert offsets[level] == 0
+    crop = sample.crops[level, :, :, 0] > 127
+    ys, xs = np.nonzero(crop)
+    centre = (col * STRIDE + config.canvas / 2, row * STRIDE + config.canvas / 2)
+    assert abs(xs.mean() + 0.5 - centre[0]) <= STRIDE / 2 + 1.5 and abs(ys.mean() + 0.5 - centre[1]) <= STRIDE / 2 + 1.5
+    side = math.sqrt((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+    assert config.side * 2 ** (-1 / 6) - 1.5 <= side <= config.side * 2 ** (1 / 6) + 1.5
+
+
+def test_training_sample_needs_a_template_and_the_true_level():
+    pair = SearchPair(query=np.zeros((8, 8, 3), np.uint8), reference=np.zeros((50, 50, 3), np.uint8),
+                      target_box=np.array([0.0, 0, 10, 10]))
+    with pytest.raises(ValueError, match="template"):
+        training_sample(pair, LookConfig(), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="include 0"):
+        training_sample(SearchPair(**{**pair.__dict__, "template": np.zeros((10, 10, 3), np.uint8)}), LookConfig(),
+                        np.random.default_rng(0), offsets=(-1, 1))
+
+
+def test_training_logits_correlate_each_query_with_its_own_crops():
+    torch.manual_seed(0)
+    look = MultiScaleLook().eval()
+    canvas = torch.rand(3, 3, 24, 24) * 255
+    cells = torch.ones(3, 6, 6)
+    crops = torch.rand(3, 2, 3, 40, 40) * 255
+    with torch.no_grad():
+        logits = look(canvas, cells, crops)
+        assert logits.shape == (3, 2 * 5 * 5)
+        for n in range(3):
+            kernel = look.kernel(canvas[n:n + 1], cells[n:n + 1])
+            alone = F.conv2d(look.features(crops[n]), kernel)  # (2, 1, 5, 5)
+            assert torch.allclose(logits[n], alone.flatten() * look.log_temperature.exp(), atol=1e-5)
+
+
+def test_scores_are_mean_cosine_similarities_in_minus_one_to_one(untrained):
+    reference = textured(100, 140)
+    canvas, cells = template_canvas(reference[30:60, 40:70], untrained.config)
+    kernel = untrained._runtime.kernel(canvas, cells)
+    scores = untrained._runtime.scores(reference, kernel)
+    k = untrained.config.kernel_cells
+    assert scores.shape == (100 // 4 - k + 1, 140 // 4 - k + 1)
+    assert scores.max() <= 1.0 + 1e-5 and scores.min() >= -1.0 - 1e-5
+
+
+# ---------------------------------------------------------------------------------- inference
+def test_onnx_runtime_and_pytorch_give_the_same_scores():
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(1)
+    look = MultiScaleLook()
+    fast = LookSearcher(look, threads=1)
+    assert fast.runtime == "onnxruntime"
+    reference = textured(90, 130, seed=2)
+    canvas, cells = template_canvas(reference[10:40, 20:60], look.config)
+    kernel = fast._runtime.kernel(canvas, cells)
+    slow = fast._runtime.__class__.__new__(fast._runtime.__class__)
+    slow.look, slow.session, slow.name = look, None, "torch"
+    assert np.allclose(fast._runtime.scores(reference, kernel), slow.scores(reference, kernel), atol=1e-4)
+
+
+def test_box_has_the_query_aspect_and_reports_every_level(untrained):
+    reference, query = textured(200, 300), textured(30, 60, seed=5)
+    result = untrained.locate(query, reference)
+    x0, y0, x1, y1 = result.box
+    assert (x1 - x0) / (y1 - y0) == pytest.approx(2.0)
+    assert len(result.level_sides) == len(result.level_scores) == len(untrained.config.level_sides(200))
+    assert result.positions > 100 and result.path.shape == (1, 4) and 0.0 <= result.score <= 1.0
+
+
+def test_boxes_are_in_pixels_of_the_reference_as_given():
+    # A reference twice the working size (each pixel doubled) is shrunk back to the same working
+    # image: the same search, the box in the large image's pixels, i.e. doubled.
+    torch.manual_seed(0)
+    searcher = LookSearcher(MultiScaleLook(LookConfig(max_side=200)), threads=1)
+    small = textured(150, 200, seed=3)
+    large = cv2.resize(small, (400, 300), interpolation=cv2.INTER_NEAREST)
+    query = small[40:90, 60:120]
+    a, b = searcher.locate(query, small), searcher.locate(query, large)
+    assert np.allclose(b.box, 2 * a.box)
+    assert np.allclose(b.level_sides, 2 * a.level_sides)
+
+
+def test_bgr_input_gives_the_rgb_answer():
+    torch.manual_seed(0)
+    look = MultiScaleLook()
+    rgb, bgr = LookSearcher(look, threads=1), LookSearcher(look, channel_order="bgr", threads=1)
+    reference = textured(120, 160, seed=4)
+    query = reference[20:60, 30:80]
+    expected = rgb.locate(query, reference).box
+    assert np.allclose(bgr.locate(query[:, :, ::-1], reference[:, :, ::-1]).box, expected)
+
+
+def test_grayscale_input_is_searched_as_colour(untrained):
+    reference = cv2.cvtColor(textured(120, 160, seed=6), cv2.COLOR_RGB2GRAY)
+    assert untrained.locate(reference[20:50, 30:70], reference).box.shape == (4,)
+
+
+def test_bad_input_and_files_get_clear_errors(untrained, tmp_path):
+    with pytest.raises(ValueError, match="channel_order"):
+        LookSearcher(MultiScaleLook(), channel_order="bgra")
+    with pytest.raises(TypeError, match="reference must be a numpy array"):
+        untrained.locate(np.zeros((10, 10, 3), np.uint8), [[0]])
+    with pytest.raises(ValueError, match="one reference per query"):
+        untrained.locate_batch([np.zeros((10, 10, 3), np.uint8)] * 2, [np.zeros((50, 50, 3), np.uint8)])
+    with pytest.raises(FileNotFoundError, match="train one with"):
+        LookSearcher.load(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a look file"):
+        LookSearcher.load(tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="no pretrained look 'nope'"):
+        LookSearcher.from_pretrained("nope")
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(3)
+    look = MultiScaleLook(LookConfig(channels=(8, 16, 16, 16), separable=False, side=12, canvas=20))
+    path = save_look_file(tmp_path / "look.pt", look, {"note": "test"})
+    loaded, info = load_look_file(path)
+    assert loaded.config == look.config and info == {"note": "test"}
+    for key, value in look.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_locate_batch_equals_locate_per_pair(untrained):
+    references = [textured(100, 150, seed=s) for s in (7, 8)]
+    queries = [r[10:50, 20:70] for r in references]
+    batch = untrained.locate_batch(queries, references)
+    for q, r, got in zip(queries, references, batch):
+        assert np.array_equal(got.box, untrained.locate(q, r).box)
+
+
+# ---------------------------------------------------------------------------------- the shipped look
+def test_shipped_look_is_small_and_records_how_it_was_made():
+    _, info = load_look_file(look_path("photo"))
+    assert look_path("photo").stat().st_size < 200_000
+    assert info["command"].startswith("python train/multiscale_look.py") and info["test"]["success_rate"] > 0.5
+    assert set(LOOKS) == {"photo"}
+
+
+def test_template_searcher_points_to_the_look_for_photo():
+    with pytest.raises(ValueError, match="LookSearcher.from_pretrained"):
+        TemplateSearcher.from_pretrained("photo")
+
+
+@pytest.mark.parametrize("change", ["copy", "brighter"])
+def test_shipped_look_finds_patches_of_photographs(shipped, change):
+    # Regions of the bundled fixture photographs (never seen in training), as exact copies and
+    # with brightness +40: the look must find most of them. An untrained look does not (below).
+    images = SelfSupervisedPhotos(PHOTOS, exclude=[PHOTOS / "logo.png"], appearance=None, reference_appearance=None, test_size=12, test_seed=1,
+                                  template_scale=(1.0, 1.0), region_side=(0.25, 0.45))
+    hits = []
+    for i in range(12):
+        pair = images.test_pair(i)
+        template = pair.template if change == "copy" else np.clip(pair.template.astype(int) + 40, 0, 255).astype(np.uint8)
+        hits.append(iou(shipped.locate(template, pair.reference).box, pair.target_box) > 0.5)
+    assert np.mean(hits) >= 0.75
+
+
+def test_untrained_look_does_not_find_them(untrained):
+    images = SelfSupervisedPhotos(PHOTOS, exclude=[PHOTOS / "logo.png"], appearance=None, reference_appearance=None, test_size=12, test_seed=1,
+                                  template_scale=(1.0, 1.0), region_side=(0.25, 0.45))
+    hits = [iou(untrained.locate(p.template, p.reference).box, p.target_box) > 0.5
+            for p in (images.test_pair(i) for i in range(12))]
+    assert np.mean(hits) < 0.75
+
+
+# ---------------------------------------------------------------------------------- training script
+def test_training_script_end_to_end_and_resume(tmp_path):
+    tiny = ["--images", str(PHOTOS), "--train-pairs", "48", "--epochs", "1", "--batch-size", "16", "--eval-pairs", "4",
+            "--threads", "1", "--out-dir", str(tmp_path)]
+    script = str(ROOT / "train" / "multiscale_look.py")
+    run = subprocess.run([sys.executable, script, *tiny], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1] and summary["test"]["pairs"] == 4
+    assert "--images" in summary["command"]
+    assert LookSearcher.load(tmp_path / "look.pt").config == LookConfig()
+
+
+def test_training_script_resumes_a_run_stopped_mid_way(tmp_path):
+    # Stop a 3-epoch run once its first checkpoint exists (a crash), then resume it.
+    script = str(ROOT / "train" / "multiscale_look.py")
+    flags = ["--images", str(PHOTOS), "--train-pairs", "160", "--epochs", "3", "--batch-size", "16",
+             "--eval-pairs", "4", "--threads", "1"]
+    crashed = tmp_path / "crashed"
+    process = subprocess.Popen([sys.executable, script, *flags, "--out-dir", str(crashed)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (crashed / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        process.wait()
+    done = torch.load(crashed / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= done <= 3
+    wrong = subprocess.run([sys.executable, script, *flags, "--epochs", "5", "--resume", str(crashed / "last.pt"),
+                            "--out-dir", str(tmp_path / "wrong")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode != 0 and "pass --epochs 3" in wrong.stderr
+    again = subprocess.run([sys.executable, script, *flags, "--resume", str(crashed / "last.pt"),
+                            "--out-dir", str(tmp_path / "resumed")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {crashed / 'last.pt'} after epoch {done}" in again.stdout
+    assert [h["epoch"] for h in json.loads((tmp_path / "resumed" / "summary.json").read_text())["history"]] == [1, 2, 3]
+
+
+def test_training_script_fine_tunes_a_look_on_labelled_pairs(tmp_path):
+    script = str(ROOT / "train" / "multiscale_look.py")
+    save_look_file(tmp_path / "look.pt", MultiScaleLook())
+    # your own manifest of pairs
+    tune = subprocess.run([sys.executable, script, "--dataset", "ManifestPairs", "--dataset-kwargs",
+                           json.dumps({"path": str(PHOTOS / "pairs.csv")}), "--init", str(tmp_path / "look.pt"),
+                           "--train-pairs", "16", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+                           "--out-dir", str(tmp_path / "tuned")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    assert "--init" in json.loads((tmp_path / "tuned" / "summary.json").read_text())["command"]
+
+
+def test_training_script_errors_are_clear(tmp_path):
+    script = str(ROOT / "train" / "multiscale_look.py")
+    common = ["--images", str(PHOTOS), "--out-dir", str(tmp_path)]
+    missing = subprocess.run([sys.executable, script, *common, "--resume", str(tmp_path / "nope.pt")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "no such file" in missing.stderr
+    torch.save({"config": {"channels": [1, 2, 3, 4]}}, tmp_path / "other.pt")
+    other = subprocess.run([sys.executable, script, *common, "--resume", str(tmp_path / "other.pt")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert other.returncode != 0 and "pass the same --channels" in other.stderr
+    offsets = subprocess.run([sys.executable, script, *common, "--level-offsets=-1,1"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert offsets.returncode != 0 and "must include 0" in offsets.stderr
+    canvas = subprocess.run([sys.executable, script, *common, "--canvas", "26"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert canvas.returncode != 0 and "multiple of 4" in canvas.stderr
+    digits = subprocess.run([sys.executable, script, "--dataset", "TranslatedMNIST", "--out-dir", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert digits.returncode != 0 and "not a photograph dataset" in digits.stderr
+    images = subprocess.run([sys.executable, script, *common, "--dataset", "FlickrLogos27"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert images.returncode != 0 and "--images is for --dataset SelfSupervisedPhotos" in images.stderr
+    save_look_file(tmp_path / "small.pt", MultiScaleLook(LookConfig(channels=(8, 8, 8, 8))))
+    init = subprocess.run([sys.executable, script, *common, "--init", str(tmp_path / "small.pt")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert init.returncode != 0 and "pass its --channels" in init.stderr

@@ -1,0 +1,226 @@
+"""Train the learned multi-scale look for photographs (agents/multiscale_look.py).
+
+    python train/multiscale_look.py                       # the shipped "photo" look (FlickrLogos-27 photos)
+    python train/multiscale_look.py --images my_photos/   # on your own photos: no labels needed
+    python train/multiscale_look.py --resume runs/multiscale-look/last.pt
+                                 # continue an interrupted run (same flags: the training pairs are regenerated)
+    python train/multiscale_look.py --dataset FlickrLogos27 --dataset-kwargs '{"augment": true}' \
+        --init agents/pretrained/photo_look.pt --largest 1.0     # fine-tune on labelled pairs
+
+The look embeds query and reference with one small CNN and scores every position of a pyramid
+of target sizes by the mean cosine similarity of their features (README "A learned look for
+photographs"). It learns from self-supervised pairs of any folder of photographs
+(:class:`~matchenv.datasets.self_supervised.SelfSupervisedPhotos`: a random textured region,
+changed in appearance and rescaled, is the query; the photograph is the reference), or from any
+photograph dataset with templates (``--dataset``, e.g. FlickrLogos-27's labelled logo pairs):
+
+1. data: ``--train-pairs`` pairs from the training images, seeded by ``--seed``; each becomes the
+   query's canvas and ``--crop``-pixel crops of the reference at the target's level and
+   ``--level-offsets`` around it (:func:`~agents.multiscale_look.training_sample`), kept as uint8;
+2. training: softmax cross-entropy over every position of every level of a pair (one right
+   answer: the target's position at its level), Adam with one-cycle learning-rate decay; a
+   checkpoint (``last.pt``, with the optimizer) after every epoch, so a crash loses one epoch;
+3. evaluation after every epoch, on the fixed test split (pairs from held-out photographs, the
+   first ``--eval-pairs``, the dataset's test seed): success (IoU > 0.5) of the full-image search.
+
+Outputs in ``--out-dir``: ``look.pt`` (loads with ``LookSearcher.load``), ``last.pt``,
+``summary.json`` (arguments, losses, evaluations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from agents.multiscale_look import (LookConfig, LookSearcher, MultiScaleLook, config_dict, load_look_file,
+                                   save_look_file, training_sample)
+from matchenv.datasets import make_dataset
+from matchenv.datasets.base import PairDataset
+from matchenv.datasets.logos import find_flickrlogos27
+from matchenv.geometry import iou
+
+
+@dataclass
+class Args:
+    """Every hyperparameter of a run, in one place (each is also a command-line flag)."""
+
+    dataset: str = "SelfSupervisedPhotos"  # any registered photograph dataset (its pairs must have templates)
+    dataset_kwargs: str = "{}"  # JSON keyword arguments for --dataset, e.g. '{"augment": true}'
+    images: str = ""  # SelfSupervisedPhotos' folder of photographs; "" = FlickrLogos-27's images (found or downloaded)
+    init: str = ""  # a look file to start from (fine-tuning), instead of random weights
+    train_pairs: int = 40_000  # generated once from --seed (3.8 GB of uint8 crops at the defaults)
+    crop: int = 80  # side of the training crops, pixels of their level
+    level_offsets: str = "-2,-1,0,1,2"  # levels around the target's whose crops compete in the softmax
+    channels: str = "16,48,48,48"  # the CNN's four convolutions
+    separable: int = 1  # 1: the last two convolutions depthwise-separable (faster)
+    side: int = 16  # the query's geometric-mean side on its canvas, pixels
+    canvas: int = 24  # the query canvas side, pixels (a multiple of 4, >= side * sqrt(2))
+    smallest: float = 0.125  # the pyramid's smallest and largest target sides (fractions of the shorter
+    largest: float = 0.8  # side), saved with the look; they only matter for the search, not for training
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 3e-3  # peak of the one-cycle schedule
+    eval_pairs: int = 100  # first N pairs of the fixed test split (the benchmark's FlickrLogos-27-derived pairs)
+    seed: int = 0
+    threads: int = 2  # torch CPU threads for training
+    out_dir: str = "runs/multiscale-look"
+    resume: str = ""  # a last.pt to continue from
+
+
+def make_training_set(args: Args, config: LookConfig, data: PairDataset) -> dict[str, torch.Tensor]:
+    """Canvases ``(P, s, s, 3)``, cell masks ``(P, K, K)``, crops ``(P, L, c, c, 3)`` (uint8) and
+    labels ``(P,)``, seeded by ``args.seed``."""
+    offsets = [int(o) for o in args.level_offsets.split(",")]
+    rng = np.random.default_rng(args.seed)
+    k = config.kernel_cells
+    canvases = np.empty((args.train_pairs, config.canvas, config.canvas, 3), np.uint8)
+    cells = np.empty((args.train_pairs, k, k), np.float32)
+    crops = np.empty((args.train_pairs, len(offsets), args.crop, args.crop, 3), np.uint8)
+    labels = np.empty(args.train_pairs, np.int64)
+    for i in tqdm(range(args.train_pairs), desc="training pairs", unit="pair"):
+        sample = training_sample(data.sample(rng), config, rng, crop=args.crop, offsets=offsets)
+        canvases[i], cells[i], crops[i], labels[i] = sample.canvas, sample.cells, sample.crops, sample.label
+    return {"canvases": torch.from_numpy(canvases), "cells": torch.from_numpy(cells), "crops": torch.from_numpy(crops),
+            "labels": torch.from_numpy(labels)}
+
+
+def channels_first(images: torch.Tensor) -> torch.Tensor:
+    """``(..., H, W, 3)`` uint8 -> ``(..., 3, H, W)`` float pixels in 0-255."""
+    return images.movedim(-1, -3).float()
+
+
+def evaluate(look: MultiScaleLook, data: PairDataset, pairs: int) -> dict:
+    """Success (IoU > 0.5) and mean IoU of the full-image search on the first test pairs."""
+    searcher = LookSearcher(look, threads=1)
+    ious = []
+    pairs = min(pairs, data.test_size)
+    for i in tqdm(range(pairs), desc="test pairs", unit="pair", leave=False):
+        pair = data.test_pair(i)
+        ious.append(iou(searcher.locate(pair.template, pair.reference).box, pair.target_box))
+    look.train()
+    return {"pairs": pairs, "success_rate": float(np.mean(np.asarray(ious) > 0.5)), "mean_iou": float(np.mean(ious))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Args):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    args = Args(**vars(parser.parse_args()))
+    try:
+        config = LookConfig(channels=tuple(int(c) for c in args.channels.split(",")), separable=bool(args.separable),
+                            side=args.side, canvas=args.canvas, smallest=args.smallest, largest=args.largest)
+        offsets = [int(o) for o in args.level_offsets.split(",")]
+        dataset_kwargs = json.loads(args.dataset_kwargs)
+        if not isinstance(dataset_kwargs, dict):
+            raise ValueError(f"--dataset-kwargs must be a JSON object like '{{\"augment\": true}}', got {args.dataset_kwargs}")
+    except ValueError as err:
+        parser.error(str(err))
+    if 0 not in offsets:
+        parser.error(f"--level-offsets must include 0 (the target's level), got {args.level_offsets}")
+    if args.crop < config.canvas + 4:
+        parser.error(f"--crop ({args.crop}) must exceed --canvas ({config.canvas}) by at least one cell (4 px)")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.dataset == "SelfSupervisedPhotos":
+        dataset_kwargs.setdefault("images", args.images or str(find_flickrlogos27() / "flickr_logos_27_dataset_images"))
+        dataset_kwargs.setdefault("test_size", args.eval_pairs)
+    elif args.images:
+        parser.error("--images is for --dataset SelfSupervisedPhotos; pass other datasets' data in --dataset-kwargs")
+    try:
+        data = make_dataset(args.dataset, **dataset_kwargs)
+    except ValueError as err:
+        parser.error(str(err))
+    if getattr(data, "channels", 1) != 3:
+        parser.error(f"--dataset {args.dataset} is not a photograph dataset (the look is for colour photographs)")
+
+    look = MultiScaleLook(config)
+    if args.init:
+        start, _ = load_look_file(args.init)
+        network = lambda c: (c.channels, c.separable, c.side, c.canvas)  # noqa: E731  (what the weights mean)
+        if network(start.config) != network(config):
+            parser.error(f"--init {args.init} holds a look {start.config}, but the flags ask for {config}: pass its "
+                         "--channels/--separable/--side/--canvas")
+        look.load_state_dict(start.state_dict())
+    optimizer = torch.optim.Adam(look.parameters(), lr=args.learning_rate)
+    steps_per_epoch = -(-args.train_pairs // args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.learning_rate, total_steps=args.epochs * steps_per_epoch,
+                                                   pct_start=0.05)
+    start_epoch, history = 0, []
+    if args.resume:
+        if not Path(args.resume).is_file():
+            parser.error(f"--resume {args.resume}: no such file (a run writes last.pt in its --out-dir after every epoch)")
+        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+        if state.get("epochs", args.epochs) != args.epochs:
+            parser.error(f"--resume {args.resume} continues a run of {state['epochs']} epochs (its learning-rate "
+                         f"schedule spans them): pass --epochs {state['epochs']}; to train a finished look further, "
+                         "start a new run from it with --init <its look.pt>")
+        if state.get("config") != config_dict(config):
+            parser.error(f"--resume {args.resume} holds a look {state.get('config')}, but the flags ask for "
+                         f"{dataclasses.asdict(config)}: pass the same --channels/--separable/--side/--canvas as that run")
+        look.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        print(f"resumed from {args.resume} after epoch {start_epoch}")
+
+    # 1. data
+    train = make_training_set(args, config, data)
+
+    # 2. training, with an evaluation after every epoch
+    shuffle = torch.Generator().manual_seed(args.seed)
+    for _ in range(start_epoch):  # the same batches a run without the interruption would have seen
+        torch.randperm(args.train_pairs, generator=shuffle)
+    loss_fn = nn.CrossEntropyLoss()
+    started = time.perf_counter()
+    for epoch in range(start_epoch, args.epochs):
+        order = torch.randperm(args.train_pairs, generator=shuffle)
+        total, correct = 0.0, 0
+        bar = tqdm(range(0, args.train_pairs, args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
+        for start in bar:
+            batch = order[start:start + args.batch_size]
+            logits = look(channels_first(train["canvases"][batch]), train["cells"][batch],
+                          channels_first(train["crops"][batch]))
+            loss = loss_fn(logits, train["labels"][batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(batch)
+            correct += int((logits.argmax(1) == train["labels"][batch]).sum())
+            bar.set_postfix(loss=f"{loss.item():.2f}")
+        evaluation = evaluate(look, data, args.eval_pairs)
+        history.append({"epoch": epoch + 1, "loss": total / args.train_pairs,
+                        "train_position_accuracy": correct / args.train_pairs, "test": evaluation})
+        print(f"epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, test success {evaluation['success_rate']:.3f} "
+              f"(mean IoU {evaluation['mean_iou']:.3f}, {args.eval_pairs} pairs)", flush=True)
+        tmp = out / ".last.pt.tmp"
+        torch.save({"state_dict": look.state_dict(), "config": config_dict(config),
+                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1,
+                    "epochs": args.epochs,
+                    "history": history}, tmp)
+        tmp.replace(out / "last.pt")
+    train_minutes = (time.perf_counter() - started) / 60
+
+    info = {"command": " ".join(["python train/multiscale_look.py"] + [
+                f"--{f.name.replace('_', '-')} {getattr(args, f.name)}" for f in dataclasses.fields(Args)
+                if getattr(args, f.name) != f.default and f.name not in ("resume", "out_dir", "threads")]),
+            "args": dataclasses.asdict(args), "test": history[-1]["test"] if history else None,
+            "train_minutes": train_minutes}
+    save_look_file(out / "look.pt", look, info)
+    (out / "summary.json").write_text(json.dumps({**info, "history": history}, indent=2))
+    print(f"wrote {out / 'look.pt'} ({train_minutes:.1f} min of training)")
+
+
+if __name__ == "__main__":
+    main()
