@@ -57,7 +57,7 @@ class Args:
     dataset_kwargs: str = "{}"  # JSON keyword arguments for --dataset, e.g. '{"augment": true}'
     images: str = ""  # SelfSupervisedPhotos' folder of photographs; "" = FlickrLogos-27's images (found or downloaded)
     init: str = ""  # a look file to start from (fine-tuning), instead of random weights
-    train_pairs: int = 40_000  # generated once from --seed (3.8 GB of uint8 crops at the defaults)
+    train_pairs: int = 60_000  # generated once from --seed (5.8 GB of uint8 crops at the defaults)
     crop: int = 80  # side of the training crops, pixels of their level
     level_offsets: str = "-2,-1,0,1,2"  # levels around the target's whose crops compete in the softmax
     channels: str = "16,48,48,48"  # the CNN's four convolutions
