@@ -21,6 +21,7 @@ from agents.multiscale_look import (
     LookSearcher,
     MultiScaleLook,
     level_image,
+    pyramid,
     load_look_file,
     refine_peak,
     save_look_file,
@@ -104,6 +105,33 @@ def test_level_image_scales_a_target_of_the_level_side_to_the_query_side(side):
     assert min(image.shape[:2]) >= config.canvas  # small levels padded so the kernel fits
 
 
+def test_pyramid_halves_earlier_levels_and_keeps_the_geometry():
+    config = LookConfig()  # level_step 2^(1/3): every third level is an earlier one halved
+    reference = np.zeros((183, 320, 3), np.uint8)
+    reference[60:100, 150:210] = 255  # a bright box centred at (180, 80) reference pixels
+    sides = config.level_sides(183)
+    levels = pyramid(reference, sides, config)
+    assert len(levels) == len(sides)
+    for side, (image, scale_x, scale_y) in zip(sides, levels):
+        direct, direct_x, direct_y = level_image(reference, side, config)
+        # a halved level may be a pixel smaller than the direct resize (odd sizes); its scales say so
+        assert abs(image.shape[0] - direct.shape[0]) <= 1 and abs(image.shape[1] - direct.shape[1]) <= 1
+        assert scale_x == pytest.approx(direct_x, rel=0.03) and scale_y == pytest.approx(direct_y, rel=0.03)
+        # the box's centroid in the level maps back to the reference through the level's scales
+        unpadded = image[: int(183 * scale_y + 1e-6), : int(320 * scale_x + 1e-6)]  # without the fill
+        weights = unpadded[..., 0].astype(float)
+        rows, cols = np.indices(weights.shape) + 0.5
+        centre_x = (weights * cols).sum() / weights.sum() / scale_x
+        centre_y = (weights * rows).sum() / weights.sum() / scale_y
+        assert centre_x == pytest.approx(180, abs=0.5 / scale_x) and centre_y == pytest.approx(80, abs=0.5 / scale_y)
+    # level 3 is level 0 halved: exactly half its scales, the same area average as a direct resize
+    assert levels[3][1] == pytest.approx(levels[0][1] / 2) and levels[3][2] == pytest.approx(levels[0][2] / 2)
+    textured_reference = textured(183, 320, seed=4)
+    halved = pyramid(textured_reference, sides, config)[3][0]
+    direct = level_image(textured_reference, sides[3], config)[0]
+    assert halved.shape == direct.shape and np.abs(halved.astype(int) - direct.astype(int)).max() <= 2
+
+
 def test_refine_peak_finds_the_vertex_of_a_parabola():
     vertex = 0.3
     values = [-(x - vertex) ** 2 for x in (-1, 0, 1)]
@@ -184,7 +212,8 @@ def test_onnx_runtime_and_pytorch_give_the_same_scores():
     canvas, cells = template_canvas(reference[10:40, 20:60], look.config)
     kernel = fast._runtime.kernel(canvas, cells)
     slow = fast._runtime.__class__.__new__(fast._runtime.__class__)
-    slow.look, slow.session, slow.name = look, None, "torch"
+    slow.look, slow.session, slow.kernel_session, slow.name = look, None, None, "torch"
+    assert np.allclose(kernel, slow.kernel(canvas, cells), atol=1e-6)
     assert np.allclose(fast._runtime.scores(reference, kernel), slow.scores(reference, kernel), atol=1e-4)
 
 
