@@ -62,8 +62,8 @@ class Args:
     level_offsets: str = "-2,-1,0,1,2"  # levels around the target's whose crops compete in the softmax
     channels: str = "16,48,48,48"  # the CNN's four convolutions
     separable: int = 1  # 1: the last two convolutions depthwise-separable (faster)
-    side: int = 16  # the query's geometric-mean side on its canvas, pixels
-    canvas: int = 24  # the query canvas side, pixels (a multiple of 4, >= side * sqrt(2))
+    side: int = 20  # the query's geometric-mean side on its canvas, pixels (16 with --canvas 24: 30% less time per query, 0.07 less success)
+    canvas: int = 32  # the query canvas side, pixels (a multiple of 4, >= side * sqrt(2))
     smallest: float = 0.125  # the pyramid's smallest and largest target sides (fractions of the shorter
     largest: float = 0.8  # side), saved with the look; they only matter for the search, not for training
     epochs: int = 4
