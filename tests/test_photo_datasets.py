@@ -14,13 +14,14 @@ import pickle
 import shutil
 import tarfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from matchenv.datasets import DATASETS, FlickrLogos27, FlickrLogos32, ManifestPairs, TemplateTargetPairs, make_dataset
-from matchenv.datasets import logos
+from matchenv.datasets import logos, pair_files
 from matchenv.datasets.logos import read_flickrlogos27_annotations
 from matchenv.datasets.photos import (
     AnnotationWarning,
@@ -544,6 +545,67 @@ def test_bbs_box_outside_its_frame_is_skipped_with_a_warning(tmp_path):
         dataset = TemplateTargetPairs(folder)
     assert [s.name for s in dataset.pairs("test")] == ["pair0001", "pair0003", "pair0004"]
 
+
+# ---------------------------------------------------------------------------- the public BBS set
+
+
+@pytest.fixture
+def no_bbs_sources(monkeypatch, tmp_path) -> Path:
+    """No BBS pairs anywhere: no env var, an empty private cache; returns the pairs' cache folder."""
+    monkeypatch.delenv(pair_files.BBS_PAIRS_ENV, raising=False)
+    monkeypatch.setenv("MATCHENV_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "bbs_pairs"
+
+
+def _bbs_release_zip(path: Path, with_pairs: bool = True) -> Path:
+    """A zip laid out like the BBS release: MATLAB code and, in .../data/, the fixture's pair files."""
+    with zipfile.ZipFile(path, "w") as zipped:
+        zipped.writestr("BBS_code_and_data_release_v1.0/", "")
+        zipped.writestr("BBS_code_and_data_release_v1.0/BBS_demo.m", "% code, not data\n")
+        if with_pairs:
+            for file in sorted(BBS_DIR.iterdir()):
+                zipped.write(file, f"{pair_files.BBS_RELEASE_DATA.as_posix()}/{file.name}")
+    return path
+
+
+def test_bbs_public_set_downloads_trying_each_url_and_keeps_only_the_pair_files(no_bbs_sources, monkeypatch, tmp_path):
+    release = _bbs_release_zip(tmp_path / "release.zip")
+    monkeypatch.setattr(pair_files, "BBS_PAIRS_URLS", ((tmp_path / "gone.zip").as_uri(), release.as_uri()))
+    dataset = TemplateTargetPairs(download=True)  # explicit: the test session is offline by default
+    assert dataset.path == no_bbs_sources and dataset.test_size == TemplateTargetPairs(BBS_DIR).test_size
+    assert sorted(f.name for f in no_bbs_sources.iterdir()) == sorted(f.name for f in BBS_DIR.iterdir())  # no code
+    assert [f.name for f in no_bbs_sources.parent.iterdir()] == ["bbs_pairs"]  # no partial files left behind
+    # The cache is used from now on, offline too; make_dataset without kwargs finds it.
+    monkeypatch.setattr(pair_files, "BBS_PAIRS_URLS", ((tmp_path / "gone.zip").as_uri(),))
+    assert make_dataset("TemplateTargetPairs").path == no_bbs_sources
+
+
+def test_bbs_public_set_offline_or_failed_is_an_error_explaining_the_three_ways(no_bbs_sources, monkeypatch, tmp_path):
+    with pytest.raises(DatasetFilesError, match="downloading is disabled") as err:
+        TemplateTargetPairs()  # MATCHENV_OFFLINE=1 in the test session
+    for hint in ("path=", pair_files.BBS_PAIRS_ENV, pair_files.BBS_PAIRS_URLS[0], str(no_bbs_sources)):
+        assert hint in str(err.value)
+    not_a_zip = tmp_path / "page.zip"
+    not_a_zip.write_text("<html>moved</html>")
+    no_pairs = _bbs_release_zip(tmp_path / "code_only.zip", with_pairs=False)
+    monkeypatch.setattr(pair_files, "BBS_PAIRS_URLS", (not_a_zip.as_uri(), no_pairs.as_uri()))
+    with pytest.raises(DatasetFilesError, match="download failed") as err:
+        TemplateTargetPairs(download=True)
+    assert "page.zip" in str(err.value) and "no pair files" in str(err.value)  # each URL's problem
+    assert not no_bbs_sources.exists() and not any(no_bbs_sources.parent.iterdir())
+
+
+def test_bbs_pairs_are_found_in_an_unpacked_release_or_through_the_environment(no_bbs_sources, monkeypatch, tmp_path):
+    unpacked = tmp_path / "unpacked"
+    shutil.copytree(BBS_DIR, unpacked / pair_files.BBS_RELEASE_DATA)
+    assert TemplateTargetPairs(unpacked).path == unpacked / pair_files.BBS_RELEASE_DATA
+    monkeypatch.setenv(pair_files.BBS_PAIRS_ENV, str(BBS_DIR))
+    assert TemplateTargetPairs().path == BBS_DIR
+    monkeypatch.setenv(pair_files.BBS_PAIRS_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetFilesError, match=f"from the {pair_files.BBS_PAIRS_ENV} environment variable"):
+        TemplateTargetPairs()
+    with pytest.raises(DatasetFilesError, match="no pair files in"):
+        TemplateTargetPairs(tmp_path)
 
 # ============================================================================ manifest
 

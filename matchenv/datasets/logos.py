@@ -36,17 +36,17 @@ import re
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from matchenv.datasets.appearance import AppearanceChange
 from matchenv.datasets.base import SPLITS, SearchPair
+from matchenv.datasets.downloads import download_allowed, fetch, safe_extract_tar
 from matchenv.datasets.mnist_files import default_cache_dir
 from matchenv.datasets.photos import (
     DEFAULT_MAX_SIDE,
@@ -93,18 +93,8 @@ FL32_LISTS: dict[str, str] = {
 }
 FL32_NO_LOGO = "no-logo"
 
-_CHUNK_BYTES = 1 << 16
-_CONNECT_TIMEOUT_S = 10.0
-
 
 # ============================================================================= shared helpers
-
-
-def _download_allowed(download: Optional[bool]) -> bool:
-    # Same rule as MNIST (matchenv.datasets.mnist_files): MATCHENV_OFFLINE=1 forbids the network.
-    if download is not None:
-        return bool(download)
-    return os.environ.get("MATCHENV_OFFLINE", "").strip().lower() not in {"1", "true", "yes", "on"}
 
 
 def _classify_box(box: Sequence[float], width: int, height: int, where: str) -> tuple[Optional[np.ndarray], str]:
@@ -339,7 +329,7 @@ def find_flickrlogos27(root: Optional[PathLike] = None, download: Optional[bool]
     found = _fl27_in(cache, extract_nested=True)
     if found is not None:
         return found
-    if not _download_allowed(download):
+    if not download_allowed(download):
         raise DatasetFilesError(
             _fl27_help(
                 cache,
@@ -373,7 +363,7 @@ def _fl27_in(folder: Path, extract_nested: bool = False) -> Optional[Path]:
                 and extract_nested
                 and (candidate / FL27_NESTED_TARBALL).is_file()
             ):
-                _safe_extract(candidate / FL27_NESTED_TARBALL, candidate)
+                safe_extract_tar(candidate / FL27_NESTED_TARBALL, candidate)
             if (candidate / FL27_IMAGES).is_dir():
                 return candidate
     return None
@@ -421,15 +411,15 @@ def download_flickrlogos27(cache: Optional[PathLike] = None, url: Optional[str] 
     tarball = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            _fetch(url, out, "FlickrLogos-27")
+            fetch(url, out, "FlickrLogos-27")
         with tempfile.TemporaryDirectory(prefix=".extract-", dir=cache) as work:
-            _safe_extract(tarball, Path(work))
+            safe_extract_tar(tarball, Path(work))
             folder = Path(work) / FL27_FOLDER
             if not (folder / FL27_ANNOTATIONS).is_file():
                 raise ValueError(f"the archive from {url} has no {FL27_FOLDER}/{FL27_ANNOTATIONS}")
             nested = folder / FL27_NESTED_TARBALL
             if nested.is_file():
-                _safe_extract(nested, folder)
+                safe_extract_tar(nested, folder)
                 nested.unlink()
             if not (folder / FL27_IMAGES).is_dir():
                 raise ValueError(
@@ -445,42 +435,6 @@ def download_flickrlogos27(cache: Optional[PathLike] = None, url: Optional[str] 
     finally:
         tarball.unlink(missing_ok=True)
     return destination
-
-
-def _fetch(url: str, out: Any, desc: str) -> None:
-    """Stream ``url`` into the open binary file ``out`` with a tqdm progress bar (when stderr is a terminal)."""
-    from tqdm.auto import tqdm
-
-    request = urllib.request.Request(url, headers={"User-Agent": "matchenv"})
-    with urllib.request.urlopen(request, timeout=_CONNECT_TIMEOUT_S) as response:
-        total = response.headers.get("Content-Length")
-        with tqdm(
-            total=int(total) if total else None, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=None
-        ) as bar:
-            while chunk := response.read(_CHUNK_BYTES):
-                out.write(chunk)
-                bar.update(len(chunk))
-
-
-def _safe_extract(archive: Path, destination: Path) -> None:
-    """Extract a tar archive into ``destination``, refusing members that would land outside it."""
-    destination = destination.resolve()
-    with tarfile.open(archive, "r:*") as tar:
-        members = tar.getmembers()
-        for member in members:
-            target = (destination / member.name).resolve()
-            if os.path.isabs(member.name) or not target.is_relative_to(destination):
-                raise ValueError(
-                    f"refusing to extract {archive.name}: member {member.name!r} would land outside {destination}"
-                )
-            if not (member.isfile() or member.isdir()):
-                raise ValueError(
-                    f"refusing to extract {archive.name}: member {member.name!r} is a link or a special file"
-                )
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: the stdlib's own safety filter too
-            tar.extractall(destination, members=members, filter="data")
-        else:  # pragma: no cover - older Pythons; the checks above already refuse unsafe members
-            tar.extractall(destination, members=members)
 
 
 def read_flickrlogos27_annotations(path: PathLike) -> tuple[dict[tuple[str, str], list[tuple[float, ...]]], int]:

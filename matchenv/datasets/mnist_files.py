@@ -36,6 +36,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from matchenv.datasets.downloads import download_allowed
+
 logger = logging.getLogger("matchenv.datasets")
 
 PathLike = Union[str, os.PathLike]
@@ -327,7 +329,7 @@ def load_mnist(
 def _resolve_source(data_dir: Optional[PathLike], download: Optional[bool]) -> _Source:
     env_data = os.environ.get("MATCHENV_DATA") or None
     cache = default_cache_dir() / "mnist"
-    allow_download = _download_allowed(download)
+    allow_download = download_allowed(download)
     key = (
         None if data_dir is None else Path(data_dir).expanduser().resolve(),
         env_data if data_dir is None else None,
@@ -402,12 +404,6 @@ def _required_folder(root: Path, origin: str) -> _Source:
         )
     logger.info("Using MNIST from %s (%s)", folder, origin)
     return _Source(folder.resolve(), files)
-
-
-def _download_allowed(download: Optional[bool]) -> bool:
-    if download is not None:
-        return bool(download)
-    return os.environ.get("MATCHENV_OFFLINE", "").strip().lower() not in {"1", "true", "yes", "on"}
 
 
 # ----------------------------------------------------------------------------- loading

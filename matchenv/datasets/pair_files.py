@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shutil
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from matchenv.datasets.base import SPLITS, SearchPair
+from matchenv.datasets.downloads import download_allowed, extract_zip_files, fetch
+from matchenv.datasets.mnist_files import default_cache_dir
 from matchenv.datasets.photos import (
     DEFAULT_MAX_SIDE,
     DEFAULT_MIN_TARGET_SIDE,
@@ -150,6 +156,119 @@ class ListedPairsDataset(PhotoFilesDataset):
 # may itself contain underscores ("_(\d+)\." anchors the frame number at the end).
 _BBS_NAME = re.compile(r"^pair(?P<k>\d+)_frm(?P<frm>[12])_(?P<seq>.+?)_(?P<frame>\d+)\.(?P<ext>[A-Za-z]+)$")
 
+#: The public release of the BBS paper (MATLAB code and the 105 pairs in ``.../data/``), tried in
+#: order. A module constant so that tests can point it at local ``file://`` archives.
+BBS_PAIRS_URLS: tuple[str, ...] = (
+    "http://people.csail.mit.edu/talidekel/Code/BBS_code_and_data_release_v1.0.zip",
+    "http://www.eng.tau.ac.il/~oron/BBS/BBS_code_and_data_release_v1.0.zip",
+)
+#: Environment variable naming a folder that holds the pair files.
+BBS_PAIRS_ENV = "MATCHENV_BBS_PAIRS"
+#: Where the release keeps the pairs, relative to the folder it is unpacked in.
+BBS_RELEASE_DATA = Path("BBS_code_and_data_release_v1.0") / "data"
+
+
+def bbs_pairs_cache_dir() -> Path:
+    """``<default_cache_dir()>/bbs_pairs``: the pair files, flat, once downloaded."""
+    return default_cache_dir() / "bbs_pairs"
+
+
+def find_bbs_pairs(root: Optional[PathLike] = None, download: Optional[bool] = None) -> Path:
+    """The folder holding the Best-Buddies-Similarity pair files, from the first source that has it.
+
+    Sources, in order:
+
+    1. ``root``: the folder with the ``pair*`` files, or one holding them in ``data/`` or in
+       ``BBS_code_and_data_release_v1.0/data/`` (the unpacked release); an error if they are not there;
+    2. the folder in ``$MATCHENV_BBS_PAIRS`` (same rules);
+    3. the cache :func:`bbs_pairs_cache_dir`;
+    4. a download of the public release (:data:`BBS_PAIRS_URLS`, each in turn) whose pair files
+       are kept in that cache (the MATLAB code is not), unless ``download=False``, or
+       ``download=None`` and ``MATCHENV_OFFLINE=1``.
+
+    :raises DatasetFilesError: if no source has the pairs; the message lists the ways to provide them.
+    """
+    if root is not None:
+        return _bbs_required(Path(root), "the path argument")
+    env = os.environ.get(BBS_PAIRS_ENV)
+    if env:
+        return _bbs_required(Path(env), f"the {BBS_PAIRS_ENV} environment variable")
+    cache = bbs_pairs_cache_dir()
+    if _has_bbs_files(cache):
+        return cache
+    if not download_allowed(download):
+        return _raise_bbs_help(cache, "The pairs were not found and downloading is disabled "
+                                      "(download=False or MATCHENV_OFFLINE=1).")
+    try:
+        return download_bbs_pairs(cache)
+    except OSError as err:
+        return _raise_bbs_help(cache, f"The pairs were not found and the download failed: {err}.")
+
+
+def _raise_bbs_help(cache: Path, why: str) -> Path:
+    raise DatasetFilesError(
+        f"TemplateTargetPairs: {why} Provide them in one of three ways: (1) pass path=<folder with the pair*_frm* "
+        f"files>; (2) set {BBS_PAIRS_ENV}=<that folder>; (3) let matchenv download {BBS_PAIRS_URLS[0]} into the "
+        f"cache {cache} (download=True, or unset MATCHENV_OFFLINE), or unzip it yourself and copy "
+        f"{BBS_RELEASE_DATA.as_posix()}/* there."
+    )
+
+
+def _has_bbs_files(folder: Path) -> bool:
+    return folder.is_dir() and any(_BBS_NAME.match(f.name) for f in folder.iterdir())
+
+
+def _bbs_required(root: Path, origin: str) -> Path:
+    root = root.expanduser()
+    if not root.is_dir():
+        raise DatasetFilesError(f"TemplateTargetPairs: pair folder {root} (from {origin}) does not exist or is not a folder")
+    for candidate in (root, root / "data", root / BBS_RELEASE_DATA):
+        if _has_bbs_files(candidate):
+            return candidate
+    raise DatasetFilesError(
+        f"TemplateTargetPairs: no pair files in {root} (from {origin}), nor in its data/ or "
+        f"{BBS_RELEASE_DATA.as_posix()}/: expected names like pair0001_frm1_<seq>_<frame>.jpg, "
+        "pair0001_frm1_<seq>_<frame>.txt and pair0001_frm2_<seq>_<frame>.jpg"
+    )
+
+
+def download_bbs_pairs(cache: Optional[PathLike] = None, urls: Optional[Sequence[str]] = None) -> Path:
+    """Download the BBS release and keep its pair files (flat) in ``cache``; return ``cache``.
+
+    The archive is written next to the cache and unpacked into a temporary folder that replaces the
+    cache only when complete, so an interrupted download never looks like data. Only files named
+    like pair files are kept, each by its base name, so no archive member can land elsewhere.
+
+    :param cache: destination; default :func:`bbs_pairs_cache_dir`.
+    :param urls: tried in order until one gives an archive with pair files; default
+        :data:`BBS_PAIRS_URLS` (read when called, so tests can patch it).
+    :raises OSError: if no URL gives a usable archive; the message names each URL's problem.
+    """
+    cache = Path(cache) if cache is not None else bbs_pairs_cache_dir()
+    urls = tuple(urls) if urls is not None else BBS_PAIRS_URLS
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    for url in urls:
+        fd, part = tempfile.mkstemp(prefix=".bbs_pairs.", suffix=".zip.part", dir=cache.parent)
+        archive = Path(part)
+        work = Path(tempfile.mkdtemp(prefix=".bbs_pairs.extract-", dir=cache.parent))
+        try:
+            with os.fdopen(fd, "wb") as out:
+                fetch(url, out, "BBS pairs")
+            if not extract_zip_files(archive, work, lambda name: bool(_BBS_NAME.match(name))):
+                raise ValueError("the archive has no pair files (pair0001_frm1_<seq>_<frame>.jpg, ...)")
+            if not _has_bbs_files(cache):  # else another process completed the same download meanwhile
+                if cache.exists():  # an incomplete earlier copy
+                    shutil.rmtree(cache)
+                os.replace(work, cache)
+            return cache
+        except (OSError, zipfile.BadZipFile, ValueError) as err:
+            failures.append(f"{url}: {err}")
+        finally:
+            archive.unlink(missing_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
+    raise OSError("; ".join(failures) or "no URL to download the BBS pairs from")
+
 
 def read_bbs_box(path: PathLike) -> np.ndarray:
     """Read a BBS box file: one line ``x,y,w,h`` (floats, 1-based top-left corner, MATLAB style).
@@ -190,7 +309,11 @@ class TemplateTargetPairs(ListedPairsDataset):
     is the ``i``-th pair in order of ``k``. Boxes outside their frame and targets under
     ``min_target_side`` working pixels are skipped with one :class:`~matchenv.datasets.photos.AnnotationWarning`.
 
-    :param path: the folder holding the pair files.
+    The public set is found or fetched by :func:`find_bbs_pairs` when ``path`` is not given:
+    ``$MATCHENV_BBS_PAIRS``, the cache, or a download of the paper's public release.
+
+    :param path: the folder holding the pair files (or the unpacked release holding them in
+        ``BBS_code_and_data_release_v1.0/data/``); ``None``: the public set (see above).
     :param query_size: ``(h, w)`` of query and window observations.
     :param max_side: working size (longest side, pixels) of every frame.
     :param scale_range: window scales the agent may choose around the nominal window
@@ -198,22 +321,23 @@ class TemplateTargetPairs(ListedPairsDataset):
     :param test_seed: accepted for a uniform interface; the pairs are fixed, so it has no effect.
     :param min_target_side: skip targets with a side under this many working pixels.
     :param cache_images: keep decoded working-size frames in memory.
+    :param download: without ``path``, whether the public set may be downloaded (``None``: unless
+        ``MATCHENV_OFFLINE=1``).
     """
 
     def __init__(
         self,
-        path: PathLike,
+        path: Optional[PathLike] = None,
         query_size: tuple[int, int] = DEFAULT_PHOTO_QUERY_SIZE,
         max_side: Optional[int] = DEFAULT_MAX_SIDE,
         scale_range: tuple[float, float] = DEFAULT_PHOTO_SCALE_RANGE,
         test_seed: int = 0,
         min_target_side: float = DEFAULT_MIN_TARGET_SIDE,
         cache_images: bool = True,
+        download: Optional[bool] = None,
     ) -> None:
         super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
-        self.path = Path(path).expanduser()
-        if not self.path.is_dir():
-            raise DatasetFilesError(f"{self.name}: pair folder {self.path} does not exist or is not a folder")
+        self.path = find_bbs_pairs(path, download)
         skipped = SkippedItems()
         specs = []
         for spec in self._discover():
