@@ -6,7 +6,8 @@ same) image, or a whole query image. Pairs are built like every photograph pair 
 image at that image's working size, boxes mapped to working pixels, provenance in ``meta``.
 
 * :class:`TemplateTargetPairs` reads the 105-pair benchmark of Best-Buddies Similarity
-  (Dekel et al., CVPR 2015; also used by DDIS): pairs of video frames with a box in each.
+  (Dekel et al., CVPR 2015; also used by DDIS): pairs of video frames with a box in each; any
+  folder in that format, or the public set itself (:func:`find_bbs_pairs`: found or downloaded).
 * :class:`ManifestPairs` reads a CSV or JSON manifest of your own pairs.
 
 Unlike the logo datasets, the pairs are fixed: test pair ``i`` is the ``i``-th listed test pair,
@@ -197,16 +198,16 @@ def find_bbs_pairs(root: Optional[PathLike] = None, download: Optional[bool] = N
     if _has_bbs_files(cache):
         return cache
     if not download_allowed(download):
-        return _raise_bbs_help(cache, "The pairs were not found and downloading is disabled "
-                                      "(download=False or MATCHENV_OFFLINE=1).")
+        raise DatasetFilesError(_bbs_help(cache, "The pairs were not found and downloading is disabled "
+                                                 "(download=False or MATCHENV_OFFLINE=1)."))
     try:
         return download_bbs_pairs(cache)
     except OSError as err:
-        return _raise_bbs_help(cache, f"The pairs were not found and the download failed: {err}.")
+        raise DatasetFilesError(_bbs_help(cache, f"The pairs were not found and the download failed: {err}.")) from err
 
 
-def _raise_bbs_help(cache: Path, why: str) -> Path:
-    raise DatasetFilesError(
+def _bbs_help(cache: Path, why: str) -> str:
+    return (
         f"TemplateTargetPairs: {why} Provide them in one of three ways: (1) pass path=<folder with the pair*_frm* "
         f"files>; (2) set {BBS_PAIRS_ENV}=<that folder>; (3) let matchenv download {BBS_PAIRS_URLS[0]} into the "
         f"cache {cache} (download=True, or unset MATCHENV_OFFLINE), or unzip it yourself and copy "
