@@ -28,6 +28,7 @@ search; :class:`LookSearcher` is its inference API.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -486,17 +487,28 @@ class LookSearcher:
     :param refine: place the answer between grid positions and between levels by parabolic
         interpolation of the scores (:func:`refine_peak`); ``False``: on the grid.
     :param threads: ONNX Runtime threads (default: ``torch.get_num_threads()``).
+    :param smallest: smallest target side searched for, as a fraction of the reference's shorter
+        side (default: the look's own, 0.125 for the shipped one). Lower it for targets smaller
+        than that; the cost grows about with ``1 / smallest ** 2`` (the largest pyramid level).
+    :param largest: largest target side searched for, likewise (default: the look's own, 0.8).
     """
 
     def __init__(self, look: MultiScaleLook, channel_order: str = "rgb", refine: bool = True,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, smallest: Optional[float] = None,
+                 largest: Optional[float] = None) -> None:
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr' (cv2.imread gives 'bgr'), got {channel_order!r}")
         self.look = look.eval()
-        self.config = look.config
+        #: the look's configuration with this searcher's target range (the network is the same)
+        self.config = dataclasses.replace(
+            look.config,
+            smallest=look.config.smallest if smallest is None else float(smallest),
+            largest=look.config.largest if largest is None else float(largest),
+        )
         self.channel_order = channel_order
         self.refine = bool(refine)
         self._runtime = _LookRuntime(look, torch.get_num_threads() if threads is None else int(threads))
+        self._warned_small = False
         #: where the look runs: "onnxruntime" or "torch"
         self.runtime: str = self._runtime.name
 
@@ -520,6 +532,7 @@ class LookSearcher:
             ``reference`` as given.
         """
         query = prepare_image(query, 3, self.channel_order, "query")
+        self._warn_if_smaller_than_searched(query, reference)
         maps, sides, scales, factor = self._score_maps(query, reference)
         best = [float(m.max()) for m in maps]
         level = int(np.argmax(best))
@@ -544,6 +557,24 @@ class LookSearcher:
         score = float(np.clip(best[level], 0.0, 1.0))
         return LookResult(box=box, path=box[None].copy(), scores=np.array([score]), level_sides=sides / factor,
                           level_scores=np.array(best), positions=int(sum(m.size for m in maps)))
+
+    def _warn_if_smaller_than_searched(self, query: np.ndarray, reference: np.ndarray) -> None:
+        """Once per searcher: a query under half the smallest target side searched for most often
+        means a target the pyramid cannot size (its answer would be far too large); say so, and
+        what to pass. (Not an error: a query may be drawn at another scale than its target.)"""
+        if self._warned_small:
+            return
+        query_side = math.sqrt(query.shape[0] * query.shape[1])
+        short_side = min(np.shape(reference)[:2])
+        fraction = query_side / max(short_side, 1)
+        if fraction < 0.5 * self.config.smallest:
+            self._warned_small = True
+            warnings.warn(
+                f"the query ({query_side:.0f} px) is {fraction:.1%} of the reference's shorter side ({short_side} px), "
+                f"but the look searches for targets of {self.config.smallest:.1%} to {self.config.largest:.0%} of it: "
+                f"if the target is about the query's size, pass smallest={max(0.5 * fraction, 0.01):.3f} to "
+                "LookSearcher (slower: the cost grows about with 1 / smallest ** 2)",
+                UserWarning, stacklevel=3)
 
     def score_maps(self, query: np.ndarray, reference: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """Every level's scores, for pictures and analysis.

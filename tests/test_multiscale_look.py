@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -318,6 +319,33 @@ def test_shipped_look_finds_patches_of_photographs(shipped, change):
         template = pair.template if change == "copy" else np.clip(pair.template.astype(int) + 40, 0, 255).astype(np.uint8)
         hits.append(iou(shipped.locate(template, pair.reference).box, pair.target_box) > 0.5)
     assert np.mean(hits) >= 0.75
+
+
+def test_smallest_extends_the_pyramid_to_small_targets_and_small_queries_are_flagged(shipped):
+    # 20x20 exact patches of a 360x480 texture: 5.6% of its shorter side, under the shipped
+    # look's smallest target (12.5%), so its answer is far too large; smallest=0.04 sizes them.
+    small = LookSearcher.from_pretrained("photo", threads=1, smallest=0.04)
+    assert small.config.smallest == 0.04 and small.look.config.smallest == shipped.config.smallest == 0.125
+    default_ious, small_ious = [], []
+    for seed in range(4):
+        reference, rng = textured(360, 480, seed=seed), np.random.default_rng(seed)
+        y, x = (int(v) for v in rng.integers(20, [320, 440]))
+        query, box = reference[y : y + 20, x : x + 20], np.array([x, y, x + 20, y + 20])
+        default = LookSearcher.from_pretrained("photo", threads=1)  # a new searcher: each warns once
+        with pytest.warns(UserWarning, match=r"5\.6% of the reference's shorter side.*pass smallest=0\.028"):
+            default_ious.append(iou(default.locate(query, reference).box, box))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            default.locate(query, reference)  # once is enough
+        result = small.locate(query, reference)
+        small_ious.append(iou(result.box, box))
+        assert result.level_sides.min() == pytest.approx(0.04 * 360, rel=0.03)
+    assert max(default_ious) < 0.5 and min(small_ious) > 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for queries within the searched sizes
+        small.locate(reference[:60, :60], reference)
+    with pytest.raises(ValueError, match="smallest <= largest"):
+        LookSearcher.from_pretrained("photo", smallest=0.9)
 
 
 def test_untrained_look_does_not_find_them(untrained):
