@@ -196,8 +196,7 @@ class _Score(nn.Module):
     def __init__(self, look: MultiScaleLook) -> None:
         super().__init__()
         self.features = look.features
-        k = look.config.kernel_cells
-        self.cells = k
+        k = self.kernel_cells = look.config.kernel_cells
         sum_dx = torch.zeros(k, k, 1, k)  # group dy: input plane (dy, dx) read dx cells to the right
         sum_dy = torch.zeros(1, k, k, 1)  # input dy read dy cells down
         for shift in range(k):
@@ -207,7 +206,7 @@ class _Score(nn.Module):
         self.register_buffer("sum_dy", sum_dy)
 
     def forward(self, pixels: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        k = self.cells
+        k = self.kernel_cells
         per_cell = kernel[0].permute(1, 2, 0).reshape(k * k, -1, 1, 1)  # (K*K, C, 1, 1), (dy, dx)-major
         planes = F.conv2d(self.features(pixels), per_cell)
         return F.conv2d(F.conv2d(planes, self.sum_dx, groups=k), self.sum_dy)

@@ -1,5 +1,7 @@
-"""Downloading public datasets: whether the network may be used, streaming a URL to a file with a
-progress bar, and extracting archives without letting a member escape its destination.
+"""Downloading public datasets: where a dataset's folder comes from (an argument, an environment
+variable, the cache or a download, :func:`find_data_folder`), whether the network may be used,
+streaming a URL to a file with a progress bar, and extracting archives without letting a member
+escape its destination.
 
 Shared by the FlickrLogos-27 and the Best-Buddies-Similarity pair downloads (MNIST verifies each
 file against a checksum and keeps its own loop, :mod:`matchenv.datasets.mnist_files`).
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
+from matchenv.datasets.photos import DatasetFilesError, PathLike
+
 #: bytes read from the network per chunk
 CHUNK_BYTES = 1 << 16
 #: seconds to wait for a server to answer
@@ -27,6 +31,44 @@ def download_allowed(download: Optional[bool]) -> bool:
     if download is not None:
         return bool(download)
     return os.environ.get("MATCHENV_OFFLINE", "").strip().lower() not in {"1", "true", "yes", "on"}
+
+
+def find_data_folder(
+    *,
+    root: Optional[PathLike],
+    root_origin: str,
+    env_var: str,
+    required: Callable[[Path, str], Path],
+    cached: Callable[[], Optional[Path]],
+    download_into_cache: Callable[[], Path],
+    download: Optional[bool],
+    help_text: Callable[[str], str],
+    download_errors: tuple[type[BaseException], ...] = (OSError,),
+) -> Path:
+    """A dataset's folder from the first source that has it: ``root``, else the folder in
+    ``$env_var`` (each checked by ``required(folder, origin)``, which raises if the data is not
+    there), else ``cached()``, else ``download_into_cache()`` unless :func:`download_allowed` says no.
+
+    :param root_origin: how messages name ``root`` (e.g. ``"the root argument"``).
+    :param help_text: the error message for a reason clause (``"downloading is disabled ..."``,
+        ``"the download failed: ..."``); it should list the ways to provide the data.
+    :param download_errors: what a failed download raises (wrapped in the error, chained).
+    :raises DatasetFilesError: if no source has the data.
+    """
+    if root is not None:
+        return required(Path(root), root_origin)
+    env = os.environ.get(env_var)
+    if env:
+        return required(Path(env), f"the {env_var} environment variable")
+    found = cached()
+    if found is not None:
+        return found
+    if not download_allowed(download):
+        raise DatasetFilesError(help_text("downloading is disabled (download=False or MATCHENV_OFFLINE=1)"))
+    try:
+        return download_into_cache()
+    except download_errors as err:
+        raise DatasetFilesError(help_text(f"the download failed: {err}")) from err
 
 
 def fetch(url: str, out: Any, desc: str) -> None:
@@ -88,7 +130,7 @@ def extract_zip_files(archive: Path, destination: Path, keep: Callable[[str], bo
             name = PurePosixPath(info.filename.replace("\\", "/")).name
             if not keep(name):
                 continue
-            if name in ("", ".", "..") or "/" in name:
+            if name in ("", ".", ".."):  # a base name never holds a "/", so only these could escape
                 raise ValueError(f"refusing to extract {archive.name}: member {info.filename!r} has no plain file name")
             target = destination / name
             if target.exists():

@@ -46,7 +46,7 @@ import numpy as np
 
 from matchenv.datasets.appearance import AppearanceChange
 from matchenv.datasets.base import SPLITS, SearchPair
-from matchenv.datasets.downloads import download_allowed, fetch, safe_extract_tar
+from matchenv.datasets.downloads import fetch, find_data_folder, safe_extract_tar
 from matchenv.datasets.mnist_files import default_cache_dir
 from matchenv.datasets.photos import (
     DEFAULT_MAX_SIDE,
@@ -320,28 +320,13 @@ def find_flickrlogos27(root: Optional[PathLike] = None, download: Optional[bool]
 
     :raises DatasetFilesError: if no source has the data; the message lists the ways to provide it.
     """
-    if root is not None:
-        return _fl27_required(Path(root), "the root argument")
-    env = os.environ.get(FLICKRLOGOS27_ENV)
-    if env:
-        return _fl27_required(Path(env), f"the {FLICKRLOGOS27_ENV} environment variable")
     cache = flickrlogos27_cache_dir()
-    found = _fl27_in(cache, extract_nested=True)
-    if found is not None:
-        return found
-    if not download_allowed(download):
-        raise DatasetFilesError(
-            _fl27_help(
-                cache,
-                "FlickrLogos-27 was not found and downloading is disabled (download=False or MATCHENV_OFFLINE=1).",
-            )
-        )
-    try:
-        return download_flickrlogos27(cache)
-    except (OSError, tarfile.TarError, ValueError) as err:
-        raise DatasetFilesError(
-            _fl27_help(cache, f"FlickrLogos-27 was not found and the download failed: {err}.")
-        ) from err
+    return find_data_folder(
+        root=root, root_origin="the root argument", env_var=FLICKRLOGOS27_ENV, required=_fl27_required,
+        cached=lambda: _fl27_in(cache, extract_nested=True), download_into_cache=lambda: download_flickrlogos27(cache),
+        download=download, help_text=lambda why: _fl27_help(cache, f"FlickrLogos-27 was not found and {why}."),
+        download_errors=(OSError, tarfile.TarError, ValueError),
+    )
 
 
 def _fl27_help(cache: Path, why: str) -> str:

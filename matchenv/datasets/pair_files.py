@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from matchenv.datasets.base import SPLITS, SearchPair
-from matchenv.datasets.downloads import download_allowed, extract_zip_files, fetch
+from matchenv.datasets.downloads import extract_zip_files, fetch, find_data_folder
 from matchenv.datasets.mnist_files import default_cache_dir
 from matchenv.datasets.photos import (
     DEFAULT_MAX_SIDE,
@@ -189,21 +189,12 @@ def find_bbs_pairs(root: Optional[PathLike] = None, download: Optional[bool] = N
 
     :raises DatasetFilesError: if no source has the pairs; the message lists the ways to provide them.
     """
-    if root is not None:
-        return _bbs_required(Path(root), "the path argument")
-    env = os.environ.get(BBS_PAIRS_ENV)
-    if env:
-        return _bbs_required(Path(env), f"the {BBS_PAIRS_ENV} environment variable")
     cache = bbs_pairs_cache_dir()
-    if _has_bbs_files(cache):
-        return cache
-    if not download_allowed(download):
-        raise DatasetFilesError(_bbs_help(cache, "The pairs were not found and downloading is disabled "
-                                                 "(download=False or MATCHENV_OFFLINE=1)."))
-    try:
-        return download_bbs_pairs(cache)
-    except OSError as err:
-        raise DatasetFilesError(_bbs_help(cache, f"The pairs were not found and the download failed: {err}.")) from err
+    return find_data_folder(
+        root=root, root_origin="the path argument", env_var=BBS_PAIRS_ENV, required=_bbs_required,
+        cached=lambda: cache if _has_bbs_files(cache) else None, download_into_cache=lambda: download_bbs_pairs(cache),
+        download=download, help_text=lambda why: _bbs_help(cache, f"The pairs were not found and {why}."),
+    )
 
 
 def _bbs_help(cache: Path, why: str) -> str:
