@@ -262,6 +262,35 @@ def test_benchmark_runs_the_shipped_look_on_photograph_pairs():
     assert result["evaluated"] > 1000  # every position of every level
 
 
+def test_look_options_set_the_target_range_searched_for():
+    bench = load_script("benchmark_matchers")
+    assert bench.look_spec("photo") == ("photo", {})
+    assert bench.look_spec("runs/ml/look.pt,smallest=0.05,largest=0.5") == ("runs/ml/look.pt", {"smallest": 0.05, "largest": 0.5})
+    assert bench.agent_name("look:photo,smallest=0.05") == "learned look (look:photo, smallest=0.05)"
+    with pytest.raises(ValueError, match="unknown option 'scale'"):
+        bench.look_spec("photo,scale=2")
+    with pytest.raises(ValueError, match="smallest must be a number"):
+        bench.look_spec("photo,smallest=small")
+    default, small = bench.AgentMatcher("look:photo"), bench.AgentMatcher("look:photo,smallest=0.05")
+    assert small.searcher.config.smallest == 0.05
+    assert small.searcher.config.largest == default.searcher.config.largest  # only what was asked changes
+
+
+@pytest.mark.parametrize("agent, message", [
+    ("look:photo,smallest=2", "need 0 < smallest <= largest"),
+    ("look:photo,size=1", "unknown option 'size'"),
+    ("look:no-such-look", "neither a shipped look (photo) nor a look file"),
+])
+def test_benchmark_rejects_a_bad_look_before_starting_workers(tmp_path, agent, message):
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(TRAIN / "benchmark_matchers.py"), "--dataset", "TranslatedMNIST",
+                          "--methods", "ncc", "--agent", agent, "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and message in run.stderr and f"--agent {agent}" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "results.json").exists()
+
+
 def test_benchmark_rejects_bad_dataset_arguments_before_starting_workers(tmp_path):
     import subprocess
 

@@ -110,14 +110,43 @@ def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tup
     return tuple(round(v, 4) for v in sorted(down) + [1.0] + up)
 
 
+#: What ``look:<name or file>,key=value,...`` may set: :class:`~agents.multiscale_look.LookSearcher`'s target range.
+LOOK_OPTIONS = ("smallest", "largest")
+
+
+def look_spec(spec: str) -> tuple[str, dict[str, float]]:
+    """Split what follows ``look:`` into the look's name or file and its searcher options:
+    ``"photo,smallest=0.05"`` -> ``("photo", {"smallest": 0.05})``.
+
+    :raises ValueError: for an option other than :data:`LOOK_OPTIONS` or a value that is not a number.
+    """
+    name, *options = spec.split(",")
+    kwargs = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in LOOK_OPTIONS:
+            raise ValueError(f"unknown option {key!r}; a look takes {', '.join(LOOK_OPTIONS)} "
+                             "(look:photo,smallest=0.05)")
+        try:
+            kwargs[key] = float(value)
+        except ValueError:
+            raise ValueError(f"{key} must be a number (a fraction of the reference's shorter side), "
+                             f"got {value!r}") from None
+    return name, kwargs
+
+
 def agent_name(checkpoint: str) -> str:
     """A searcher's name in the tables: "agent (pretrained:flickrlogos27)", "agent (fl27-zoom/best.zip)",
-    "agent (coarse-to-fine:cluttered-mnist)", "learned look (look:photo)"."""
+    "agent (coarse-to-fine:cluttered-mnist)", "learned look (look:photo)", "learned look (look:photo,
+    smallest=0.05)"."""
     prefix = next((p for p in ("pretrained:", "coarse-to-fine:", "look:") if checkpoint.startswith(p)), "")
-    spec = checkpoint[len(prefix):]
+    spec, options = checkpoint[len(prefix):], ""
+    if prefix == "look:":
+        spec, kwargs = look_spec(spec)
+        options = "".join(f", {key}={value:g}" for key, value in kwargs.items())
     if not prefix or "/" in spec:  # a file: its folder and name say which run it is
         spec = "/".join(Path(spec).parts[-2:])
-    return f"{'learned look' if prefix == 'look:' else 'agent'} ({prefix}{spec})"
+    return f"{'learned look' if prefix == 'look:' else 'agent'} ({prefix}{spec}{options})"
 
 
 class AgentMatcher:
@@ -126,7 +155,8 @@ class AgentMatcher:
     :param checkpoint: a ``train/ppo_lstm.py`` checkpoint, ``pretrained:<name>`` (a shipped agent),
         ``coarse-to-fine:<name or proposer file>`` (a shipped or trained coarse look with the
         agent it names, :class:`~agents.coarse_to_fine.CoarseToFineSearcher`), or ``look:<name or
-        look file>`` (a learned multi-scale look, :class:`~agents.multiscale_look.LookSearcher`).
+        look file>`` (a learned multi-scale look, :class:`~agents.multiscale_look.LookSearcher`; its
+        target range may follow, :func:`look_spec`: ``look:photo,smallest=0.05``).
     """
 
     def __init__(self, checkpoint: str) -> None:
@@ -138,7 +168,11 @@ class AgentMatcher:
         self.name = agent_name(checkpoint)
         spec = checkpoint.split(":", 1)[1] if ":" in checkpoint else checkpoint
         if checkpoint.startswith("look:"):
-            self.searcher = LookSearcher.from_pretrained(spec) if spec in LOOKS else LookSearcher.load(spec)
+            spec, options = look_spec(spec)
+            if spec not in LOOKS and not Path(spec).is_file():
+                raise FileNotFoundError(f"{spec!r} is neither a shipped look ({', '.join(LOOKS)}) nor a look file")
+            self.searcher = (LookSearcher.from_pretrained(spec, **options) if spec in LOOKS
+                             else LookSearcher.load(spec, **options))
             self.features = f"learned look: {checkpoint} (runtime: {self.searcher.runtime})"
             return
         if checkpoint.startswith("coarse-to-fine:"):
@@ -348,7 +382,8 @@ def main() -> None:
                         help="comma-separated matcher names (see agents.baselines.MATCHERS)")
     parser.add_argument("--agent", action="append", default=[],
                         help="trained checkpoint, pretrained:<name>, coarse-to-fine:<name or proposer.pt>, or "
-                             "look:<name or look.pt>, to include (repeatable)")
+                             "look:<name or look.pt>[,smallest=F][,largest=F] (the target sides searched for, "
+                             "fractions of the reference's shorter side), to include (repeatable)")
     parser.add_argument("--features-checkpoint", default=None, help="agent checkpoint whose CNN QATM/embedding use")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time budget per method (and size)")
     parser.add_argument("--scaling", action="store_true", help="run the cost-versus-reference-size benchmark")
@@ -371,6 +406,12 @@ def main() -> None:
                       saved["dataset"])
         (out / "results.md").write_text(f"{saved['dataset']}; {saved['machine']}\n\n{accuracy_table(saved['results'], saved['dataset'])}\n")
         return
+    for agent in args.agent:
+        if agent.startswith("look:"):
+            try:  # a bad look, option or range: one clear line here, not a worker's traceback (loads in ~1 s)
+                AgentMatcher(agent)
+            except (ValueError, OSError) as err:
+                parser.error(f"--agent {agent}: {err}")
     plain_agents = [a for a in args.agent if not a.startswith(("coarse-to-fine:", "look:"))]
     features_checkpoint = args.features_checkpoint or (plain_agents[0] if plain_agents else None)
     if features_checkpoint and features_checkpoint.startswith("pretrained:"):
