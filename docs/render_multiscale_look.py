@@ -3,9 +3,9 @@
     MATCHENV_FLICKRLOGOS27=<folder> python docs/render_multiscale_look.py
 
 One row per test pair of the FlickrLogos-27-derived self-supervised split (held-out photographs):
-the query as given, the reference with the target (green) and the look's answer (red, with its
-IoU), and the scores of the level the answer came from over the reference (brighter: more
-similar). Uses the shipped ``photo`` look.
+the query as given, the reference with the target (green), the look's answer (red, with its IoU)
+and, where the second look ran, the candidates it compared (yellow), and the first look's scores
+at its best level over the reference (brighter: more similar). Uses the shipped ``photo`` look.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from matchenv.rendering import frame_strip, save_frames
 PANEL = 240
 
 
-def boxed(image: np.ndarray, boxes: list[tuple[np.ndarray, tuple[int, int, int]]], factor: float) -> np.ndarray:
+def boxed(image: np.ndarray, boxes: list[tuple[np.ndarray, tuple[int, int, int], int]], factor: float) -> np.ndarray:
+    """``image`` scaled by ``factor`` with ``(box, colour, line width)`` drawn in order."""
     out = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-    for box, colour in boxes:
+    for box, colour, thickness in boxes:
         x0, y0, x1, y1 = (int(round(v * factor)) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), colour, 2)
+        cv2.rectangle(out, (x0, y0), (x1, y1), colour, thickness)
     return out
 
 
@@ -65,7 +66,8 @@ def label(panel: np.ndarray, text: str) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", default="0,1,2,3")
+    parser.add_argument("--pairs", default="0,1,24,37",
+                        help="test pair indices (24 and 37: pairs the second look gets right and the first look alone misses)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "images" / "multiscale_look.png"))
     args = parser.parse_args()
     searcher = LookSearcher.from_pretrained("photo")
@@ -78,11 +80,14 @@ def main() -> None:
         query = pair.template
         qf = min(PANEL / query.shape[0], 120 / query.shape[1], 4.0)
         query_panel = cv2.resize(query, None, fx=qf, fy=qf, interpolation=cv2.INTER_NEAREST)
-        found = boxed(pair.reference, [(pair.target_box, (0, 255, 0)), (result.box, (255, 0, 0))], factor)
+        candidates = result.path[:-1]  # empty unless the second look ran
+        found = boxed(pair.reference, [(box, (255, 220, 0), 1) for box in candidates]
+                      + [(pair.target_box, (0, 255, 0), 2), (result.box, (255, 0, 0), 2)], factor)
+        second = f"; 2nd look at {len(candidates)} (yellow)" if len(candidates) else "; no 2nd look"
         rows.append(frame_strip([label(query_panel, f"query {i}"),
-                                 label(found, f"answer (red) IoU {iou(result.box, pair.target_box):.2f}"),
+                                 label(found, f"answer (red) IoU {iou(result.box, pair.target_box):.2f}{second}"),
                                  label(heat_panel(searcher, pair.template, pair.reference, factor),
-                                       "scores at the answer's level")]))
+                                       "first look: scores at its best level")]))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     print(save_frames([np.concatenate(rows)], args.out))

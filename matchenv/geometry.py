@@ -47,7 +47,7 @@ def iou(boxes_a: BoxLike, boxes_b: BoxLike) -> np.ndarray | float:
     """
     a, b = as_boxes(boxes_a), as_boxes(boxes_b)
     if a.ndim == 1 and b.ndim == 1:  # the env's per-step case: plain floats are ~10x faster than ufuncs
-        return _iou_single(*a.tolist(), *b.tolist())
+        return iou_of_floats(*a.tolist(), *b.tolist())
     iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = iw * ih
@@ -56,7 +56,8 @@ def iou(boxes_a: BoxLike, boxes_b: BoxLike) -> np.ndarray | float:
     return float(out) if out.ndim == 0 else out
 
 
-def _iou_single(ax0: float, ay0: float, ax1: float, ay1: float, bx0: float, by0: float, bx1: float, by1: float) -> float:
+def iou_of_floats(ax0: float, ay0: float, ax1: float, ay1: float, bx0: float, by0: float, bx1: float, by1: float) -> float:
+    """:func:`iou` of two boxes given as eight plain floats: no numpy calls, for loops over a few boxes."""
     iw = max(min(ax1, bx1) - max(ax0, bx0), 0.0)
     ih = max(min(ay1, by1) - max(ay0, by0), 0.0)
     inter = iw * ih

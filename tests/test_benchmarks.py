@@ -271,6 +271,9 @@ def test_look_options_set_the_target_range_searched_for():
         bench.look_spec("photo,scale=2")
     with pytest.raises(ValueError, match="smallest must be a number"):
         bench.look_spec("photo,smallest=small")
+    assert bench.look_spec("photo,candidates=1,closer_gap=inf") == ("photo", {"candidates": 1, "closer_gap": float("inf")})
+    with pytest.raises(ValueError, match="candidates must be a whole number"):
+        bench.look_spec("photo,candidates=2.5")
     default, small = bench.AgentMatcher("look:photo"), bench.AgentMatcher("look:photo,smallest=0.05")
     assert small.searcher.config.smallest == 0.05
     assert small.searcher.config.largest == default.searcher.config.largest  # only what was asked changes
@@ -279,6 +282,7 @@ def test_look_options_set_the_target_range_searched_for():
 @pytest.mark.parametrize("agent, message", [
     ("look:photo,smallest=2", "need 0 < smallest <= largest"),
     ("look:photo,size=1", "unknown option 'size'"),
+    ("look:photo,candidates=0", "candidates must be a whole number >= 1"),
     ("look:no-such-look", "neither a shipped look (photo) nor a look file"),
 ])
 def test_benchmark_rejects_a_bad_look_before_starting_workers(tmp_path, agent, message):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.multiscale_look import (
+    CLOSER_MARGIN,
     STRIDE,
     LookConfig,
     LookSearcher,
@@ -24,6 +25,7 @@ from agents.multiscale_look import (
     level_image,
     pyramid,
     load_look_file,
+    patch_around,
     refine_peak,
     save_look_file,
     template_canvas,
@@ -223,13 +225,97 @@ def test_onnx_runtime_and_pytorch_give_the_same_scores():
     assert np.allclose(fast._runtime.scores(reference, kernel), slow.scores(reference, kernel), atol=1e-4)
 
 
+def test_onnx_runtime_and_pytorch_give_the_same_second_look():
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(1)
+    look = MultiScaleLook()
+    fast = LookSearcher(look, threads=1)
+    slow = fast._runtime.__class__.__new__(fast._runtime.__class__)
+    slow.look, slow.session, slow.kernel_session, slow.name = look, None, None, "torch"
+    closer = LookConfig(side=2 * look.config.side, canvas=2 * look.config.canvas)
+    canvas, cells = template_canvas(textured(50, 70, seed=3), closer)
+    patches = np.stack([textured(closer.canvas + 16, closer.canvas + 16, seed=s) for s in range(3)])
+    got = fast._runtime.closer_scores(canvas, cells, patches)
+    assert got.shape == (3, 5, 5) and np.allclose(got, slow.closer_scores(canvas, cells, patches), atol=1e-4)
+    assert np.abs(got).max() <= 1.0 + 1e-5  # mean cosine similarities
+
+
 def test_box_has_the_query_aspect_and_reports_every_level(untrained):
     reference, query = textured(200, 300), textured(30, 60, seed=5)
-    result = untrained.locate(query, reference)
+    result = LookSearcher(untrained.look, threads=1, candidates=1).locate(query, reference)
     x0, y0, x1, y1 = result.box
     assert (x1 - x0) / (y1 - y0) == pytest.approx(2.0)
     assert len(result.level_sides) == len(result.level_scores) == len(untrained.config.level_sides(200))
     assert result.positions > 100 and result.path.shape == (1, 4) and 0.0 <= result.score <= 1.0
+
+
+def test_patch_around_resizes_the_region_around_a_centre_and_fills_the_outside():
+    image = textured(60, 80, seed=9)
+    fill = np.array([1, 2, 3], np.uint8)
+    assert np.array_equal(patch_around(image, 40.0, 30.0, 1.0, 20, fill), image[20:40, 30:50])
+    # twice smaller: the 40x40 region, area-averaged; a corner centre leaves three quarters outside
+    assert np.array_equal(patch_around(image, 40.0, 30.0, 0.5, 20, fill), resize_image(image[10:50, 20:60], (20, 20)))
+    corner = patch_around(image, 0.0, 0.0, 1.0, 20, fill)
+    assert np.array_equal(corner[10:, 10:], image[:10, :10]) and (corner[:10] == fill).all() and (corner[:, :10] == fill).all()
+    assert (patch_around(image, -100.0, 30.0, 1.0, 20, fill) == fill).all()  # wholly outside
+
+
+def test_candidates_are_distinct_local_maxima_best_first(untrained):
+    reference, query = textured(200, 300, seed=11), textured(40, 50, seed=12)
+    searcher = LookSearcher(untrained.look, threads=1, candidates=5)
+    maps, sides, scales, _, _ = searcher._score_maps(query, reference)
+    peaks = searcher._peaks(query, maps, sides, scales)
+    assert len(peaks) == 5 and [p[0] for p in peaks] == sorted((p[0] for p in peaks), reverse=True)
+    assert peaks[0][0] == pytest.approx(max(float(m.max()) for m in maps))  # the best position is the first
+    boxes = np.stack([searcher._grid_box(query, sides, scales, *p[1:]) for p in peaks])
+    for i in range(5):
+        for j in range(i):
+            assert iou(boxes[i], boxes[j]) < 0.3
+    for score, level, row, col in peaks:  # each one a 3x3 local maximum of its level
+        window = maps[level][max(row - 1, 0):row + 2, max(col - 1, 0):col + 2]
+        assert score == pytest.approx(float(window.max()))
+
+
+def test_second_look_compares_the_candidates_and_answers_with_one(untrained):
+    reference, query = textured(200, 300, seed=13), textured(40, 50, seed=14)
+    first = LookSearcher(untrained.look, threads=1, candidates=1).locate(query, reference)
+    always = LookSearcher(untrained.look, threads=1, candidates=4, closer_gap=float("inf")).locate(query, reference)
+    never = LookSearcher(untrained.look, threads=1, candidates=4, closer_gap=0.0).locate(query, reference)
+    assert np.array_equal(never.box, first.box) and never.path.shape == (1, 4)  # no tie: the first look's answer
+    assert always.path.shape == (5, 4) and np.array_equal(always.path[-1], always.box)  # 4 candidates, then the answer
+    assert always.positions == first.positions + 4 * (2 * CLOSER_MARGIN + 1) ** 2
+    centres = (always.path[:4, :2] + always.path[:4, 2:]) / 2
+    answer = (always.box[:2] + always.box[2:]) / 2
+    assert np.min(np.linalg.norm(centres - answer, axis=1)) < 0.5 * STRIDE * max(always.level_sides) / 20
+    assert 0.0 <= always.score <= 1.0 and np.all((always.scores >= 0) & (always.scores <= 1))
+    for bad in ({"candidates": 0}, {"candidates": 2.5}, {"candidates": True}, {"closer_gap": -0.1},
+                {"closer_gap": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LookSearcher(untrained.look, **bad)
+
+
+def test_second_look_answers_with_the_best_sum_of_both_scores(shipped):
+    # A fixture photograph's region, brightened: the answer is the candidate whose first-look
+    # score plus best second-look score is highest, placed as the first look places its answer.
+    images = SelfSupervisedPhotos(PHOTOS, exclude=[PHOTOS / "logo.png"], test_size=6, test_seed=2)
+    searcher = LookSearcher.from_pretrained("photo", threads=1, closer_gap=float("inf"))
+    for i in range(6):
+        pair = images.test_pair(i)
+        query = pair.template
+        maps, sides, scales, factor, working = searcher._score_maps(query, pair.reference)
+        peaks = searcher._peaks(query, maps, sides, scales)
+        totals = [p[0] for p in peaks] + searcher._closer_look(query, working, peaks, sides, scales).max(axis=(1, 2))
+        best = peaks[int(np.argmax(totals))]
+        result = searcher.locate(query, pair.reference)
+        grid = searcher._grid_box(query, sides, scales, *best[1:]) / factor
+        assert np.allclose(result.path[int(np.argmax(totals))], grid)
+        # refined between positions and levels: within half a position and half a level step of it
+        step = STRIDE / np.array(scales[best[1]]) / factor
+        centre, grid_centre = (result.box[:2] + result.box[2:]) / 2, (grid[:2] + grid[2:]) / 2
+        assert np.all(np.abs(centre - grid_centre) <= 0.5 * step + 1e-6)
+        ratio = (result.box[2] - result.box[0]) / (grid[2] - grid[0])
+        assert searcher.config.level_step ** -0.5 - 1e-6 <= ratio <= searcher.config.level_step ** 0.5 + 1e-6
+        assert result.score == pytest.approx(min(max(totals[int(np.argmax(totals))] / 2, 0.0), 1.0))
 
 
 def test_boxes_are_in_pixels_of_the_reference_as_given():

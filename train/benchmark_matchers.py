@@ -110,13 +110,14 @@ def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tup
     return tuple(round(v, 4) for v in sorted(down) + [1.0] + up)
 
 
-#: What ``look:<name or file>,key=value,...`` may set: :class:`~agents.multiscale_look.LookSearcher`'s target range.
-LOOK_OPTIONS = ("smallest", "largest")
+#: What ``look:<name or file>,key=value,...`` may set: :class:`~agents.multiscale_look.LookSearcher`'s target
+#: range and its second look (``candidates=1``: none; ``closer_gap=inf``: for every query).
+LOOK_OPTIONS = ("smallest", "largest", "candidates", "closer_gap")
 
 
 def look_spec(spec: str) -> tuple[str, dict[str, float]]:
     """Split what follows ``look:`` into the look's name or file and its searcher options:
-    ``"photo,smallest=0.05"`` -> ``("photo", {"smallest": 0.05})``.
+    ``"photo,smallest=0.05,candidates=1"`` -> ``("photo", {"smallest": 0.05, "candidates": 1})``.
 
     :raises ValueError: for an option other than :data:`LOOK_OPTIONS` or a value that is not a number.
     """
@@ -128,10 +129,9 @@ def look_spec(spec: str) -> tuple[str, dict[str, float]]:
             raise ValueError(f"unknown option {key!r}; a look takes {', '.join(LOOK_OPTIONS)} "
                              "(look:photo,smallest=0.05)")
         try:
-            kwargs[key] = float(value)
+            kwargs[key] = int(value) if key == "candidates" else float(value)
         except ValueError:
-            raise ValueError(f"{key} must be a number (a fraction of the reference's shorter side), "
-                             f"got {value!r}") from None
+            raise ValueError(f"{key} must be a {'whole number' if key == 'candidates' else 'number'}, got {value!r}") from None
     return name, kwargs
 
 
@@ -382,8 +382,8 @@ def main() -> None:
                         help="comma-separated matcher names (see agents.baselines.MATCHERS)")
     parser.add_argument("--agent", action="append", default=[],
                         help="trained checkpoint, pretrained:<name>, coarse-to-fine:<name or proposer.pt>, or "
-                             "look:<name or look.pt>[,smallest=F][,largest=F] (the target sides searched for, "
-                             "fractions of the reference's shorter side), to include (repeatable)")
+                             "look:<name or look.pt>[,smallest=F][,largest=F][,candidates=N][,closer_gap=F] (the "
+                             "LookSearcher options of that name), to include (repeatable)")
     parser.add_argument("--features-checkpoint", default=None, help="agent checkpoint whose CNN QATM/embedding use")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time budget per method (and size)")
     parser.add_argument("--scaling", action="store_true", help="run the cost-versus-reference-size benchmark")

@@ -21,7 +21,8 @@ photograph dataset with templates (``--dataset``, e.g. FlickrLogos-27's labelled
    answer: the target's position at its level), Adam with one-cycle learning-rate decay; a
    checkpoint (``last.pt``, with the optimizer) after every epoch, so a crash loses one epoch;
 3. evaluation after every epoch, on the fixed test split (pairs from held-out photographs, the
-   first ``--eval-pairs``, the dataset's test seed): success (IoU > 0.5) of the full-image search.
+   first ``--eval-pairs``, the dataset's test seed): success (IoU > 0.5) of the full-image search
+   (``LookSearcher``'s defaults, its second look included).
 
 Outputs in ``--out-dir``: ``look.pt`` (loads with ``LookSearcher.load``), ``last.pt``,
 ``summary.json`` (arguments, losses, evaluations).
@@ -99,7 +100,8 @@ def channels_first(images: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(look: MultiScaleLook, data: PairDataset, pairs: int) -> dict:
-    """Success (IoU > 0.5) and mean IoU of the full-image search on the first test pairs."""
+    """Success (IoU > 0.5) and mean IoU of the search on the first test pairs, as
+    :class:`~agents.multiscale_look.LookSearcher` searches by default (second look included)."""
     searcher = LookSearcher(look, threads=1)
     ious = []
     pairs = min(pairs, data.test_size)
