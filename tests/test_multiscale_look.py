@@ -304,17 +304,19 @@ def test_second_look_answers_with_the_best_sum_of_both_scores(shipped):
         query = pair.template
         maps, sides, scales, factor, working = searcher._score_maps(query, pair.reference)
         peaks = searcher._peaks(query, maps, sides, scales)
-        totals = [p[0] for p in peaks] + searcher._closer_look(query, working, peaks, sides, scales).max(axis=(1, 2))
+        drawn = template_canvas(query, searcher._closer_config())
+        totals = [p[0] for p in peaks] + searcher._closer_look(drawn, working, peaks, sides, scales).max(axis=(1, 2))
         best = peaks[int(np.argmax(totals))]
         result = searcher.locate(query, pair.reference)
         grid = searcher._grid_box(query, sides, scales, *best[1:]) / factor
         assert np.allclose(result.path[int(np.argmax(totals))], grid)
-        # refined between positions and levels: within half a position and half a level step of it
+        # refined between positions and levels (within half a position and half a level step of
+        # it), then resized by the second look (at most half a level step more)
         step = STRIDE / np.array(scales[best[1]]) / factor
         centre, grid_centre = (result.box[:2] + result.box[2:]) / 2, (grid[:2] + grid[2:]) / 2
         assert np.all(np.abs(centre - grid_centre) <= 0.5 * step + 1e-6)
         ratio = (result.box[2] - result.box[0]) / (grid[2] - grid[0])
-        assert searcher.config.level_step ** -0.5 - 1e-6 <= ratio <= searcher.config.level_step ** 0.5 + 1e-6
+        assert searcher.config.level_step ** -1 - 1e-6 <= ratio <= searcher.config.level_step + 1e-6
         assert result.score == pytest.approx(min(max(totals[int(np.argmax(totals))] / 2, 0.0), 1.0))
 
 
@@ -521,3 +523,24 @@ def test_training_script_errors_are_clear(tmp_path):
     init = subprocess.run([sys.executable, script, *common, "--init", str(tmp_path / "small.pt")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert init.returncode != 0 and "pass its --channels" in init.stderr
+
+
+def test_second_look_resizes_a_box_towards_the_target(shipped):
+    # Exact patches of textures, offered at the right centre but a half to a whole half level step
+    # too small or too large: the second look's sizing brings them closer to the patch's size on
+    # average, and never further.
+    half_step = math.sqrt(shipped.config.level_step)
+    ratios = []
+    for seed in range(4):
+        reference = textured(240, 320, seed=60 + seed)
+        query = reference[70:140, 100:170]
+        for k in (-1.0, -0.75, -0.5, 0.5, 0.75, 1.0):
+            offered = np.array([135 - 35 * half_step ** k, 105 - 35 * half_step ** k,
+                                135 + 35 * half_step ** k, 105 + 35 * half_step ** k])
+            resized = shipped._closer_size(template_canvas(query, shipped._closer_config()), 1.0, reference, offered)
+            assert np.allclose((resized[:2] + resized[2:]) / 2, (135, 105))  # the centre stays
+            before, after = abs(k * math.log(half_step)), abs(math.log((resized[2] - resized[0]) / 70))
+            assert after <= before + 1e-9
+            ratios.append(after / before)
+    assert np.mean(ratios) < 0.6  # most of the way there on average
+
