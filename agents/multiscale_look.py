@@ -651,7 +651,9 @@ class LookSearcher:
         # Close runners-up: every candidate looked at again at twice the resolution; the answer is
         # the candidate with the best sum of its two scores.
         drawn = template_canvas(query, self._closer_config())  # the query's canvas and cells for the second look
-        closer = self._closer_look(drawn, working, peaks, sides, scales)
+        fill = fill_colour(working)
+        closer = self._closer_scores(drawn, working, fill, [(*self._centre(scales, level, row, col), sides[level])
+                                                            for _, level, row, col in peaks])
         totals = np.array([p[0] for p in peaks]) + closer.max(axis=(1, 2))
         pick = int(np.argmax(totals))
         _, level, row, col = peaks[pick]
@@ -659,7 +661,7 @@ class LookSearcher:
         neighbours = tuple(self._score_near(maps, scales, other, centre) if 0 <= other < len(maps) else None
                            for other in (level - 1, level + 1))
         box = self._box(query, maps, sides, scales, level, row, col, neighbours)
-        box = self._closer_size(drawn, query.shape[1] / query.shape[0], working, box) / factor
+        box = self._closer_size(drawn, query.shape[1] / query.shape[0], working, fill, box) / factor
         grid = np.stack([self._grid_box(query, sides, scales, p[1], p[2], p[3]) for p in peaks]) / factor
         scores = np.clip(np.append(totals, totals[pick]) / 2.0, 0.0, 1.0)  # the mean of the two looks' scores
         return LookResult(box=box, path=np.concatenate([grid, box[None]]), scores=scores, level_sides=sides / factor,
@@ -731,24 +733,18 @@ class LookSearcher:
         return [(float(peaks[i, 0]), int(levels[i]), int(peaks[i, 2]), int(peaks[i, 3])) for i in kept]
 
     def _closer_size(self, drawn: tuple[np.ndarray, np.ndarray], aspect: float, working: np.ndarray,
-                     box: np.ndarray) -> np.ndarray:
+                     fill: np.ndarray, box: np.ndarray) -> np.ndarray:
         """``box`` (working pixels) resized by the second look: its scores at the box's size and at
         half a level step smaller and larger (same centre), and the parabola through them; a
         half step when the best is at either end.
 
-        :param drawn: the query's canvas and cells for the second look (:meth:`_closer_config`).
-        :param aspect: the query's width / height.
+        :param aspect: the query's width / height. Other parameters: see :meth:`_closer_scores`.
         """
-        canvas, cells = drawn
-        size = canvas.shape[0] + 2 * CLOSER_MARGIN * STRIDE
         centre_x, centre_y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         side = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
         half_step = math.sqrt(self.config.level_step)
-        fill = fill_colour(working)
-        closer_side = CLOSER_ZOOM * self.config.side
-        patches = np.stack([patch_around(working, centre_x, centre_y, closer_side / (side * half_step ** k), size, fill)
-                            for k in (-1, 0, 1)])
-        smaller, same, larger = self._runtime.closer_scores(canvas, cells, patches).max(axis=(1, 2)).tolist()
+        scores = self._closer_scores(drawn, working, fill, [(centre_x, centre_y, side * half_step ** k) for k in (-1, 0, 1)])
+        smaller, same, larger = scores.max(axis=(1, 2)).tolist()
         if same >= max(smaller, larger):
             shift = refine_peak(smaller, same, larger)
         else:
@@ -759,17 +755,21 @@ class LookSearcher:
         """The look's configuration for the second look: the query drawn :data:`CLOSER_ZOOM` times larger."""
         return dataclasses.replace(self.config, side=CLOSER_ZOOM * self.config.side, canvas=CLOSER_ZOOM * self.config.canvas)
 
-    def _closer_look(self, drawn: tuple[np.ndarray, np.ndarray], working, peaks, sides, scales) -> np.ndarray:
-        """``(K, m, m)`` scores of the query drawn at twice the look's size (``drawn``: its canvas
-        and cells, :meth:`_closer_config`) against patches of the working reference at twice each
-        candidate's level scale, centred on the candidate (``m = 5``: the candidate's centre and two
-        cells either way, so a candidate one coarse position off still meets the query)."""
+    def _closer_scores(self, drawn: tuple[np.ndarray, np.ndarray], working: np.ndarray, fill: np.ndarray,
+                       places: Sequence[tuple[float, float, float]]) -> np.ndarray:
+        """``(K, m, m)`` scores of the query drawn at twice the look's size against patches of the
+        working reference, each centred on a place and scaled so that a target of the place's side
+        is drawn at that size too (``m = 5``: the centre and two cells either way, so a candidate
+        one coarse position off still meets the query).
+
+        :param drawn: the query's canvas and cells for the second look (:meth:`_closer_config`).
+        :param fill: the working reference's mean colour (what lies outside it).
+        :param places: ``K`` ``(centre x, centre y, target side)`` in working pixels.
+        """
         canvas, cells = drawn
         size = canvas.shape[0] + 2 * CLOSER_MARGIN * STRIDE
         closer_side = CLOSER_ZOOM * self.config.side
-        fill = fill_colour(working)
-        patches = np.stack([patch_around(working, *self._centre(scales, level, row, col), closer_side / sides[level], size, fill)
-                            for _, level, row, col in peaks])
+        patches = np.stack([patch_around(working, x, y, closer_side / side, size, fill) for x, y, side in places])
         return self._runtime.closer_scores(canvas, cells, patches)
 
     def _warn_if_smaller_than_searched(self, query: np.ndarray, reference: np.ndarray) -> None:

@@ -22,6 +22,7 @@ from agents.multiscale_look import (
     LookConfig,
     LookSearcher,
     MultiScaleLook,
+    fill_colour,
     level_image,
     pyramid,
     load_look_file,
@@ -305,7 +306,8 @@ def test_second_look_answers_with_the_best_sum_of_both_scores(shipped):
         maps, sides, scales, factor, working = searcher._score_maps(query, pair.reference)
         peaks = searcher._peaks(query, maps, sides, scales)
         drawn = template_canvas(query, searcher._closer_config())
-        totals = [p[0] for p in peaks] + searcher._closer_look(drawn, working, peaks, sides, scales).max(axis=(1, 2))
+        places = [(*searcher._centre(scales, level, row, col), sides[level]) for _, level, row, col in peaks]
+        totals = [p[0] for p in peaks] + searcher._closer_scores(drawn, working, fill_colour(working), places).max(axis=(1, 2))
         best = peaks[int(np.argmax(totals))]
         result = searcher.locate(query, pair.reference)
         grid = searcher._grid_box(query, sides, scales, *best[1:]) / factor
@@ -537,7 +539,8 @@ def test_second_look_resizes_a_box_towards_the_target(shipped):
         for k in (-1.0, -0.75, -0.5, 0.5, 0.75, 1.0):
             offered = np.array([135 - 35 * half_step ** k, 105 - 35 * half_step ** k,
                                 135 + 35 * half_step ** k, 105 + 35 * half_step ** k])
-            resized = shipped._closer_size(template_canvas(query, shipped._closer_config()), 1.0, reference, offered)
+            resized = shipped._closer_size(template_canvas(query, shipped._closer_config()), 1.0, reference,
+                                           fill_colour(reference), offered)
             assert np.allclose((resized[:2] + resized[2:]) / 2, (135, 105))  # the centre stays
             before, after = abs(k * math.log(half_step)), abs(math.log((resized[2] - resized[0]) / 70))
             assert after <= before + 1e-9
