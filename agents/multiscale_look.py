@@ -175,62 +175,107 @@ class MultiScaleLook(nn.Module):
         return scores.transpose(0, 1).reshape(n, -1) * self.log_temperature.exp()
 
 
+class _CentredFeatures(nn.Module):
+    """:class:`LookFeatures` for the exported graphs: ``(N, 3, H, W)`` pixels minus 127.5 -> the
+    same features.
+
+    Why: ``pixels / 255 - 0.5`` and ``F.normalize``'s expanded divisor are separate passes over
+    the largest tensors in ONNX Runtime (their four operations took 0.27 ms of a 3.3 ms level at
+    160x256 pixels; ONNX Runtime's profiler, one thread). The 1/255 is folded into the first convolution's weights, the
+    centring done in numpy while the uint8 pixels become floats (:func:`_centred_pixels`), and
+    the norm divides by broadcasting. The zero padding of the first convolution is the same
+    value (pixel 127.5) either way.
+    """
+
+    def __init__(self, features: LookFeatures) -> None:
+        super().__init__()
+        first = features.net[0]
+        scaled = nn.Conv2d(first.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding)
+        with torch.no_grad():
+            scaled.weight.copy_(first.weight / 255.0)
+            scaled.bias.copy_(first.bias)
+        self.net = nn.Sequential(scaled, *features.net[1:])
+
+    def forward(self, centred: torch.Tensor) -> torch.Tensor:
+        out = self.net(centred)
+        return out / torch.linalg.vector_norm(out, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _centred_pixels(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 -> ``(N, 3, H, W)`` float32 pixels minus 127.5, C-contiguous (the
+    input of :class:`_CentredFeatures`)."""
+    out = np.empty((images.shape[0], images.shape[3], images.shape[1], images.shape[2]), np.float32)
+    np.subtract(images.transpose(0, 3, 1, 2), np.float32(127.5), out=out, dtype=np.float32)
+    return out
+
+
+class _RowCorrelation(nn.Module):
+    """``F.conv2d(features, kernel)`` for one ``(1, C, K, K)`` kernel given at run time, rewritten
+    for ONNX Runtime: ``(N, C, H, W)`` unit features -> ``(N, 1, H - K + 1, W - K + 1)``.
+
+    ONNX Runtime runs a convolution whose weights are an input by im2col: a ``C * K * K`` by
+    ``positions`` matrix with one output row, memory-bound and about half of a pyramid level's
+    time. Here each kernel row ``dy`` is a ``1 x K`` filter (``K`` outputs: every position's sum
+    along a row of cells for each ``dy``), and a ``K x 1`` convolution with one-hot weights adds
+    the row sums ``dy`` cells down. Measured against that single convolution (one thread): 0.60
+    vs 2.9 ms on a 40x64-cell map with an 8x8 kernel, 0.49 vs 1.4 ms on four 20x20 maps with a
+    16x16 kernel (the second look).
+    """
+
+    def __init__(self, kernel_cells: int) -> None:
+        super().__init__()
+        k = kernel_cells
+        sum_rows = torch.zeros(1, k, k, 1)  # input plane dy read dy cells down
+        for shift in range(k):
+            sum_rows[0, shift, shift, 0] = 1.0
+        self.register_buffer("sum_rows", sum_rows)
+
+    def forward(self, features: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        rows = kernel[0].transpose(0, 1).unsqueeze(2)  # (K, C, 1, K): kernel row dy as a 1 x K filter
+        return F.conv2d(F.conv2d(features, rows), self.sum_rows)
+
+
 class _Kernel(nn.Module):
-    """The query's kernel, for export: ``(1, 3, canvas, canvas)`` pixels and ``(1, K, K)`` cell
-    mask -> ``(1, C, K, K)``."""
+    """The query's kernel, for export: ``(1, 3, canvas, canvas)`` centred pixels and ``(1, K, K)``
+    cell mask -> ``(1, C, K, K)`` (:meth:`MultiScaleLook.kernel`)."""
 
     def __init__(self, look: MultiScaleLook) -> None:
         super().__init__()
-        self.look = look
+        self.features = _CentredFeatures(look.features)
 
     def forward(self, canvas: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        return self.look.kernel(canvas, cells)
+        masked = self.features(canvas) * cells[:, None]
+        return masked / cells.sum((1, 2)).clamp(min=1.0)[:, None, None, None]
 
 
 class _Score(nn.Module):
-    """One pyramid level's score map, for export: ``(1, 3, H, W)`` pixels and ``(1, C, K, K)``
-    kernel -> ``(1, 1, P, Q)`` mean cosine similarities, the same as
-    ``F.conv2d(features(pixels), kernel)``.
-
-    ONNX Runtime runs that convolution (one output, a K x K kernel over C channels) as im2col:
-    a ``C * K * K`` by ``P * Q`` matrix, about half of a level's time (measured: 2.1 of 4.0 ms at
-    160x280 pixels, side-20 look, one thread). The same sum is computed here as a 1x1 convolution
-    to ``K * K`` planes (plane ``(dy, dx)``: every cell's dot product with kernel cell ``(dy, dx)``),
-    then the planes shifted by ``dx`` summed (a grouped 1 x K convolution with one-hot weights)
-    and those shifted by ``dy`` (a K x 1 one), which costs about a tenth of it.
-    """
+    """One pyramid level's score map, for export: ``(1, 3, H, W)`` centred pixels and
+    ``(1, C, K, K)`` kernel -> ``(1, 1, P, Q)`` mean cosine similarities, the same as
+    ``F.conv2d(features(pixels), kernel)`` (see :class:`_RowCorrelation`)."""
 
     def __init__(self, look: MultiScaleLook) -> None:
         super().__init__()
-        self.features = look.features
-        k = self.kernel_cells = look.config.kernel_cells
-        sum_dx = torch.zeros(k, k, 1, k)  # group dy: input plane (dy, dx) read dx cells to the right
-        sum_dy = torch.zeros(1, k, k, 1)  # input dy read dy cells down
-        for shift in range(k):
-            sum_dx[:, shift, 0, shift] = 1.0
-            sum_dy[0, shift, shift, 0] = 1.0
-        self.register_buffer("sum_dx", sum_dx)
-        self.register_buffer("sum_dy", sum_dy)
+        self.features = _CentredFeatures(look.features)
+        self.correlate = _RowCorrelation(look.config.kernel_cells)
 
     def forward(self, pixels: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        k = self.kernel_cells
-        per_cell = kernel[0].permute(1, 2, 0).reshape(k * k, -1, 1, 1)  # (K*K, C, 1, 1), (dy, dx)-major
-        planes = F.conv2d(self.features(pixels), per_cell)
-        return F.conv2d(F.conv2d(planes, self.sum_dx, groups=k), self.sum_dy)
+        return self.correlate(self.features(pixels), kernel)
 
 
 class _CloserLook(nn.Module):
-    """The second look at the best candidates, for export: ``(1, 3, c, c)`` canvas of the query
-    drawn larger, its ``(1, k, k)`` cell mask and ``(N, 3, p, p)`` patches of the reference around
-    the candidates at the same scale -> ``(N, 1, m, m)`` mean cosine similarities around each
-    candidate's centre (a plain correlation: the maps are a few cells wide)."""
+    """The second look at the best candidates, for export: ``(1, 3, c, c)`` centred canvas of the
+    query drawn larger, its ``(1, k, k)`` cell mask and ``(N, 3, p, p)`` centred patches of the
+    reference around the candidates at the same scale -> ``(N, 1, m, m)`` mean cosine
+    similarities around each candidate's centre."""
 
-    def __init__(self, look: MultiScaleLook) -> None:
+    def __init__(self, look: MultiScaleLook, kernel_cells: int) -> None:
         super().__init__()
-        self.look = look
+        self.kernel = _Kernel(look)
+        self.features = self.kernel.features
+        self.correlate = _RowCorrelation(kernel_cells)
 
     def forward(self, canvas: torch.Tensor, cells: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.look.features(patches), self.look.kernel(canvas, cells))
+        return self.correlate(self.features(patches), self.kernel(canvas, cells))
 
 
 # ---------------------------------------------------------------------------------- geometry
@@ -259,6 +304,14 @@ def template_canvas(template: np.ndarray, config: LookConfig) -> tuple[np.ndarra
     if not cells.any():  # a query thinner than half a cell: its centre cell
         cells[k // 2, k // 2] = True
     return canvas, cells.astype(np.float32)
+
+
+def _inside(boxes: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``(..., 4)`` boxes ``(x0, y0, x1, y1)`` clipped to the reference (a query of extreme aspect
+    drawn at a large level reaches past its edges; clipping never lowers the IoU with a box
+    inside it)."""
+    height, width = np.shape(reference)[:2]
+    return np.clip(boxes, 0.0, np.array([width, height, width, height], np.float64))
 
 
 def _box_at(centre_x: float, centre_y: float, side: float, aspect: float) -> np.ndarray:
@@ -316,20 +369,31 @@ def level_image(reference: np.ndarray, level_side: float, config: LookConfig) ->
 
 
 def _level_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``image`` resized to ``size = (height, width)`` for a pyramid level: bilinear when it
-    shrinks by less than 2x, else :func:`~matchenv.geometry.resize_image` (area average).
+    """``image`` resized to ``size = (height, width)`` for a pyramid level: halved by exact 2x2
+    averages while it is at least twice the size, then bilinear (shrinking by less than 2x);
+    enlarged bilinearly. An odd last row or column is dropped before a halving (at most one
+    pixel of ``image``; the callers' scales ignore it). May return ``image`` itself (levels are
+    only read).
 
-    Why: OpenCV's area resize by a factor between 1/2 and 1 takes its generic path (0.85 ms for a
-    320x183 photograph to 280x160, against 0.1 ms bilinear; measured, one thread), and at those
-    factors bilinear interpolation, which reads the 2x2 source pixels around each output pixel,
-    aliases little. Measured with the shipped look on 400 FlickrLogos-27-derived pairs: success
-    0.758 with bilinear levels, 0.748 with area levels (its training crops are area-resized).
+    Why: OpenCV's area resize by a factor that is not 1/2 takes its generic path (0.85 ms for a
+    320x183 photograph to 280x160), while an exact halving takes its fast path and a bilinear
+    resize reads only the 2x2 source pixels around each output pixel, which at factors between
+    1/2 and 1 aliases little. Measured with the shipped look (one thread): building the benchmark's
+    100 pyramids took 1.54 ms a query with area resizes for the levels that shrink 2x or more,
+    0.44 ms this way, 0.93 ms resizing bilinearly to a power-of-two multiple of the size first and
+    halving last (closer to an area average: 0.2-0.8 against 3-4 grey levels mean difference on a
+    fine texture). Success on FlickrLogos-27-derived test pairs never used before: 0.772 / 0.773 /
+    0.774 on test indices 1000-1999 (area / this / bilinear first), 0.799 / 0.801 on 2000-2999
+    (this / bilinear first). Earlier, on 400 pairs: 0.758 with bilinear levels under 2x, 0.748
+    with area levels throughout (the training crops are area-resized).
     """
-    height, width = image.shape[:2]
     out_h, out_w = size
-    if out_h <= height < 2 * out_h and out_w <= width < 2 * out_w and (out_h, out_w) != (height, width):
-        return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    return resize_image(image, size)
+    while image.shape[0] >= 2 * out_h and image.shape[1] >= 2 * out_w:
+        rows, cols = image.shape[0] // 2, image.shape[1] // 2
+        image = cv2.resize(image[: 2 * rows, : 2 * cols], (cols, rows), interpolation=cv2.INTER_AREA)
+    if image.shape[:2] == (out_h, out_w):
+        return image  # possibly the input itself: levels are only read
+    return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
 
 
 def pyramid(reference: np.ndarray, level_sides: Sequence[float], config: LookConfig) -> list[tuple[np.ndarray, float, float]]:
@@ -506,35 +570,39 @@ class _LookRuntime:
 
     def kernel(self, canvas: np.ndarray, cells: np.ndarray) -> np.ndarray:
         """``(1, C, K, K)`` float32 kernel of one ``(canvas, canvas, 3)`` canvas and its ``(K, K)`` mask."""
-        pixels = np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32)
         if self.kernel_session is not None:
-            return self.kernel_session.run(None, {"canvas": pixels, "cells": cells[None]})[0]
+            return self.kernel_session.run(None, {"canvas": _centred_pixels(canvas[None]), "cells": cells[None]})[0]
         with torch.inference_mode():
-            return self.look.kernel(torch.from_numpy(pixels), torch.from_numpy(cells)[None]).numpy()
+            return self.look.kernel(_torch_pixels(canvas[None]), torch.from_numpy(cells)[None]).numpy()
 
     def closer_scores(self, canvas: np.ndarray, cells: np.ndarray, patches: np.ndarray) -> np.ndarray:
-        """``(N, m, m)`` scores of :class:`_CloserLook` for ``(N, p, p, 3)`` uint8 patches."""
-        inputs = {"canvas": np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32),
-                  "cells": cells[None], "patches": np.ascontiguousarray(patches.transpose(0, 3, 1, 2), dtype=np.float32)}
+        """``(N, m, m)`` scores of the query's ``(c, c, 3)`` canvas with ``(k, k)`` cell mask against
+        ``(N, p, p, 3)`` uint8 patches (``m = (p - c) / 4 + 1``; see :class:`_CloserLook`)."""
+        if self.session is None:
+            with torch.inference_mode():
+                kernel = self.look.kernel(_torch_pixels(canvas[None]), torch.from_numpy(cells)[None])
+                return F.conv2d(self.look.features(_torch_pixels(patches)), kernel)[:, 0].numpy()
+        inputs = {"canvas": _centred_pixels(canvas[None]), "cells": cells[None], "patches": _centred_pixels(patches)}
         key = (canvas.shape[0], len(patches))
-        if self.session is not None and key not in self.closer_sessions:
+        if key not in self.closer_sessions:
             from agents.cnn_runtime import onnx_session
 
             example = tuple(torch.from_numpy(v) for v in inputs.values())
-            self.closer_sessions[key] = onnx_session(_CloserLook(self.look), example, list(inputs), ["scores"],
+            self.closer_sessions[key] = onnx_session(_CloserLook(self.look, cells.shape[0]), example, list(inputs), ["scores"],
                                                      {"patches": {2: "p", 3: "p"}, "scores": {2: "m", 3: "m"}}, self.threads)
-        if self.session is not None:
-            return self.closer_sessions[key].run(None, inputs)[0][:, 0]
-        with torch.inference_mode():
-            return _CloserLook(self.look)(*(torch.from_numpy(v) for v in inputs.values()))[:, 0].numpy()
+        return self.closer_sessions[key].run(None, inputs)[0][:, 0]
 
     def scores(self, image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         """``(P, Q)`` mean cosine similarity of the kernel at every position of ``(H, W, 3)`` ``image``."""
-        pixels = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
         if self.session is not None:
-            return self.session.run(None, {"pixels": pixels, "kernel": kernel})[0][0, 0]
+            return self.session.run(None, {"pixels": _centred_pixels(image[None]), "kernel": kernel})[0][0, 0]
         with torch.inference_mode():
-            return F.conv2d(self.look.features(torch.from_numpy(pixels)), torch.from_numpy(kernel))[0, 0].numpy()
+            return F.conv2d(self.look.features(_torch_pixels(image[None])), torch.from_numpy(kernel))[0, 0].numpy()
+
+
+def _torch_pixels(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 -> ``(N, 3, H, W)`` float32 tensor of pixels 0-255 (the PyTorch path)."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32))
 
 
 @dataclass
@@ -632,8 +700,8 @@ class LookSearcher:
     def locate(self, query: np.ndarray, reference: np.ndarray) -> LookResult:
         """Find ``query`` (``(h, w, 3)`` or grayscale uint8, any size) in ``reference``.
 
-        :return: a :class:`LookResult`; its box has the query's aspect and is in pixels of
-            ``reference`` as given.
+        :return: a :class:`LookResult`; its box has the query's aspect, is in pixels of
+            ``reference`` as given and is clipped to it (so a box at an edge may be narrower).
         """
         query = prepare_image(query, 3, self.channel_order, "query")
         self._warn_if_smaller_than_searched(query, reference)
@@ -645,7 +713,7 @@ class LookSearcher:
             level = int(np.argmax(best))
             row, col = np.unravel_index(int(np.argmax(maps[level])), maps[level].shape)
             neighbours = (best[level - 1] if level > 0 else None, best[level + 1] if level + 1 < len(maps) else None)
-            box = self._box(query, maps, sides, scales, level, row, col, neighbours) / factor
+            box = _inside(self._box(query, maps, sides, scales, level, row, col, neighbours) / factor, reference)
             return LookResult(box=box, path=box[None].copy(), scores=np.array([float(np.clip(best[level], 0.0, 1.0))]),
                               level_sides=sides / factor, level_scores=np.array(best), positions=positions)
         # Close runners-up: every candidate looked at again at twice the resolution; the answer is
@@ -661,8 +729,8 @@ class LookSearcher:
         neighbours = tuple(self._score_near(maps, scales, other, centre) if 0 <= other < len(maps) else None
                            for other in (level - 1, level + 1))
         box = self._box(query, maps, sides, scales, level, row, col, neighbours)
-        box = self._closer_size(drawn, query.shape[1] / query.shape[0], working, fill, box) / factor
-        grid = np.stack([self._grid_box(query, sides, scales, p[1], p[2], p[3]) for p in peaks]) / factor
+        box = _inside(self._closer_size(drawn, query.shape[1] / query.shape[0], working, fill, box) / factor, reference)
+        grid = _inside(np.stack([self._grid_box(query, sides, scales, p[1], p[2], p[3]) for p in peaks]) / factor, reference)
         scores = np.clip(np.append(totals, totals[pick]) / 2.0, 0.0, 1.0)  # the mean of the two looks' scores
         return LookResult(box=box, path=np.concatenate([grid, box[None]]), scores=scores, level_sides=sides / factor,
                           level_scores=np.array(best), positions=positions + int(closer.size))

@@ -22,6 +22,10 @@ from agents.multiscale_look import (
     LookConfig,
     LookSearcher,
     MultiScaleLook,
+    _CentredFeatures,
+    _centred_pixels,
+    _level_resize,
+    _RowCorrelation,
     fill_colour,
     level_image,
     pyramid,
@@ -128,17 +132,36 @@ def test_pyramid_halves_earlier_levels_and_keeps_the_geometry():
         centre_x = (weights * cols).sum() / weights.sum() / scale_x
         centre_y = (weights * rows).sum() / weights.sum() / scale_y
         assert centre_x == pytest.approx(180, abs=0.5 / scale_x) and centre_y == pytest.approx(80, abs=0.5 / scale_y)
-    # level 3 is level 0 halved: exactly half its scales, nearly the image of a direct area resize
-    # (level 0 shrinks by less than 2x, so it is bilinear; level 3 directly would be an area average)
+    # level 3 is level 0 halved: exactly half its scales, and (level 0 shrinks by less than 2x, so
+    # it is bilinear) nearly the area average of the reference at its size, as close as a direct
+    # resize (the reference halved, then bilinear) and aligned with it
     assert levels[3][1] == pytest.approx(levels[0][1] / 2) and levels[3][2] == pytest.approx(levels[0][2] / 2)
     textured_reference = textured(183, 320, seed=4)
     built = pyramid(textured_reference, sides, config)
     direct = level_image(textured_reference, sides[3], config)[0]
-    difference = np.abs(built[3][0].astype(int) - direct.astype(int))
-    assert built[3][0].shape == direct.shape and difference.max() <= 4 and difference.mean() < 0.5
+    assert built[3][0].shape == direct.shape
+    average = resize_image(textured_reference, direct.shape[:2]).astype(int)
+    built_off, direct_off = (np.abs(image.astype(int) - average).mean() for image in (built[3][0], direct))
+    assert built_off < 1 and built_off <= direct_off < 6
+    assert direct_off < 0.6 * np.abs(direct[:, 1:].astype(int) - average[:, :-1]).mean()
     # and the bilinear level 0 is close to the area average it replaces
     area = resize_image(textured_reference, built[0][0].shape[:2])
     assert np.abs(built[0][0].astype(int) - area.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("factor", [0.3, 0.47, 0.75, 1.5])
+def test_level_resize_gives_the_size_asked_close_to_an_area_average(factor):
+    reference = textured(183, 320, seed=5)
+    size = (int(round(183 * factor)), int(round(320 * factor)))
+    resized = _level_resize(reference, size)
+    assert resized.shape == (*size, 3) and resized.dtype == np.uint8
+    if factor < 1:  # exact halvings, then bilinear: close to the area average it replaces, and aligned with it
+        area = resize_image(reference, size).astype(int)
+        difference = np.abs(resized.astype(int) - area).mean()
+        one_pixel_off = np.abs(resized[:, 1:].astype(int) - area[:, :-1]).mean()
+        assert difference < 6 and difference < 0.6 * one_pixel_off
+    flat = np.full((183, 320, 3), 77, np.uint8)
+    assert (_level_resize(flat, size) == 77).all()
 
 
 def test_refine_peak_finds_the_vertex_of_a_parabola():
@@ -208,6 +231,29 @@ def test_scores_are_mean_cosine_similarities_in_minus_one_to_one(untrained):
     k = untrained.config.kernel_cells
     assert scores.shape == (100 // 4 - k + 1, 140 // 4 - k + 1)
     assert scores.max() <= 1.0 + 1e-5 and scores.min() >= -1.0 - 1e-5
+
+
+@pytest.mark.parametrize("kernel_cells, height, width", [(8, 20, 33), (16, 20, 20), (3, 9, 5)])
+def test_row_correlation_equals_the_plain_correlation(kernel_cells, height, width):
+    torch.manual_seed(kernel_cells)
+    features = F.normalize(torch.randn(3, 48, height, width), dim=1)
+    kernel = torch.randn(1, 48, kernel_cells, kernel_cells) / kernel_cells ** 2
+    got = _RowCorrelation(kernel_cells)(features, kernel)
+    assert got.shape == (3, 1, height - kernel_cells + 1, width - kernel_cells + 1)
+    assert torch.allclose(got, F.conv2d(features, kernel), atol=1e-5)
+
+
+def test_exported_features_take_centred_pixels_and_give_the_same_features():
+    torch.manual_seed(3)
+    look = MultiScaleLook()
+    images = np.stack([textured(36, 44, seed=s) for s in range(2)])
+    centred = _centred_pixels(images)
+    assert centred.shape == (2, 3, 36, 44) and centred.flags.c_contiguous and centred.dtype == np.float32
+    assert np.array_equal(centred[1, 2], images[1, :, :, 2].astype(np.float32) - 127.5)
+    with torch.no_grad():
+        expected = look.features(torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32)))
+        got = _CentredFeatures(look.features)(torch.from_numpy(centred))
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------- inference
@@ -333,6 +379,17 @@ def test_boxes_are_in_pixels_of_the_reference_as_given():
     a, b = searcher.locate(query, small), searcher.locate(query, large)
     assert np.allclose(b.box, 2 * a.box)
     assert np.allclose(b.level_sides, 2 * a.level_sides)
+
+
+def test_boxes_are_clipped_to_the_reference(untrained):
+    # a query of extreme aspect: at the larger levels its box reaches past the reference's edges
+    reference = textured(200, 300, seed=7)
+    for query in (reference[100:107, 50:250], reference[20:180, 140:147]):
+        result = untrained.locate(query, reference)
+        for box in (result.box, *result.path):
+            assert box[0] >= 0 and box[1] >= 0 and box[2] <= 300 and box[3] <= 200
+            assert box[2] > box[0] and box[3] > box[1]
+        assert math.isfinite(result.score)  # the clipped answer is still the path's last box
 
 
 def test_bgr_input_gives_the_rgb_answer():
