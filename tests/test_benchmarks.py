@@ -49,9 +49,11 @@ def test_matcher_benchmark_success_matches_an_independent_count():
 
 def test_matcher_table_lists_published_numbers():
     bench = load_script("benchmark_matchers")
-    rows = [dict(method="ncc", success_rate=0.9, mean_iou=0.8, median_ms=0.1, evaluated=10, pairs=5)]
+    rows = [dict(method="ncc", success_rate=0.9, mean_iou=0.8, median_ms=0.1, mean_ms=0.25, evaluated=10, pairs=5)]
     table = bench.accuracy_table(rows, "ClutteredMNIST")
-    assert "| ncc | 0.900 |" in table and "published: BBS | 0.11" in table
+    assert "| ncc | 0.900 | 0.80 | 0.10 | 0.25 | 10 | 5 |" in table and "published: BBS | 0.11" in table
+    header, rule = table.splitlines()[:2]
+    assert "mean ms / query" in header and all(line.count("|") == header.count("|") for line in table.splitlines())
 
 
 def test_centre_box_control_is_fitted_on_training_pairs_not_test_pairs():
@@ -108,6 +110,20 @@ def test_scale_grid_is_geometric_and_contains_one():
     assert grid[0] == pytest.approx(0.25) and 1.0 in grid and grid[-1] <= 3.0
     ratios = [b / a for a, b in zip(grid, grid[1:])]
     assert all(r == pytest.approx(2 ** 0.25, rel=1e-3) for r in ratios)
+
+
+def test_machine_description_names_the_cpu_threads_and_vector_instructions(monkeypatch, tmp_path):
+    bench = load_script("benchmark_matchers")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+                       "model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n\n"
+                       "processor\t: 1\nmodel name\t: another\nflags\t\t: avx512f\n")
+    real_path = bench.Path
+    monkeypatch.setattr(bench, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    text = bench.machine_description(2)
+    assert text.startswith("AMD EPYC (family 25 model 1, AVX2), ") and "2 threads per method" in text
+    monkeypatch.setattr(bench, "Path", lambda p: tmp_path / "missing")
+    assert "1 thread per method" in bench.machine_description()  # no /proc/cpuinfo: still a description
 
 
 def test_make_pairs_gives_as_many_generated_pairs_as_asked():
@@ -181,7 +197,7 @@ def test_a_method_slower_than_its_budget_is_stopped_and_reported(monkeypatch):
     assert result["pairs"] == 0 and result["method"] == "ncc"
     finished = {"method": "ssd", "pairs": 5, "success_rate": 0.8, "mean_iou": 0.7, "median_ms": 0.1, "evaluated": 1089}
     table = bench.accuracy_table([result, finished], "TranslatedMNIST")
-    assert "| ncc | - | - | no query finished in 0 s | | 0 |" in table
+    assert "| ncc | - | - | no query finished in 0 s | | | 0 |" in table
     assert table.index("| ssd |") < table.index("| ncc |")
 
 

@@ -66,14 +66,31 @@ CENTRE_BOX_FIT_PAIRS = 500
 
 
 def machine_description(threads: int = 1) -> str:
+    """The CPU (model name; family, model and widest vector instructions where /proc/cpuinfo says),
+    logical CPUs, threads per method and Python: what timings from different machines need to be
+    compared: on two machines that both call their CPU "AMD EPYC" the same learned look took 2x
+    as long on one as on the other, NCC 1.3x (two sessions on 2026-11-23)."""
     cpu = platform.processor() or "unknown CPU"
+    details: list[str] = []
     try:
+        fields: dict[str, str] = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not key.strip():  # the first processor's block ends here
                 break
+            fields.setdefault(key.strip(), value.strip())
+        cpu = fields.get("model name", cpu)
+        if "cpu family" in fields and "model" in fields:
+            details.append(f"family {fields['cpu family']} model {fields['model']}")
+        flags = set(fields.get("flags", "").split())
+        widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                                               ("sse4_2", "SSE4.2")) if flag in flags), None)
+        if widest:
+            details.append(widest)
     except OSError:
         pass
+    if details:
+        cpu = f"{cpu} ({', '.join(details)})"
     per_method = f"{threads} thread{'' if threads == 1 else 's'} per method"
     return f"{cpu}, {os.cpu_count()} logical CPUs, {per_method}, Python {platform.python_version()}"
 
@@ -279,16 +296,18 @@ def in_own_process(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def accuracy_table(results: list[dict], dataset: str) -> str:
-    lines = ["| method | success (IoU>0.5) | mean IoU | median ms / query | windows or positions evaluated | pairs |",
-             "|---|---:|---:|---:|---:|---:|"]
+    # the mean beside the median: a method whose cost varies by query (the look's second look runs
+    # on some queries only) has a median that hides it
+    lines = ["| method | success (IoU>0.5) | mean IoU | median ms / query | mean ms / query | windows or positions evaluated | pairs |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: -r["success_rate"] if r["pairs"] else 1.0):
         if not r["pairs"]:  # stopped before its first query finished (see in_own_process)
-            lines.append(f"| {r['method']} | - | - | no query finished in {r['timed_out_after_s']:.0f} s | | 0 |")
+            lines.append(f"| {r['method']} | - | - | no query finished in {r['timed_out_after_s']:.0f} s | | | 0 |")
             continue
         lines.append(f"| {r['method']} | {r['success_rate']:.3f} | {r['mean_iou']:.2f} | {r['median_ms']:.2f} | "
-                     f"{r['evaluated']} | {r['pairs']} |")
+                     f"{r.get('mean_ms', float('nan')):.2f} | {r['evaluated']} | {r['pairs']} |")
     for name, (success, ms) in PUBLISHED.get(dataset, {}).items():
-        lines.append(f"| published: {name} | {success:.2f} | | {ms} | | |")
+        lines.append(f"| published: {name} | {success:.2f} | | {ms} | | | |")
     return "\n".join(lines)
 
 
