@@ -74,7 +74,8 @@ def prepare_image(image: np.ndarray, channels: int, channel_order: str = "rgb", 
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-        raise ValueError(f"{name} must be (H, W) grayscale or (H, W, 3) colour, got shape {image.shape}")
+        raise ValueError(f"{name} must be (H, W) grayscale, (H, W, 3) colour or (H, W, 4) colour with alpha "
+                         f"(ignored), got shape {image.shape}")
     if min(image.shape[:2]) < 1:
         raise ValueError(f"{name} is empty: shape {image.shape}")
     if image.dtype != np.uint8:

@@ -26,6 +26,7 @@ from agents.multiscale_look import (
     _centred_pixels,
     _level_resize,
     _RowCorrelation,
+    config_dict,
     fill_colour,
     level_image,
     pyramid,
@@ -433,6 +434,22 @@ def test_save_and_load_round_trip(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value)
 
 
+def test_separable_stem_has_the_same_cells_fewer_weights_and_loads_back(tmp_path):
+    torch.manual_seed(4)
+    plain, stem = MultiScaleLook(), MultiScaleLook(LookConfig(separable_stem=True))
+    pixels = torch.rand(1, 3, 40, 56) * 255
+    assert plain.features(pixels).shape == stem.features(pixels).shape == (1, 48, 10, 14)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(stem) < count(plain)
+    loaded, _ = load_look_file(save_look_file(tmp_path / "stem.pt", stem))
+    assert loaded.config.separable_stem and loaded.config == stem.config
+    searcher = LookSearcher(loaded, threads=1)  # and it runs, through ONNX Runtime where installed
+    reference = textured(120, 160, seed=8)
+    assert searcher.locate(reference[30:70, 40:90], reference).box.shape == (4,)
+    # a file saved before the field existed (no "separable_stem" in its config) is a plain stem
+    assert LookConfig(**{k: v for k, v in config_dict(plain.config).items() if k != "separable_stem"}) == plain.config
+
+
 def test_locate_batch_equals_locate_per_pair(untrained):
     references = [textured(100, 150, seed=s) for s in (7, 8)]
     queries = [r[10:50, 20:70] for r in references]
@@ -566,6 +583,10 @@ def test_training_script_errors_are_clear(tmp_path):
     other = subprocess.run([sys.executable, script, *common, "--resume", str(tmp_path / "other.pt")],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert other.returncode != 0 and "pass the same --channels" in other.stderr
+    torch.save({"config": {"colour": "blue"}}, tmp_path / "foreign.pt")
+    foreign = subprocess.run([sys.executable, script, *common, "--resume", str(tmp_path / "foreign.pt")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert foreign.returncode == 2 and "pass the same --channels" in foreign.stderr and "Traceback" not in foreign.stderr
     offsets = subprocess.run([sys.executable, script, *common, "--level-offsets=-1,1"],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert offsets.returncode != 0 and "must include 0" in offsets.stderr

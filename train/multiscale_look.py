@@ -63,6 +63,7 @@ class Args:
     level_offsets: str = "-2,-1,0,1,2"  # levels around the target's whose crops compete in the softmax
     channels: str = "16,48,48,48"  # the CNN's four convolutions
     separable: int = 1  # 1: the last two convolutions depthwise-separable (faster)
+    separable_stem: int = 0  # 1: the second, strided convolution depthwise-separable too (faster, less accurate: README)
     side: int = 20  # the query's geometric-mean side on its canvas, pixels (16 with --canvas 24: 30% less time per query, 0.07 less success)
     canvas: int = 32  # the query canvas side, pixels (a multiple of 4, >= side * sqrt(2))
     smallest: float = 0.125  # the pyramid's smallest and largest target sides (fractions of the shorter
@@ -119,7 +120,7 @@ def main() -> None:
     args = Args(**vars(parser.parse_args()))
     try:
         config = LookConfig(channels=tuple(int(c) for c in args.channels.split(",")), separable=bool(args.separable),
-                            side=args.side, canvas=args.canvas, smallest=args.smallest, largest=args.largest)
+                            separable_stem=bool(args.separable_stem), side=args.side, canvas=args.canvas, smallest=args.smallest, largest=args.largest)
         offsets = [int(o) for o in args.level_offsets.split(",")]
         dataset_kwargs = json.loads(args.dataset_kwargs)
         if not isinstance(dataset_kwargs, dict):
@@ -149,10 +150,10 @@ def main() -> None:
     look = MultiScaleLook(config)
     if args.init:
         start, _ = load_look_file(args.init)
-        network = lambda c: (c.channels, c.separable, c.side, c.canvas)  # noqa: E731  (what the weights mean)
+        network = lambda c: (c.channels, c.separable, c.separable_stem, c.side, c.canvas)  # noqa: E731  (what the weights mean)
         if network(start.config) != network(config):
             parser.error(f"--init {args.init} holds a look {start.config}, but the flags ask for {config}: pass its "
-                         "--channels/--separable/--side/--canvas")
+                         "--channels/--separable/--separable-stem/--side/--canvas")
         look.load_state_dict(start.state_dict())
     optimizer = torch.optim.Adam(look.parameters(), lr=args.learning_rate)
     steps_per_epoch = -(-args.train_pairs // args.batch_size)
@@ -167,9 +168,14 @@ def main() -> None:
             parser.error(f"--resume {args.resume} continues a run of {state['epochs']} epochs (its learning-rate "
                          f"schedule spans them): pass --epochs {state['epochs']}; to train a finished look further, "
                          "start a new run from it with --init <its look.pt>")
-        if state.get("config") != config_dict(config):
+        try:  # through LookConfig: a run saved before a field existed has that field's default
+            saved_config = config_dict(LookConfig(**state.get("config", {})))
+        except (TypeError, ValueError):  # not a look's configuration
+            saved_config = None
+        if saved_config != config_dict(config):
             parser.error(f"--resume {args.resume} holds a look {state.get('config')}, but the flags ask for "
-                         f"{dataclasses.asdict(config)}: pass the same --channels/--separable/--side/--canvas as that run")
+                         f"{dataclasses.asdict(config)}: pass the same --channels/--separable/--separable-stem/--side/--canvas "
+                         "as that run")
         look.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
