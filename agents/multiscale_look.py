@@ -163,8 +163,7 @@ class MultiScaleLook(nn.Module):
         :return: ``(N, C, K, K)``: the query's features on its cells divided by the number of
             cells, so that correlating it gives the mean cosine similarity in ``[-1, 1]``.
         """
-        masked = self.features(canvas) * cells[:, None]
-        return masked / cells.sum((1, 2)).clamp(min=1.0)[:, None, None, None]
+        return _mean_over_cells(self.features(canvas), cells)
 
     def forward(self, canvas: torch.Tensor, cells: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
         """Training logits: each query's kernel over its own crops.
@@ -181,6 +180,12 @@ class MultiScaleLook(nn.Module):
         maps = maps.view(n, levels, c, h, w).transpose(0, 1).reshape(levels, n * c, h, w)
         scores = F.conv2d(maps, kernels, groups=n)  # (L, N, P, Q)
         return scores.transpose(0, 1).reshape(n, -1) * self.log_temperature.exp()
+
+
+def _mean_over_cells(features: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """``(N, C, K, K)`` features kept on the ``(N, K, K)`` cell mask and divided by the number of
+    cells: a kernel whose correlation is the mean cosine similarity over the query's cells."""
+    return features * cells[:, None] / cells.sum((1, 2)).clamp(min=1.0)[:, None, None, None]
 
 
 class _CentredFeatures(nn.Module):
@@ -252,38 +257,24 @@ class _Kernel(nn.Module):
         self.features = _CentredFeatures(look.features)
 
     def forward(self, canvas: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        masked = self.features(canvas) * cells[:, None]
-        return masked / cells.sum((1, 2)).clamp(min=1.0)[:, None, None, None]
+        return _mean_over_cells(self.features(canvas), cells)
 
 
 class _Score(nn.Module):
-    """One pyramid level's score map, for export: ``(1, 3, H, W)`` centred pixels and
-    ``(1, C, K, K)`` kernel -> ``(1, 1, P, Q)`` mean cosine similarities, the same as
-    ``F.conv2d(features(pixels), kernel)`` (see :class:`_RowCorrelation`)."""
+    """Score maps, for export: ``(N, 3, H, W)`` centred pixels (a pyramid level, or the second
+    look's patches) and a ``(1, C, K, K)`` kernel -> ``(N, 1, P, Q)`` mean cosine similarities,
+    the same as ``F.conv2d(features(pixels), kernel)`` (see :class:`_RowCorrelation`).
 
-    def __init__(self, look: MultiScaleLook) -> None:
+    :param kernel_cells: ``K`` (default: the look's own; the second look's kernel is larger).
+    """
+
+    def __init__(self, look: MultiScaleLook, kernel_cells: Optional[int] = None) -> None:
         super().__init__()
         self.features = _CentredFeatures(look.features)
-        self.correlate = _RowCorrelation(look.config.kernel_cells)
+        self.correlate = _RowCorrelation(kernel_cells or look.config.kernel_cells)
 
     def forward(self, pixels: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         return self.correlate(self.features(pixels), kernel)
-
-
-class _CloserLook(nn.Module):
-    """The second look at the best candidates, for export: ``(1, 3, c, c)`` centred canvas of the
-    query drawn larger, its ``(1, k, k)`` cell mask and ``(N, 3, p, p)`` centred patches of the
-    reference around the candidates at the same scale -> ``(N, 1, m, m)`` mean cosine
-    similarities around each candidate's centre."""
-
-    def __init__(self, look: MultiScaleLook, kernel_cells: int) -> None:
-        super().__init__()
-        self.kernel = _Kernel(look)
-        self.features = self.kernel.features
-        self.correlate = _RowCorrelation(kernel_cells)
-
-    def forward(self, canvas: torch.Tensor, cells: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        return self.correlate(self.features(patches), self.kernel(canvas, cells))
 
 
 # ---------------------------------------------------------------------------------- geometry
@@ -554,7 +545,9 @@ class _LookRuntime:
 
     def __init__(self, look: MultiScaleLook, threads: int) -> None:
         self.look = look.eval()
-        self.session = self.kernel_session = None
+        self.session = None
+        #: kernel sessions by query canvas side (the first look's, and the second look's larger one)
+        self.kernel_sessions: dict[int, Any] = {}
         try:
             from agents.cnn_runtime import onnx_session, onnxruntime_available
 
@@ -565,39 +558,46 @@ class _LookRuntime:
                                             {"pixels": {2: "h", 3: "w"}, "scores": {2: "p", 3: "q"}}, threads)
                 # The kernel too: a PyTorch call costs about 0.3 ms of overhead even for a 32x32 canvas.
                 example = (torch.zeros(1, 3, cfg.canvas, cfg.canvas), torch.zeros(1, k, k))
-                self.kernel_session = onnx_session(_Kernel(look), example, ["canvas", "cells"], ["kernel"], {}, threads)
+                self.kernel_sessions[cfg.canvas] = onnx_session(_Kernel(look), example, ["canvas", "cells"], ["kernel"],
+                                                                {}, threads)
         except Exception as err:  # noqa: BLE001  (a speed-up only: PyTorch gives the same scores)
             warnings.warn(f"could not run the look in ONNX Runtime ({err}); using PyTorch", RuntimeWarning, stacklevel=3)
-            self.session = self.kernel_session = None
+            self.session, self.kernel_sessions = None, {}
         self.name = "onnxruntime" if self.session is not None else "torch"
         self.threads = threads
-        #: the second look's sessions, one per (query canvas side, number of patches): the kernel's
-        #: shape is fixed in the graph, and ONNX Runtime re-plans a session whenever its input shape
+        #: the second look's sessions, one per (kernel side, number of patches): the kernel's side
+        #: is fixed in the graph, and ONNX Runtime re-plans a session whenever its input shape
         #: changes (measured: alternating 4 and 3 patches cost 3.5 ms a call, against 2.5 / 2.1 ms)
         self.closer_sessions: dict[tuple[int, int], Any] = {}
 
     def kernel(self, canvas: np.ndarray, cells: np.ndarray) -> np.ndarray:
         """``(1, C, K, K)`` float32 kernel of one ``(canvas, canvas, 3)`` canvas and its ``(K, K)`` mask."""
-        if self.kernel_session is not None:
-            return self.kernel_session.run(None, {"canvas": _centred_pixels(canvas[None]), "cells": cells[None]})[0]
-        with torch.inference_mode():
-            return self.look.kernel(_torch_pixels(canvas[None]), torch.from_numpy(cells)[None]).numpy()
-
-    def closer_scores(self, canvas: np.ndarray, cells: np.ndarray, patches: np.ndarray) -> np.ndarray:
-        """``(N, m, m)`` scores of the query's ``(c, c, 3)`` canvas with ``(k, k)`` cell mask against
-        ``(N, p, p, 3)`` uint8 patches (``m = (p - c) / 4 + 1``; see :class:`_CloserLook`)."""
         if self.session is None:
             with torch.inference_mode():
-                kernel = self.look.kernel(_torch_pixels(canvas[None]), torch.from_numpy(cells)[None])
-                return F.conv2d(self.look.features(_torch_pixels(patches)), kernel)[:, 0].numpy()
-        inputs = {"canvas": _centred_pixels(canvas[None]), "cells": cells[None], "patches": _centred_pixels(patches)}
-        key = (canvas.shape[0], len(patches))
+                return self.look.kernel(_torch_pixels(canvas[None]), torch.from_numpy(cells)[None]).numpy()
+        inputs = {"canvas": _centred_pixels(canvas[None]), "cells": cells[None]}
+        side = canvas.shape[0]
+        if side not in self.kernel_sessions:
+            from agents.cnn_runtime import onnx_session
+
+            example = tuple(torch.from_numpy(v) for v in inputs.values())
+            self.kernel_sessions[side] = onnx_session(_Kernel(self.look), example, list(inputs), ["kernel"], {}, self.threads)
+        return self.kernel_sessions[side].run(None, inputs)[0]
+
+    def closer_scores(self, kernel: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        """``(N, m, m)`` scores of a ``(1, C, k, k)`` kernel (the second look's) against ``(N, p, p, 3)``
+        uint8 patches, ``m = p / 4 - k + 1``."""
+        if self.session is None:
+            with torch.inference_mode():
+                return F.conv2d(self.look.features(_torch_pixels(patches)), torch.from_numpy(kernel))[:, 0].numpy()
+        inputs = {"pixels": _centred_pixels(patches), "kernel": kernel}
+        key = (kernel.shape[-1], len(patches))
         if key not in self.closer_sessions:
             from agents.cnn_runtime import onnx_session
 
             example = tuple(torch.from_numpy(v) for v in inputs.values())
-            self.closer_sessions[key] = onnx_session(_CloserLook(self.look, cells.shape[0]), example, list(inputs), ["scores"],
-                                                     {"patches": {2: "p", 3: "p"}, "scores": {2: "m", 3: "m"}}, self.threads)
+            self.closer_sessions[key] = onnx_session(_Score(self.look, kernel.shape[-1]), example, list(inputs), ["scores"],
+                                                     {"pixels": {2: "p", 3: "p"}, "scores": {2: "m", 3: "m"}}, self.threads)
         return self.closer_sessions[key].run(None, inputs)[0][:, 0]
 
     def scores(self, image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -684,10 +684,10 @@ class LookSearcher:
         if self.candidates > 1:  # build the second look's usual sessions now, not inside the first queries
             closer = self._closer_config()
             size = closer.canvas + 2 * CLOSER_MARGIN * STRIDE
+            kernel = self._runtime.kernel(np.zeros((closer.canvas, closer.canvas, 3), np.uint8),
+                                          np.ones((closer.kernel_cells, closer.kernel_cells), np.float32))
             for count in {self.candidates, 3}:  # the candidates, and the three sizes of the answer
-                self._runtime.closer_scores(np.zeros((closer.canvas, closer.canvas, 3), np.uint8),
-                                            np.ones((closer.kernel_cells, closer.kernel_cells), np.float32),
-                                            np.zeros((count, size, size, 3), np.uint8))
+                self._runtime.closer_scores(kernel, np.zeros((count, size, size, 3), np.uint8))
         self._warned_small = False
         #: where the look runs: "onnxruntime" or "torch"
         self.runtime: str = self._runtime.name
@@ -726,9 +726,9 @@ class LookSearcher:
                               level_sides=sides / factor, level_scores=np.array(best), positions=positions)
         # Close runners-up: every candidate looked at again at twice the resolution; the answer is
         # the candidate with the best sum of its two scores.
-        drawn = template_canvas(query, self._closer_config())  # the query's canvas and cells for the second look
+        kernel = self._closer_kernel(query)
         fill = fill_colour(working)
-        closer = self._closer_scores(drawn, working, fill, [(*self._centre(scales, level, row, col), sides[level])
+        closer = self._closer_scores(kernel, working, fill, [(*self._centre(scales, level, row, col), sides[level])
                                                             for _, level, row, col in peaks])
         totals = np.array([p[0] for p in peaks]) + closer.max(axis=(1, 2))
         pick = int(np.argmax(totals))
@@ -737,7 +737,7 @@ class LookSearcher:
         neighbours = tuple(self._score_near(maps, scales, other, centre) if 0 <= other < len(maps) else None
                            for other in (level - 1, level + 1))
         box = self._box(query, maps, sides, scales, level, row, col, neighbours)
-        box = _inside(self._closer_size(drawn, query.shape[1] / query.shape[0], working, fill, box) / factor, reference)
+        box = _inside(self._closer_size(kernel, query.shape[1] / query.shape[0], working, fill, box) / factor, reference)
         grid = _inside(np.stack([self._grid_box(query, sides, scales, p[1], p[2], p[3]) for p in peaks]) / factor, reference)
         scores = np.clip(np.append(totals, totals[pick]) / 2.0, 0.0, 1.0)  # the mean of the two looks' scores
         return LookResult(box=box, path=np.concatenate([grid, box[None]]), scores=scores, level_sides=sides / factor,
@@ -808,7 +808,7 @@ class LookSearcher:
                     break
         return [(float(peaks[i, 0]), int(levels[i]), int(peaks[i, 2]), int(peaks[i, 3])) for i in kept]
 
-    def _closer_size(self, drawn: tuple[np.ndarray, np.ndarray], aspect: float, working: np.ndarray,
+    def _closer_size(self, kernel: np.ndarray, aspect: float, working: np.ndarray,
                      fill: np.ndarray, box: np.ndarray) -> np.ndarray:
         """``box`` (working pixels) resized by the second look: its scores at the box's size and at
         half a level step smaller and larger (same centre), and the parabola through them; a
@@ -819,7 +819,7 @@ class LookSearcher:
         centre_x, centre_y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         side = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
         half_step = math.sqrt(self.config.level_step)
-        scores = self._closer_scores(drawn, working, fill, [(centre_x, centre_y, side * half_step ** k) for k in (-1, 0, 1)])
+        scores = self._closer_scores(kernel, working, fill, [(centre_x, centre_y, side * half_step ** k) for k in (-1, 0, 1)])
         smaller, same, larger = scores.max(axis=(1, 2)).tolist()
         if same >= max(smaller, larger):
             shift = refine_peak(smaller, same, larger)
@@ -831,22 +831,25 @@ class LookSearcher:
         """The look's configuration for the second look: the query drawn :data:`CLOSER_ZOOM` times larger."""
         return dataclasses.replace(self.config, side=CLOSER_ZOOM * self.config.side, canvas=CLOSER_ZOOM * self.config.canvas)
 
-    def _closer_scores(self, drawn: tuple[np.ndarray, np.ndarray], working: np.ndarray, fill: np.ndarray,
+    def _closer_kernel(self, query: np.ndarray) -> np.ndarray:
+        """``(1, C, k, k)`` kernel of the query drawn for the second look (:meth:`_closer_config`)."""
+        return self._runtime.kernel(*template_canvas(query, self._closer_config()))
+
+    def _closer_scores(self, kernel: np.ndarray, working: np.ndarray, fill: np.ndarray,
                        places: Sequence[tuple[float, float, float]]) -> np.ndarray:
         """``(K, m, m)`` scores of the query drawn at twice the look's size against patches of the
         working reference, each centred on a place and scaled so that a target of the place's side
         is drawn at that size too (``m = 5``: the centre and two cells either way, so a candidate
         one coarse position off still meets the query).
 
-        :param drawn: the query's canvas and cells for the second look (:meth:`_closer_config`).
+        :param kernel: the query's kernel for the second look (:meth:`_closer_kernel`).
         :param fill: the working reference's mean colour (what lies outside it).
         :param places: ``K`` ``(centre x, centre y, target side)`` in working pixels.
         """
-        canvas, cells = drawn
-        size = canvas.shape[0] + 2 * CLOSER_MARGIN * STRIDE
+        size = CLOSER_ZOOM * self.config.canvas + 2 * CLOSER_MARGIN * STRIDE
         closer_side = CLOSER_ZOOM * self.config.side
         patches = np.stack([patch_around(working, x, y, closer_side / side, size, fill) for x, y, side in places])
-        return self._runtime.closer_scores(canvas, cells, patches)
+        return self._runtime.closer_scores(kernel, patches)
 
     def _warn_if_smaller_than_searched(self, query: np.ndarray, reference: np.ndarray) -> None:
         """Once per searcher: a query under half the smallest target side searched for most often

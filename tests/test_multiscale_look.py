@@ -268,7 +268,7 @@ def test_onnx_runtime_and_pytorch_give_the_same_scores():
     canvas, cells = template_canvas(reference[10:40, 20:60], look.config)
     kernel = fast._runtime.kernel(canvas, cells)
     slow = fast._runtime.__class__.__new__(fast._runtime.__class__)
-    slow.look, slow.session, slow.kernel_session, slow.name = look, None, None, "torch"
+    slow.look, slow.session, slow.name = look, None, "torch"
     assert np.allclose(kernel, slow.kernel(canvas, cells), atol=1e-6)
     assert np.allclose(fast._runtime.scores(reference, kernel), slow.scores(reference, kernel), atol=1e-4)
 
@@ -279,12 +279,14 @@ def test_onnx_runtime_and_pytorch_give_the_same_second_look():
     look = MultiScaleLook()
     fast = LookSearcher(look, threads=1)
     slow = fast._runtime.__class__.__new__(fast._runtime.__class__)
-    slow.look, slow.session, slow.kernel_session, slow.name = look, None, None, "torch"
+    slow.look, slow.session, slow.name = look, None, "torch"
     closer = LookConfig(side=2 * look.config.side, canvas=2 * look.config.canvas)
     canvas, cells = template_canvas(textured(50, 70, seed=3), closer)
     patches = np.stack([textured(closer.canvas + 16, closer.canvas + 16, seed=s) for s in range(3)])
-    got = fast._runtime.closer_scores(canvas, cells, patches)
-    assert got.shape == (3, 5, 5) and np.allclose(got, slow.closer_scores(canvas, cells, patches), atol=1e-4)
+    kernel = fast._runtime.kernel(canvas, cells)
+    assert np.allclose(kernel, slow.kernel(canvas, cells), atol=1e-6)
+    got = fast._runtime.closer_scores(kernel, patches)
+    assert got.shape == (3, 5, 5) and np.allclose(got, slow.closer_scores(kernel, patches), atol=1e-4)
     assert np.abs(got).max() <= 1.0 + 1e-5  # mean cosine similarities
 
 
@@ -352,9 +354,9 @@ def test_second_look_answers_with_the_best_sum_of_both_scores(shipped):
         query = pair.template
         maps, sides, scales, factor, working = searcher._score_maps(query, pair.reference)
         peaks = searcher._peaks(query, maps, sides, scales)
-        drawn = template_canvas(query, searcher._closer_config())
+        kernel = searcher._closer_kernel(query)
         places = [(*searcher._centre(scales, level, row, col), sides[level]) for _, level, row, col in peaks]
-        totals = [p[0] for p in peaks] + searcher._closer_scores(drawn, working, fill_colour(working), places).max(axis=(1, 2))
+        totals = [p[0] for p in peaks] + searcher._closer_scores(kernel, working, fill_colour(working), places).max(axis=(1, 2))
         best = peaks[int(np.argmax(totals))]
         result = searcher.locate(query, pair.reference)
         grid = searcher._grid_box(query, sides, scales, *best[1:]) / factor
@@ -617,7 +619,7 @@ def test_second_look_resizes_a_box_towards_the_target(shipped):
         for k in (-1.0, -0.75, -0.5, 0.5, 0.75, 1.0):
             offered = np.array([135 - 35 * half_step ** k, 105 - 35 * half_step ** k,
                                 135 + 35 * half_step ** k, 105 + 35 * half_step ** k])
-            resized = shipped._closer_size(template_canvas(query, shipped._closer_config()), 1.0, reference,
+            resized = shipped._closer_size(shipped._closer_kernel(query), 1.0, reference,
                                            fill_colour(reference), offered)
             assert np.allclose((resized[:2] + resized[2:]) / 2, (135, 105))  # the centre stays
             before, after = abs(k * math.log(half_step)), abs(math.log((resized[2] - resized[0]) / 70))
