@@ -11,8 +11,8 @@ What is measured, and how it is kept fair:
 * each method runs **in its own process** with one CPU thread (``torch.set_num_threads(1)``,
   ``cv2.setNumThreads(1)``); the pairs are generated in memory before timing (no image decoding
   in the timed region); the first ``--warmup`` queries are run and not timed; the reported time
-  is the **median** over the timed queries of one ``locate(query, reference)`` call (the JSON
-  also has the mean, which differs where a method's cost varies between queries);
+  is the **median** over the timed queries of one ``locate(query, reference)`` call (the table
+  and the JSON also have the mean, which differs where a method's cost varies between queries);
 * "evaluated" is the number of windows or positions a method scores per query (median);
 * a method times queries until ``--max-seconds`` have passed; a worker still running two minutes
   after that (one query slower than the whole budget) is stopped and reported as "no query
