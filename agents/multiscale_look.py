@@ -31,6 +31,7 @@ search; :class:`LookSearcher` is its inference API.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -202,12 +203,9 @@ class _CentredFeatures(nn.Module):
 
     def __init__(self, features: LookFeatures) -> None:
         super().__init__()
-        first = features.net[0]
-        scaled = nn.Conv2d(first.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding)
+        self.net = copy.deepcopy(features.net)  # as agents.cnn_runtime.on_0_255_pixels does for the agents' CNN
         with torch.no_grad():
-            scaled.weight.copy_(first.weight / 255.0)
-            scaled.bias.copy_(first.bias)
-        self.net = nn.Sequential(scaled, *features.net[1:])
+            self.net[0].weight.div_(255.0)
 
     def forward(self, centred: torch.Tensor) -> torch.Tensor:
         out = self.net(centred)
