@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -49,7 +50,7 @@ from agents.model_files import read_model_file, write_model_file
 from agents.searcher import SearchResult, prepare_image
 from matchenv.datasets.base import SearchPair
 from matchenv.datasets.photos import DEFAULT_MAX_SIDE, to_working_size
-from matchenv.geometry import iou_of_floats, resize_image
+from matchenv.geometry import iou, iou_of_floats, resize_image
 
 #: pixels per feature cell of :class:`LookFeatures` (two stride-2 convolutions).
 STRIDE = 4
@@ -220,30 +221,60 @@ def _centred_pixels(images: np.ndarray) -> np.ndarray:
     return out
 
 
-class _RowCorrelation(nn.Module):
-    """``F.conv2d(features, kernel)`` for one ``(1, C, K, K)`` kernel given at run time, rewritten
-    for ONNX Runtime: ``(N, C, H, W)`` unit features -> ``(N, 1, H - K + 1, W - K + 1)``.
+def _row_filters(features: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` features and a ``(1, C, k, k')`` kernel given at run time -> ``(N, k, H,
+    W - k' + 1)``: plane ``dy`` is every position's correlation with kernel row ``dy`` (a ``1 x k'``
+    filter). :func:`_sum_rows` of it is ``F.conv2d(features, kernel)``.
 
-    ONNX Runtime runs a convolution whose weights are an input by im2col: a ``C * K * K`` by
-    ``positions`` matrix with one output row, memory-bound and about half of a pyramid level's
-    time. Here each kernel row ``dy`` is a ``1 x K`` filter (``K`` outputs: every position's sum
-    along a row of cells for each ``dy``), and a ``K x 1`` convolution with one-hot weights adds
-    the row sums ``dy`` cells down. Measured against that single convolution (one thread): 0.60
-    vs 2.9 ms on a 40x64-cell map with an 8x8 kernel, 0.49 vs 1.4 ms on four 20x20 maps with a
-    16x16 kernel (the second look).
+    Why: ONNX Runtime runs a convolution whose weights are an input by im2col (a ``C * k * k'`` by
+    ``positions`` matrix with one output row: memory-bound, about half of a pyramid level's time);
+    ``k`` outputs use its convolution kernels well. Measured against that single convolution (one
+    thread, with the row sums as a one-hot convolution): 0.60 vs 2.9 ms on a 40x64-cell map with
+    an 8x8 kernel, 0.49 vs 1.4 ms on four 20x20 maps with a 16x16 kernel (the second look).
+    """
+    return F.conv2d(features, kernel[0].transpose(0, 1).unsqueeze(2))
+
+
+def _sum_rows(planes: np.ndarray) -> np.ndarray:
+    """``(N, k, H, Q)`` row correlations (:func:`_row_filters`) -> ``(N, H - k + 1, Q)``: each
+    position's sum of plane ``dy`` read ``dy`` cells down, i.e. the correlation with the whole
+    kernel. (A handful of numpy additions: cheaper than a one-hot convolution in the graph, which
+    would need the kernel's height fixed.)"""
+    rows = planes.shape[1]
+    height = planes.shape[2] - rows + 1
+    total = planes[:, 0, :height].copy()
+    for dy in range(1, rows):
+        total += planes[:, dy, dy : dy + height]
+    return total
+
+
+@dataclass(frozen=True)
+class _KernelPart:
+    """A query's ``(1, C, K, K)`` kernel trimmed to the cells that hold the query (:func:`_trimmed`).
+
+    :param weights: ``(1, C, k, k')`` the nonzero part. :param top: its first row in the kernel.
+    :param left: its first column. :param side: ``K``, the whole kernel's side.
     """
 
-    def __init__(self, kernel_cells: int) -> None:
-        super().__init__()
-        k = kernel_cells
-        sum_rows = torch.zeros(1, k, k, 1)  # input plane dy read dy cells down
-        for shift in range(k):
-            sum_rows[0, shift, shift, 0] = 1.0
-        self.register_buffer("sum_rows", sum_rows)
+    weights: np.ndarray
+    top: int
+    left: int
+    side: int
 
-    def forward(self, features: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        rows = kernel[0].transpose(0, 1).unsqueeze(2)  # (K, C, 1, K): kernel row dy as a 1 x K filter
-        return F.conv2d(F.conv2d(features, rows), self.sum_rows)
+
+def _trimmed(kernel: np.ndarray) -> _KernelPart:
+    """The smallest part of a ``(1, C, K, K)`` kernel that holds all its nonzero cells.
+
+    Why: the kernel is zero outside the query's cells (:func:`_mean_over_cells`), and a square
+    query covers 5x5 of the 8x8 cells; correlating the part and keeping the positions of the whole
+    kernel gives the same scores (:meth:`_LookRuntime.scores`) for 25/64 of the correlation's work.
+    """
+    cells = np.any(kernel[0] != 0.0, axis=0)
+    rows, cols = np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
+    if rows.size == 0:  # all zero: any one cell gives the same (zero) scores
+        rows = cols = np.zeros(1, np.int64)
+    part = kernel[:, :, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return _KernelPart(np.ascontiguousarray(part), int(rows[0]), int(cols[0]), kernel.shape[-1])
 
 
 class _Kernel(nn.Module):
@@ -258,21 +289,18 @@ class _Kernel(nn.Module):
         return _mean_over_cells(self.features(canvas), cells)
 
 
-class _Score(nn.Module):
-    """Score maps, for export: ``(N, 3, H, W)`` centred pixels (a pyramid level, or the second
-    look's patches) and a ``(1, C, K, K)`` kernel -> ``(N, 1, P, Q)`` mean cosine similarities,
-    the same as ``F.conv2d(features(pixels), kernel)`` (see :class:`_RowCorrelation`).
+class _RowScores(nn.Module):
+    """The look's features and :func:`_row_filters`, for export: ``(N, 3, H, W)`` centred pixels
+    (a pyramid level, or the second look's patches) and a ``(1, C, k, k')`` kernel -> ``(N, k, h,
+    q)`` row correlations (``h = ceil(H / 4)``), whose :func:`_sum_rows` are the mean cosine
+    similarities ``F.conv2d(features(pixels), kernel)``."""
 
-    :param kernel_cells: ``K`` (default: the look's own; the second look's kernel is larger).
-    """
-
-    def __init__(self, look: MultiScaleLook, kernel_cells: Optional[int] = None) -> None:
+    def __init__(self, look: MultiScaleLook) -> None:
         super().__init__()
         self.features = _CentredFeatures(look.features)
-        self.correlate = _RowCorrelation(kernel_cells or look.config.kernel_cells)
 
     def forward(self, pixels: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        return self.correlate(self.features(pixels), kernel)
+        return _row_filters(self.features(pixels), kernel)
 
 
 # ---------------------------------------------------------------------------------- geometry
@@ -538,72 +566,85 @@ def load_look_file(path: Union[str, Path]) -> tuple[MultiScaleLook, dict[str, An
 
 # ---------------------------------------------------------------------------------- inference
 class _LookRuntime:
-    """Kernels and score maps for inference: ONNX Runtime when installed (image size left free),
-    else PyTorch (the same arithmetic)."""
+    """Kernels and score maps for inference: ONNX Runtime when installed (image and kernel sizes
+    left free), else PyTorch (the same arithmetic).
 
-    def __init__(self, look: MultiScaleLook, threads: int) -> None:
+    :param onnx: use ONNX Runtime when it is installed; ``False``: PyTorch.
+    """
+
+    def __init__(self, look: MultiScaleLook, threads: int, onnx: bool = True) -> None:
         self.look = look.eval()
-        self.session = None
+        self.threads = threads
         #: kernel sessions by query canvas side (the first look's, and the second look's larger one)
         self.kernel_sessions: dict[int, Any] = {}
+        #: score sessions by number of images: 1 for the pyramid's levels, and the second look's
+        #: batches of patches (ONNX Runtime re-plans a session whenever its input shape changes;
+        #: measured: alternating 4 and 3 patches in one session cost 3.5 ms a call, against 2.5 /
+        #: 2.1 ms in two)
+        self.score_sessions: dict[int, Any] = {}
+        self.name = "torch"
         try:
-            from agents.cnn_runtime import onnx_session, onnxruntime_available
+            from agents.cnn_runtime import onnxruntime_available
 
-            if onnxruntime_available():
-                cfg, k = look.config, look.config.kernel_cells
-                example = (torch.zeros(1, 3, 4 * cfg.canvas, 4 * cfg.canvas), torch.zeros(1, cfg.channels[3], k, k))
-                self.session = onnx_session(_Score(look), example, ["pixels", "kernel"], ["scores"],
-                                            {"pixels": {2: "h", 3: "w"}, "scores": {2: "p", 3: "q"}}, threads)
+            if onnx and onnxruntime_available():
+                self._score_session(1)
                 # The kernel too: a PyTorch call costs about 0.3 ms of overhead even for a 32x32 canvas.
-                example = (torch.zeros(1, 3, cfg.canvas, cfg.canvas), torch.zeros(1, k, k))
-                self.kernel_sessions[cfg.canvas] = onnx_session(_Kernel(look), example, ["canvas", "cells"], ["kernel"],
-                                                                {}, threads)
+                self._kernel_session(look.config.canvas)
+                self.name = "onnxruntime"
         except Exception as err:  # noqa: BLE001  (a speed-up only: PyTorch gives the same scores)
             warnings.warn(f"could not run the look in ONNX Runtime ({err}); using PyTorch", RuntimeWarning, stacklevel=3)
-            self.session, self.kernel_sessions = None, {}
-        self.name = "onnxruntime" if self.session is not None else "torch"
-        self.threads = threads
-        #: the second look's sessions, one per (kernel side, number of patches): the kernel's side
-        #: is fixed in the graph, and ONNX Runtime re-plans a session whenever its input shape
-        #: changes (measured: alternating 4 and 3 patches cost 3.5 ms a call, against 2.5 / 2.1 ms)
-        self.closer_sessions: dict[tuple[int, int], Any] = {}
+            self.kernel_sessions, self.score_sessions = {}, {}
 
-    def kernel(self, canvas: np.ndarray, cells: np.ndarray) -> np.ndarray:
-        """``(1, C, K, K)`` float32 kernel of one ``(canvas, canvas, 3)`` canvas and its ``(K, K)`` mask."""
-        if self.session is None:
-            with torch.inference_mode():
-                return self.look.kernel(_torch_pixels(canvas[None]), torch.from_numpy(cells)[None]).numpy()
-        inputs = {"canvas": _centred_pixels(canvas[None]), "cells": cells[None]}
-        side = canvas.shape[0]
+    def _score_session(self, count: int):
+        """The ONNX Runtime session of :class:`_RowScores` for ``count`` images at a time (built once)."""
+        if count not in self.score_sessions:
+            from agents.cnn_runtime import onnx_session
+
+            cfg, k = self.look.config, self.look.config.kernel_cells
+            example = (torch.zeros(count, 3, 4 * cfg.canvas, 4 * cfg.canvas), torch.zeros(1, cfg.channels[3], k, k))
+            self.score_sessions[count] = onnx_session(
+                _RowScores(self.look), example, ["pixels", "kernel"], ["rows"],
+                {"pixels": {2: "height", 3: "width"}, "rows": {2: "cell_rows", 3: "positions_x"}}, self.threads,
+                weight_axes={"kernel": {2: "kernel_rows", 3: "kernel_cols"}, "rows": {1: "kernel_rows"}})
+        return self.score_sessions[count]
+
+    def _kernel_session(self, side: int):
+        """The ONNX Runtime session of :class:`_Kernel` for canvases of ``side`` pixels (built once)."""
         if side not in self.kernel_sessions:
             from agents.cnn_runtime import onnx_session
 
-            example = tuple(torch.from_numpy(v) for v in inputs.values())
-            self.kernel_sessions[side] = onnx_session(_Kernel(self.look), example, list(inputs), ["kernel"], {}, self.threads)
-        return self.kernel_sessions[side].run(None, inputs)[0]
+            k = side // STRIDE
+            example = (torch.zeros(1, 3, side, side), torch.zeros(1, k, k))
+            self.kernel_sessions[side] = onnx_session(_Kernel(self.look), example, ["canvas", "cells"], ["kernel"],
+                                                      {}, self.threads)
+        return self.kernel_sessions[side]
 
-    def closer_scores(self, kernel: np.ndarray, patches: np.ndarray) -> np.ndarray:
-        """``(N, m, m)`` scores of a ``(1, C, k, k)`` kernel (the second look's) against ``(N, p, p, 3)``
-        uint8 patches, ``m = p / 4 - k + 1``."""
-        if self.session is None:
+    def kernel(self, canvas: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """``(1, C, K, K)`` float32 kernel of one ``(canvas, canvas, 3)`` canvas and its ``(K, K)`` mask."""
+        if self.name == "torch":
             with torch.inference_mode():
-                return F.conv2d(self.look.features(_torch_pixels(patches)), torch.from_numpy(kernel))[:, 0].numpy()
-        inputs = {"pixels": _centred_pixels(patches), "kernel": kernel}
-        key = (kernel.shape[-1], len(patches))
-        if key not in self.closer_sessions:
-            from agents.cnn_runtime import onnx_session
+                return self.look.kernel(_torch_pixels(canvas[None]), torch.from_numpy(cells)[None]).numpy()
+        return self._kernel_session(canvas.shape[0]).run(None, {"canvas": _centred_pixels(canvas[None]), "cells": cells[None]})[0]
 
-            example = tuple(torch.from_numpy(v) for v in inputs.values())
-            self.closer_sessions[key] = onnx_session(_Score(self.look, kernel.shape[-1]), example, list(inputs), ["scores"],
-                                                     {"pixels": {2: "p", 3: "p"}, "scores": {2: "m", 3: "m"}}, self.threads)
-        return self.closer_sessions[key].run(None, inputs)[0][:, 0]
+    def scores(self, images: np.ndarray, kernel: Union[np.ndarray, _KernelPart]) -> np.ndarray:
+        """``(N, P, Q)`` mean cosine similarity of a query's kernel at every position of each of
+        ``(N, H, W, 3)`` uint8 ``images`` (``P = ceil(H / 4) - K + 1``, likewise ``Q``).
 
-    def scores(self, image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        """``(P, Q)`` mean cosine similarity of the kernel at every position of ``(H, W, 3)`` ``image``."""
-        if self.session is not None:
-            return self.session.run(None, {"pixels": _centred_pixels(image[None]), "kernel": kernel})[0][0, 0]
-        with torch.inference_mode():
-            return F.conv2d(self.look.features(_torch_pixels(image[None])), torch.from_numpy(kernel))[0, 0].numpy()
+        :param kernel: ``(1, C, K, K)`` (:meth:`kernel`), or its :func:`_trimmed` part (trimmed
+            once per query by the searcher). Only the part is correlated, and the positions of the
+            whole kernel are kept: the same scores, less work.
+        """
+        part = kernel if isinstance(kernel, _KernelPart) else _trimmed(kernel)
+        weights = part.weights
+        if self.name == "torch":
+            with torch.inference_mode():
+                out = F.conv2d(self.look.features(_torch_pixels(images)), torch.from_numpy(weights))[:, 0].numpy()
+        else:
+            planes = self._score_session(len(images)).run(None, {"pixels": _centred_pixels(images), "kernel": weights})[0]
+            out = _sum_rows(planes)
+        rows = out.shape[1] - (part.side - weights.shape[2])
+        cols = out.shape[2] - (part.side - weights.shape[3])
+        return np.ascontiguousarray(out[:, part.top : part.top + rows, part.left : part.left + cols])
 
 
 def _torch_pixels(images: np.ndarray) -> torch.Tensor:
@@ -685,7 +726,7 @@ class LookSearcher:
             kernel = self._runtime.kernel(np.zeros((closer.canvas, closer.canvas, 3), np.uint8),
                                           np.ones((closer.kernel_cells, closer.kernel_cells), np.float32))
             for count in {self.candidates, 3}:  # the candidates, and the three sizes of the answer
-                self._runtime.closer_scores(kernel, np.zeros((count, size, size, 3), np.uint8))
+                self._runtime.scores(np.zeros((count, size, size, 3), np.uint8), kernel)
         self._warned_small = False
         #: where the look runs: "onnxruntime" or "torch"
         self.runtime: str = self._runtime.name
@@ -714,7 +755,8 @@ class LookSearcher:
         maps, sides, scales, factor, working = self._score_maps(query, reference)
         best = [float(m.max()) for m in maps]
         positions = int(sum(m.size for m in maps))
-        peaks = self._peaks(query, maps, sides, scales) if self.candidates > 1 else []
+        close = self.candidates > 1 and self._may_have_close_rival(query, maps, sides, scales, best)
+        peaks = self._peaks(query, maps, sides, scales) if close else []
         if len(peaks) < 2 or peaks[0][0] - peaks[1][0] > self.closer_gap:  # the best position of the best level
             level = int(np.argmax(best))
             row, col = np.unravel_index(int(np.argmax(maps[level])), maps[level].shape)
@@ -779,6 +821,30 @@ class LookSearcher:
         cols = slice(min(max(col - 1, 0), score_map.shape[1] - 1), min(max(col + 2, 1), score_map.shape[1]))
         return float(score_map[rows, cols].max())
 
+    def _may_have_close_rival(self, query, maps, sides, scales, best: list[float]) -> bool:
+        """Whether any position scores within :attr:`closer_gap` of the best and has a box that
+        overlaps the best position's by IoU under 0.3.
+
+        Why: the runner-up :meth:`_peaks` finds is such a position, so where there is none the
+        second look cannot run and :meth:`_peaks` (0.5-0.8 ms: every level's local maxima) is
+        skipped. Usually few positions score that close, so this costs a fraction of it.
+        """
+        level = int(np.argmax(best))
+        row, col = np.unravel_index(int(np.argmax(maps[level])), maps[level].shape)
+        top = self._grid_box(query, sides, scales, level, row, col)
+        floor = best[level] - self.closer_gap - 1e-9  # the same comparison as locate's, less rounding
+        half, aspect = self.config.canvas / 2, query.shape[1] / query.shape[0]
+        for other, score_map in enumerate(maps):
+            if best[other] < floor:
+                continue
+            rows, cols = np.nonzero(score_map >= floor)
+            scale_x, scale_y = scales[other]
+            centres = np.stack([(cols * STRIDE + half) / scale_x, (rows * STRIDE + half) / scale_y], axis=1)
+            extent = sides[other] * np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)]) / 2
+            if np.any(iou(np.concatenate([centres - extent, centres + extent], axis=1), top) < 0.3 + 1e-9):
+                return True
+        return False
+
     def _peaks(self, query, maps, sides, scales) -> list[tuple[float, int, int, int]]:
         """Up to :attr:`candidates` ``(score, level, row, col)``, best first: the local maxima of
         every level's scores (3x3), greedily kept when their box overlaps no better one's by IoU
@@ -806,7 +872,7 @@ class LookSearcher:
                     break
         return [(float(peaks[i, 0]), int(levels[i]), int(peaks[i, 2]), int(peaks[i, 3])) for i in kept]
 
-    def _closer_size(self, kernel: np.ndarray, aspect: float, working: np.ndarray,
+    def _closer_size(self, kernel: _KernelPart, aspect: float, working: np.ndarray,
                      fill: np.ndarray, box: np.ndarray) -> np.ndarray:
         """``box`` (working pixels) resized by the second look: its scores at the box's size and at
         half a level step smaller and larger (same centre), and the parabola through them; a
@@ -829,11 +895,11 @@ class LookSearcher:
         """The look's configuration for the second look: the query drawn :data:`CLOSER_ZOOM` times larger."""
         return dataclasses.replace(self.config, side=CLOSER_ZOOM * self.config.side, canvas=CLOSER_ZOOM * self.config.canvas)
 
-    def _closer_kernel(self, query: np.ndarray) -> np.ndarray:
-        """``(1, C, k, k)`` kernel of the query drawn for the second look (:meth:`_closer_config`)."""
-        return self._runtime.kernel(*template_canvas(query, self._closer_config()))
+    def _closer_kernel(self, query: np.ndarray) -> _KernelPart:
+        """The (trimmed) kernel of the query drawn for the second look (:meth:`_closer_config`)."""
+        return _trimmed(self._runtime.kernel(*template_canvas(query, self._closer_config())))
 
-    def _closer_scores(self, kernel: np.ndarray, working: np.ndarray, fill: np.ndarray,
+    def _closer_scores(self, kernel: _KernelPart, working: np.ndarray, fill: np.ndarray,
                        places: Sequence[tuple[float, float, float]]) -> np.ndarray:
         """``(K, m, m)`` scores of the query drawn at twice the look's size against patches of the
         working reference, each centred on a place and scaled so that a target of the place's side
@@ -847,7 +913,7 @@ class LookSearcher:
         size = CLOSER_ZOOM * self.config.canvas + 2 * CLOSER_MARGIN * STRIDE
         closer_side = CLOSER_ZOOM * self.config.side
         patches = np.stack([patch_around(working, x, y, closer_side / side, size, fill) for x, y, side in places])
-        return self._runtime.closer_scores(kernel, patches)
+        return self._runtime.scores(patches, kernel)
 
     def _warn_if_smaller_than_searched(self, query: np.ndarray, reference: np.ndarray) -> None:
         """Once per searcher: a query under half the smallest target side searched for most often
@@ -882,10 +948,10 @@ class LookSearcher:
         working reference."""
         reference = prepare_image(reference, 3, self.channel_order, "reference")
         working, factor = to_working_size(reference, self.config.max_side)
-        kernel = self._runtime.kernel(*template_canvas(query, self.config))
+        kernel = _trimmed(self._runtime.kernel(*template_canvas(query, self.config)))
         maps, scales = [], []
         for image, scale_x, scale_y in pyramid(working, self.config.level_sides(min(working.shape[:2])), self.config):
-            maps.append(self._runtime.scores(image, kernel))
+            maps.append(self._runtime.scores(image[None], kernel)[0])
             scales.append((scale_x, scale_y))
         # the target side each level's kernel matches, from the level's actual scales (sizes are rounded)
         sides = self.config.side / np.sqrt(np.prod(scales, axis=1))

@@ -25,7 +25,10 @@ from agents.multiscale_look import (
     _CentredFeatures,
     _centred_pixels,
     _level_resize,
-    _RowCorrelation,
+    _LookRuntime,
+    _row_filters,
+    _sum_rows,
+    _trimmed,
     config_dict,
     fill_colour,
     level_image,
@@ -228,20 +231,56 @@ def test_scores_are_mean_cosine_similarities_in_minus_one_to_one(untrained):
     reference = textured(100, 140)
     canvas, cells = template_canvas(reference[30:60, 40:70], untrained.config)
     kernel = untrained._runtime.kernel(canvas, cells)
-    scores = untrained._runtime.scores(reference, kernel)
+    scores = untrained._runtime.scores(reference[None], kernel)
     k = untrained.config.kernel_cells
-    assert scores.shape == (100 // 4 - k + 1, 140 // 4 - k + 1)
+    assert scores.shape == (1, 100 // 4 - k + 1, 140 // 4 - k + 1)
     assert scores.max() <= 1.0 + 1e-5 and scores.min() >= -1.0 - 1e-5
 
 
-@pytest.mark.parametrize("kernel_cells, height, width", [(8, 20, 33), (16, 20, 20), (3, 9, 5)])
-def test_row_correlation_equals_the_plain_correlation(kernel_cells, height, width):
-    torch.manual_seed(kernel_cells)
+@pytest.mark.parametrize("kernel_shape, height, width", [((8, 8), 20, 33), ((16, 16), 20, 20), ((3, 3), 9, 5), ((5, 2), 9, 7)])
+def test_row_correlation_equals_the_plain_correlation(kernel_shape, height, width):
+    torch.manual_seed(kernel_shape[0])
     features = F.normalize(torch.randn(3, 48, height, width), dim=1)
-    kernel = torch.randn(1, 48, kernel_cells, kernel_cells) / kernel_cells ** 2
-    got = _RowCorrelation(kernel_cells)(features, kernel)
-    assert got.shape == (3, 1, height - kernel_cells + 1, width - kernel_cells + 1)
-    assert torch.allclose(got, F.conv2d(features, kernel), atol=1e-5)
+    kernel = torch.randn(1, 48, *kernel_shape) / (kernel_shape[0] * kernel_shape[1])
+    got = _sum_rows(_row_filters(features, kernel).numpy())
+    assert got.shape == (3, height - kernel_shape[0] + 1, width - kernel_shape[1] + 1)
+    assert np.allclose(got, F.conv2d(features, kernel)[:, 0].numpy(), atol=1e-5)
+
+
+def test_trimmed_kernel_is_the_part_holding_every_nonzero_cell():
+    kernel = np.zeros((1, 4, 8, 8), np.float32)
+    kernel[0, 1, 2, 3] = 1.0
+    kernel[0, 3, 5, 6] = -2.0
+    part = _trimmed(kernel)
+    assert (part.top, part.left, part.side) == (2, 3, 8) and part.weights.flags.c_contiguous
+    assert np.array_equal(part.weights, kernel[:, :, 2:6, 3:7])
+    part = _trimmed(np.zeros((1, 4, 8, 8), np.float32))
+    assert part.weights.shape == (1, 4, 1, 1) and not part.weights.any()
+
+
+@pytest.mark.parametrize("onnx", [True, False])
+def test_scores_of_a_trimmed_kernel_are_those_of_the_whole_kernel(onnx):
+    """The runtime correlates only the query's cells (a part of the 8x8 kernel whose size and place
+    depend on the query's aspect; one ONNX Runtime session takes them all) and must still give
+    every position of the whole kernel, at the same place."""
+    if onnx:
+        pytest.importorskip("onnxruntime")
+    torch.manual_seed(4)
+    look = MultiScaleLook()
+    runtime = _LookRuntime(look, threads=1, onnx=onnx)
+    assert runtime.name == ("onnxruntime" if onnx else "torch")
+    reference = textured(96, 120, seed=6)
+    images = np.stack([reference, textured(96, 120, seed=7)])
+    with torch.no_grad():
+        features = look.features(torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32)))
+    shapes = set()
+    for x0, y0, x1, y1 in [(0, 0, 40, 40), (10, 5, 90, 35), (30, 20, 42, 60), (0, 0, 96, 96)]:
+        kernel = runtime.kernel(*template_canvas(reference[y0:y1, x0:x1], look.config))
+        shapes.add(_trimmed(kernel).weights.shape[2:])
+        expected = F.conv2d(features, torch.from_numpy(kernel))[:, 0].numpy()
+        got = runtime.scores(images, kernel)
+        assert got.shape == expected.shape and np.allclose(got, expected, atol=1e-4)
+    assert len(shapes) == 3 and (8, 8) not in shapes  # three aspects, each leaving some cells empty
 
 
 def test_exported_features_take_centred_pixels_and_give_the_same_features():
@@ -267,10 +306,9 @@ def test_onnx_runtime_and_pytorch_give_the_same_scores():
     reference = textured(90, 130, seed=2)
     canvas, cells = template_canvas(reference[10:40, 20:60], look.config)
     kernel = fast._runtime.kernel(canvas, cells)
-    slow = fast._runtime.__class__.__new__(fast._runtime.__class__)
-    slow.look, slow.session, slow.name = look, None, "torch"
+    slow = _LookRuntime(look, threads=1, onnx=False)
     assert np.allclose(kernel, slow.kernel(canvas, cells), atol=1e-6)
-    assert np.allclose(fast._runtime.scores(reference, kernel), slow.scores(reference, kernel), atol=1e-4)
+    assert np.allclose(fast._runtime.scores(reference[None], kernel), slow.scores(reference[None], kernel), atol=1e-4)
 
 
 def test_onnx_runtime_and_pytorch_give_the_same_second_look():
@@ -278,15 +316,14 @@ def test_onnx_runtime_and_pytorch_give_the_same_second_look():
     torch.manual_seed(1)
     look = MultiScaleLook()
     fast = LookSearcher(look, threads=1)
-    slow = fast._runtime.__class__.__new__(fast._runtime.__class__)
-    slow.look, slow.session, slow.name = look, None, "torch"
+    slow = _LookRuntime(look, threads=1, onnx=False)
     closer = LookConfig(side=2 * look.config.side, canvas=2 * look.config.canvas)
     canvas, cells = template_canvas(textured(50, 70, seed=3), closer)
     patches = np.stack([textured(closer.canvas + 16, closer.canvas + 16, seed=s) for s in range(3)])
     kernel = fast._runtime.kernel(canvas, cells)
     assert np.allclose(kernel, slow.kernel(canvas, cells), atol=1e-6)
-    got = fast._runtime.closer_scores(kernel, patches)
-    assert got.shape == (3, 5, 5) and np.allclose(got, slow.closer_scores(kernel, patches), atol=1e-4)
+    got = fast._runtime.scores(patches, kernel)
+    assert got.shape == (3, 5, 5) and np.allclose(got, slow.scores(patches, kernel), atol=1e-4)
     assert np.abs(got).max() <= 1.0 + 1e-5  # mean cosine similarities
 
 
@@ -342,6 +379,45 @@ def test_second_look_compares_the_candidates_and_answers_with_one(untrained):
                 {"closer_gap": float("nan")}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             LookSearcher(untrained.look, **bad)
+
+
+def test_close_rival_check_finds_only_distinct_positions_within_the_gap(untrained):
+    query = np.zeros((30, 30, 3), np.uint8)  # square: boxes of side `sides[level]`
+    sides, scales = np.array([20.0, 25.0]), [(1.0, 1.0), (0.8, 0.8)]
+    maps = [np.zeros((12, 12), np.float32), np.zeros((14, 14), np.float32)]
+    maps[0][2, 2] = 0.9                  # the best: working-pixel box centred at (24, 24), side 20
+    maps[0][2, 3] = 0.89                 # its neighbour: IoU 0.67 with it, the same object
+    searcher = LookSearcher(untrained.look, threads=1, closer_gap=0.05)
+    best = [float(m.max()) for m in maps]
+    assert not searcher._may_have_close_rival(query, maps, sides, scales, best)
+    maps[1][10, 10] = 0.84               # far away (centre (70, 70)), but 0.06 below the best
+    assert not searcher._may_have_close_rival(query, maps, sides, scales, [float(m.max()) for m in maps])
+    maps[1][10, 10] = 0.86               # far away and within the gap: a rival
+    assert searcher._may_have_close_rival(query, maps, sides, scales, [float(m.max()) for m in maps])
+
+
+def test_skipping_the_peaks_without_a_close_rival_changes_no_answer(shipped, monkeypatch):
+    """locate skips _peaks when no position could be a runner-up within closer_gap; forcing it to
+    look for the peaks every time must give the same answers. Half the references hold the query's
+    region twice (a close rival: the second look runs), half once."""
+    searcher = LookSearcher(shipped.look, threads=1)
+    checked = []
+    real_check = searcher._may_have_close_rival
+    monkeypatch.setattr(searcher, "_may_have_close_rival", lambda *args: checked.append(real_check(*args)) or checked[-1])
+    queries, references = [], []
+    for seed in range(6):
+        reference = textured(160, 220, seed=40 + seed)
+        region = reference[30 + seed * 10:90 + seed * 10, 50:110].copy()
+        if seed % 2:
+            reference[90:150, 150:210] = region
+        queries.append(np.clip(region.astype(int) + 20, 0, 255).astype(np.uint8))
+        references.append(reference)
+    usual = [searcher.locate(q, r) for q, r in zip(queries, references)]
+    assert checked == [False, True] * 3
+    monkeypatch.setattr(searcher, "_may_have_close_rival", lambda *args: True)
+    forced = [searcher.locate(q, r) for q, r in zip(queries, references)]
+    for a, b in zip(usual, forced):
+        assert np.array_equal(a.box, b.box) and np.array_equal(a.path, b.path) and np.array_equal(a.scores, b.scores)
 
 
 def test_second_look_answers_with_the_best_sum_of_both_scores(shipped):
