@@ -177,6 +177,29 @@ def test_searchers_on_every_runtime_place_the_same_windows(kind):
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
 
 
+class _CorrelateWithGivenKernel(torch.nn.Module):
+    def forward(self, images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(images, kernel)
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason='needs the fast extra: pip install "matchenv[fast]"')
+def test_onnx_session_takes_run_time_convolution_weights_of_any_size():
+    from agents.cnn_runtime import onnx_session
+
+    example = (torch.zeros(1, 4, 20, 20), torch.zeros(2, 4, 3, 3))
+    axes = {"images": {2: "height", 3: "width"}, "out": {2: "rows", 3: "cols"}}
+    session = onnx_session(_CorrelateWithGivenKernel(), example, ["images", "kernel"], ["out"], axes,
+                           weight_axes={"kernel": {2: "kernel_rows", 3: "kernel_cols"}})
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((1, 4, 17, 23)).astype(np.float32)
+    for shape in [(2, 4, 3, 3), (2, 4, 5, 2), (2, 4, 1, 7)]:  # the exported shape, then others
+        kernel = rng.standard_normal(shape).astype(np.float32)
+        expected = torch.nn.functional.conv2d(torch.from_numpy(images), torch.from_numpy(kernel)).numpy()
+        np.testing.assert_allclose(session.run(None, {"images": images, "kernel": kernel})[0], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="'weights', which is not an input or output"):
+        onnx_session(_CorrelateWithGivenKernel(), example, ["images", "kernel"], ["out"], axes, weight_axes={"weights": {2: "k"}})
+
+
 def test_cnn_runtime_choice_is_checked(monkeypatch):
     cnn = SiameseCNN()
     with pytest.raises(ValueError, match="cnn_runtime must be one of"):
