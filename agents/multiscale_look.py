@@ -351,7 +351,9 @@ def patch_around(image: np.ndarray, centre_x: float, centre_y: float, scale: flo
     centre_y)`` (pixels of ``image``); what lies outside ``image`` is ``fill``.
 
     Only the part of the image under the patch is resized (area average when shrinking, as the
-    pyramid's levels are), so the cost does not grow with the image.
+    training crops are), so the cost does not grow with the image. (Resizing it as the pyramid's
+    levels are, :func:`_level_resize`, was no faster and no better: 0.771 against 0.773 success on
+    test pairs 1000-1999, 0.795 either way on 4000-4999; ad hoc, 2026-11-24.)
     """
     height, width = image.shape[:2]
     left, top = centre_x - size / (2 * scale), centre_y - size / (2 * scale)
