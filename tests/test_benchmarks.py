@@ -126,6 +126,32 @@ def test_machine_description_names_the_cpu_threads_and_vector_instructions(monke
     assert "1 thread per method" in bench.machine_description()  # no /proc/cpuinfo: still a description
 
 
+def test_speed_gauge_times_a_fixed_workload_and_the_outputs_state_it():
+    bench = load_script("benchmark_matchers")
+    first, second = bench.speed_gauge_ms(repeats=5), bench.speed_gauge_ms(repeats=5)
+    assert 0.0 < first < 1000.0 and 0.0 < second < 1000.0
+    note = bench.gauge_note({"start": 0.8123, "end": 0.9})
+    assert note.startswith("speed gauge 0.812 ms at the start and 0.900 ms at the end (OpenCV zero-mean NCC")
+
+
+def test_benchmark_run_writes_its_table_with_the_machine_and_the_speed_gauge(tmp_path):
+    import json
+    import subprocess
+
+    root = str(Path(__file__).parent / "fixtures" / "bbs_pairs")
+    run = subprocess.run([sys.executable, str(TRAIN / "benchmark_matchers.py"), "--dataset", "TemplateTargetPairs",
+                          "--dataset-kwargs", json.dumps({"path": root}), "--pairs", "2", "--warmup", "1",
+                          "--methods", "ncc", "--max-seconds", "20", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert set(written["speed_gauge_ms"]) == {"start", "end"} and all(v > 0 for v in written["speed_gauge_ms"].values())
+    assert [r["method"] for r in written["results"]] == ["ncc"] and written["results"][0]["pairs"] == 2
+    header = (tmp_path / "results.md").read_text().splitlines()[0]
+    assert header.startswith("TemplateTargetPairs; ") and "speed gauge" in header and "thread per method" in header
+    assert "speed gauge at the start" in run.stdout and (tmp_path / "accuracy_vs_time.png").exists()
+
+
 def test_make_pairs_gives_as_many_generated_pairs_as_asked():
     bench = load_script("benchmark_matchers")
     pairs, data = bench.make_pairs("MixedMNIST", 1200, {})  # more than the default test_size of 1,000

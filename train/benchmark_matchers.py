@@ -17,6 +17,10 @@ What is measured, and how it is kept fair:
 * a method times queries until ``--max-seconds`` have passed; a worker still running two minutes
   after that (one query slower than the whole budget) is stopped and reported as "no query
   finished";
+* a **speed gauge** (:func:`speed_gauge_ms`: a fixed OpenCV NCC, one thread) is timed at the
+  start and at the end of the run and written with the results: on a shared machine the same
+  method's time moves by up to a third between runs, so times from different runs compare only
+  together with it;
 * ``centre-box`` is a control, not a matcher: the same centred box for every query, its size
   fitted on training pairs; a method near it has learned the dataset's layout, not the query;
 * QATM and the exhaustive embedding search run on the agent's trained siamese CNN
@@ -93,6 +97,39 @@ def machine_description(threads: int = 1) -> str:
         cpu = f"{cpu} ({', '.join(details)})"
     per_method = f"{threads} thread{'' if threads == 1 else 's'} per method"
     return f"{cpu}, {os.cpu_count()} logical CPUs, {per_method}, Python {platform.python_version()}"
+
+
+#: What :func:`speed_gauge_ms` times, for the outputs.
+SPEED_GAUGE = "OpenCV zero-mean NCC of a 32x32 template over a fixed 240x320 image, one thread, median of 50"
+
+
+def speed_gauge_ms(repeats: int = 50) -> float:
+    """Median milliseconds of one fixed piece of work (:data:`SPEED_GAUGE`), measured at the start
+    and at the end of a run and written beside its results.
+
+    Why: on the shared VM of 2026-11-23 the same code took 7-9 ms per query in one run and 9-10
+    in another 20 minutes earlier (NCC 3.6 against 5.5 ms): a table's times say little about a
+    method's speed against another run's unless the machine's speed at the time comes with them.
+    Compare runs only together with this number (and within a run, compare methods).
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+    image = np.random.default_rng(0).integers(0, 256, (240, 320), dtype=np.uint8)
+    template = image[100:132, 150:182].copy()
+    cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED)  # warm-up
+    times = []
+    for _ in range(max(1, int(repeats))):
+        start = time.perf_counter()
+        cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def gauge_note(gauge: dict[str, float]) -> str:
+    """``{"start": ms, "end": ms}`` of :func:`speed_gauge_ms` as the outputs state it."""
+    return (f"speed gauge {gauge['start']:.3f} ms at the start and {gauge['end']:.3f} ms at the end "
+            f"({SPEED_GAUGE}; compare runs' times only together with it)")
 
 
 def make_method(name: str, features_checkpoint: Optional[str], data: "PairDataset"):
@@ -451,7 +488,8 @@ def main() -> None:
         methods = [m for m in methods if m not in CONTROL_METHODS]
     methods += [f"agent:{path}" for path in args.agent]
     machine = machine_description()
-    print(f"machine: {machine}")
+    gauge = {"start": speed_gauge_ms()}
+    print(f"machine: {machine}\nspeed gauge at the start: {gauge['start']:.3f} ms ({SPEED_GAUGE})", flush=True)
 
     if not args.scaling:
         try:  # bad --dataset/--dataset-kwargs: one clear line here, not a worker's traceback
@@ -470,10 +508,13 @@ def main() -> None:
                 print(f"{result['method']}: success {result['success_rate']:.3f}, {result['median_ms']:.2f} ms/query "
                       f"(mean {result['mean_ms']:.2f}; {result['pairs']} pairs)", flush=True)
             results.append(result)
+        gauge["end"] = speed_gauge_ms()
+        setting = f"{machine}; {gauge_note(gauge)}"
         table = accuracy_table(results, args.dataset)
-        print(f"\n{args.dataset}, first {args.pairs} test pairs; {machine}\n\n{table}")
-        (out / "results.json").write_text(json.dumps({"dataset": args.dataset, "machine": machine, "results": results}, indent=2))
-        (out / "results.md").write_text(f"{args.dataset}; {machine}\n\n{table}\n")
+        print(f"\n{args.dataset}, first {args.pairs} test pairs; {setting}\n\n{table}")
+        (out / "results.json").write_text(json.dumps({"dataset": args.dataset, "machine": machine, "speed_gauge_ms": gauge,
+                                                      "speed_gauge": SPEED_GAUGE, "results": results}, indent=2))
+        (out / "results.md").write_text(f"{args.dataset}; {setting}\n\n{table}\n")
         plot_accuracy(results, out / "accuracy_vs_time.png", f"{args.dataset}: success vs time per query", args.dataset)
         return
 
@@ -495,7 +536,8 @@ def main() -> None:
             print(f"{size}x{size} {result['method']}: {result['median_ms']:.2f} ms/query ({result['pairs']} pairs)", flush=True)
             if result["median_ms"] / 1000 > args.max_seconds / max(args.scaling_pairs, 1):
                 too_slow.add(method)
-    write_scaling(rows, machine, out)
+    gauge["end"] = speed_gauge_ms()
+    write_scaling(rows, f"{machine}; {gauge_note(gauge)}", out)
 
 
 if __name__ == "__main__":
