@@ -19,7 +19,7 @@ What is measured, and how it is kept fair:
   finished";
 * a **speed gauge** (:func:`speed_gauge_ms`: a fixed OpenCV NCC, one thread) is timed at the
   start and at the end of the run and written with the results: on a shared machine the same
-  method's time moves by up to a third between runs, so times from different runs compare only
+  method's time moves by up to 40% between runs, so times from different runs compare only
   together with it;
 * ``centre-box`` is a control, not a matcher: the same centred box for every query, its size
   fitted on training pairs; a method near it has learned the dataset's layout, not the query;
@@ -107,10 +107,12 @@ def speed_gauge_ms(repeats: int = 50) -> float:
     """Median milliseconds of one fixed piece of work (:data:`SPEED_GAUGE`), measured at the start
     and at the end of a run and written beside its results.
 
-    Why: on the shared VM of 2026-11-23 the same code took 7-9 ms per query in one run and 9-10
-    in another 20 minutes earlier (NCC 3.6 against 5.5 ms): a table's times say little about a
-    method's speed against another run's unless the machine's speed at the time comes with them.
-    Compare runs only together with this number (and within a run, compare methods).
+    Why: on the shared VM of 2026-11-23 the learned look took a median of 5.6-7.7 ms per query
+    in three runs within 15 minutes and 9.0 ms in two runs half an hour earlier (NCC 3.6-3.8
+    against 4.0-5.5 ms): a table's times say little against another run's unless the machine's
+    speed at the time comes with them. Compare runs only together with this number, and within
+    a run compare methods. It tracks the machine roughly: the look's ONNX Runtime convolutions
+    varied more than NCC did.
     """
     import cv2
 
