@@ -327,6 +327,20 @@ def test_onnx_runtime_and_pytorch_give_the_same_second_look():
     assert np.abs(got).max() <= 1.0 + 1e-5  # mean cosine similarities
 
 
+def test_locate_gives_the_same_answers_with_onnx_runtime_and_with_pytorch(shipped):
+    pytest.importorskip("onnxruntime")
+    fast = LookSearcher(shipped.look, threads=1, closer_gap=float("inf"))  # the second look every time
+    slow = LookSearcher(shipped.look, threads=1, closer_gap=float("inf"))
+    slow._runtime = _LookRuntime(shipped.look, threads=1, onnx=False)
+    assert fast.runtime == "onnxruntime" and slow._runtime.name == "torch"
+    for seed in range(3):
+        reference = textured(200, 260, seed=60 + seed)
+        query = reference[40:100, 60:150]
+        a, b = fast.locate(query, reference), slow.locate(query, reference)
+        assert a.path.shape == b.path.shape == (5, 4)
+        assert np.allclose(a.box, b.box, atol=1e-3) and np.allclose(a.scores, b.scores, atol=1e-4)
+
+
 def test_box_has_the_query_aspect_and_reports_every_level(untrained):
     reference, query = textured(200, 300), textured(30, 60, seed=5)
     result = LookSearcher(untrained.look, threads=1, candidates=1).locate(query, reference)
