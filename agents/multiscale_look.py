@@ -416,11 +416,17 @@ def _level_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     out_h, out_w = size
     while image.shape[0] >= 2 * out_h and image.shape[1] >= 2 * out_w:
-        rows, cols = image.shape[0] // 2, image.shape[1] // 2
-        image = cv2.resize(image[: 2 * rows, : 2 * cols], (cols, rows), interpolation=cv2.INTER_AREA)
+        image = _halved(image)
     if image.shape[:2] == (out_h, out_w):
         return image  # possibly the input itself: levels are only read
     return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+
+
+def _halved(image: np.ndarray) -> np.ndarray:
+    """``image`` at half its size by exact 2x2 averages (OpenCV's fast path); an odd last row or
+    column is dropped."""
+    rows, cols = image.shape[0] // 2, image.shape[1] // 2
+    return cv2.resize(image[: 2 * rows, : 2 * cols], (cols, rows), interpolation=cv2.INTER_AREA)
 
 
 def pyramid(reference: np.ndarray, level_sides: Sequence[float], config: LookConfig) -> list[tuple[np.ndarray, float, float]]:
@@ -445,10 +451,8 @@ def pyramid(reference: np.ndarray, level_sides: Sequence[float], config: LookCon
             size = (max(int(round(height * factor)), 1), max(int(round(width * factor)), 1))
             scaled, scale_x, scale_y = _level_resize(reference, size), size[1] / width, size[0] / height
         else:
-            source, (_, source_x, source_y) = unpadded[half_of], levels[half_of]
-            rows, cols = source.shape[0] // 2, source.shape[1] // 2
-            scaled = cv2.resize(source[: 2 * rows, : 2 * cols], (cols, rows), interpolation=cv2.INTER_AREA)
-            scale_x, scale_y = source_x / 2, source_y / 2
+            _, source_x, source_y = levels[half_of]
+            scaled, scale_x, scale_y = _halved(unpadded[half_of]), source_x / 2, source_y / 2
         unpadded.append(scaled)
         levels.append((_padded(scaled, config), scale_x, scale_y))
     return levels
@@ -757,11 +761,11 @@ class LookSearcher:
         maps, sides, scales, factor, working = self._score_maps(query, reference)
         best = [float(m.max()) for m in maps]
         positions = int(sum(m.size for m in maps))
-        close = self.candidates > 1 and self._may_have_close_rival(query, maps, sides, scales, best)
+        level = int(np.argmax(best))  # the best position of the best level
+        row, col = np.unravel_index(int(np.argmax(maps[level])), maps[level].shape)
+        close = self.candidates > 1 and self._may_have_close_rival(query, maps, sides, scales, best, level, row, col)
         peaks = self._peaks(query, maps, sides, scales) if close else []
-        if len(peaks) < 2 or peaks[0][0] - peaks[1][0] > self.closer_gap:  # the best position of the best level
-            level = int(np.argmax(best))
-            row, col = np.unravel_index(int(np.argmax(maps[level])), maps[level].shape)
+        if len(peaks) < 2 or peaks[0][0] - peaks[1][0] > self.closer_gap:  # answer with the best position
             neighbours = (best[level - 1] if level > 0 else None, best[level + 1] if level + 1 < len(maps) else None)
             box = _inside(self._box(query, maps, sides, scales, level, row, col, neighbours) / factor, reference)
             return LookResult(box=box, path=box[None].copy(), scores=np.array([float(np.clip(best[level], 0.0, 1.0))]),
@@ -796,6 +800,14 @@ class LookSearcher:
         centre_x, centre_y = self._centre(scales, level, row, col)
         return _box_at(centre_x, centre_y, sides[level], query.shape[1] / query.shape[0])
 
+    def _grid_boxes(self, query: np.ndarray, sides: np.ndarray, scales, levels: np.ndarray, rows: np.ndarray,
+                    cols: np.ndarray) -> np.ndarray:
+        """:meth:`_grid_box` of many positions at once: ``(N,)`` levels, rows and columns -> ``(N, 4)``."""
+        centres = (np.stack([cols, rows], axis=1) * STRIDE + self.config.canvas / 2) / np.asarray(scales, np.float64)[levels]
+        aspect = query.shape[1] / query.shape[0]
+        extent = sides[levels, None] * np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)]) / 2
+        return np.concatenate([centres - extent, centres + extent], axis=1)
+
     def _box(self, query, maps, sides, scales, level: int, row: int, col: int, neighbours) -> np.ndarray:
         """The answer at ``(row, col)`` of ``level`` (working pixels), placed between positions and
         between levels by :func:`refine_peak` when :attr:`refine` (``neighbours``: the scores of the
@@ -823,32 +835,26 @@ class LookSearcher:
         cols = slice(min(max(col - 1, 0), score_map.shape[1] - 1), min(max(col + 2, 1), score_map.shape[1]))
         return float(score_map[rows, cols].max())
 
-    def _may_have_close_rival(self, query, maps, sides, scales, best: list[float]) -> bool:
-        """Whether any position scores within :attr:`closer_gap` of the best and has a box that
-        overlaps the best position's by IoU under 0.3.
+    def _may_have_close_rival(self, query, maps, sides, scales, best: list[float], level: int, row: int, col: int) -> bool:
+        """Whether any position scores within :attr:`closer_gap` of the best (``(row, col)`` of
+        ``level``) and has a box that overlaps the best's by IoU under 0.3.
 
         Why: the runner-up :meth:`_peaks` finds is such a position, so where there is none the
         second look cannot run and :meth:`_peaks` (every level's local maxima: 0.3-0.8 ms) is
         skipped. All levels at once: about a third of that (0.09 against 0.30 ms on the
         benchmark's first pairs, one thread).
         """
-        level = int(np.argmax(best))
-        row, col = np.unravel_index(int(np.argmax(maps[level])), maps[level].shape)
         top = self._grid_box(query, sides, scales, level, row, col)
         floor = best[level] - self.closer_gap - 1e-9  # the same comparison as locate's, less rounding
         starts = np.cumsum([0] + [m.size for m in maps])
         close = np.flatnonzero(np.concatenate([m.ravel() for m in maps]) >= floor)  # flat indices, level-major
         levels = np.searchsorted(starts, close, side="right") - 1
         rows, cols = np.divmod(close - starts[levels], np.array([m.shape[1] for m in maps])[levels])
-        half, aspect = self.config.canvas / 2, query.shape[1] / query.shape[0]
-        scale_xy = np.asarray(scales, np.float64)[levels]
-        centre_x, centre_y = (cols * STRIDE + half) / scale_xy[:, 0], (rows * STRIDE + half) / scale_xy[:, 1]
-        width, height = sides[levels] * math.sqrt(aspect), sides[levels] / math.sqrt(aspect)
+        x0, y0, x1, y1 = self._grid_boxes(query, sides, scales, levels, rows, cols).T
         # their IoU with the best's box, written out: geometry.iou's checks cost more than the arithmetic here
-        overlap_x = np.minimum(centre_x + width / 2, top[2]) - np.maximum(centre_x - width / 2, top[0])
-        overlap_y = np.minimum(centre_y + height / 2, top[3]) - np.maximum(centre_y - height / 2, top[1])
-        inter = np.maximum(overlap_x, 0.0) * np.maximum(overlap_y, 0.0)
-        union = width * height + (top[2] - top[0]) * (top[3] - top[1]) - inter
+        inter = (np.maximum(np.minimum(x1, top[2]) - np.maximum(x0, top[0]), 0.0)
+                 * np.maximum(np.minimum(y1, top[3]) - np.maximum(y0, top[1]), 0.0))
+        union = (x1 - x0) * (y1 - y0) + (top[2] - top[0]) * (top[3] - top[1]) - inter
         return bool(np.any(inter < (0.3 + 1e-9) * union))
 
     def _peaks(self, query, maps, sides, scales) -> list[tuple[float, int, int, int]]:
@@ -863,12 +869,7 @@ class LookSearcher:
         # the best few dozen are plenty to find a few that do not overlap; their boxes at once
         peaks = peaks[np.argsort(-peaks[:, 0], kind="stable")[: 16 * self.candidates]]
         levels = peaks[:, 1].astype(int)
-        scale_xy = np.asarray(scales, np.float64)[levels]
-        half = self.config.canvas / 2
-        centres = (peaks[:, [3, 2]] * STRIDE + half) / scale_xy
-        aspect = query.shape[1] / query.shape[0]
-        extent = sides[levels, None] * np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)]) / 2
-        boxes = np.concatenate([centres - extent, centres + extent], axis=1)
+        boxes = self._grid_boxes(query, sides, scales, levels, peaks[:, 2], peaks[:, 3])
         kept: list[int] = []
         corners = boxes.tolist()
         for i, box in enumerate(corners):  # plain floats: a handful of boxes, numpy calls would cost more

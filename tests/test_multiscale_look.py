@@ -403,11 +403,11 @@ def test_close_rival_check_finds_only_distinct_positions_within_the_gap(untraine
     maps[0][2, 3] = 0.89                 # its neighbour: IoU 0.67 with it, the same object
     searcher = LookSearcher(untrained.look, threads=1, closer_gap=0.05)
     best = [float(m.max()) for m in maps]
-    assert not searcher._may_have_close_rival(query, maps, sides, scales, best)
+    assert not searcher._may_have_close_rival(query, maps, sides, scales, best, 0, 2, 2)
     maps[1][10, 10] = 0.84               # far away (centre (70, 70)), but 0.06 below the best
-    assert not searcher._may_have_close_rival(query, maps, sides, scales, [float(m.max()) for m in maps])
+    assert not searcher._may_have_close_rival(query, maps, sides, scales, [float(m.max()) for m in maps], 0, 2, 2)
     maps[1][10, 10] = 0.86               # far away and within the gap: a rival
-    assert searcher._may_have_close_rival(query, maps, sides, scales, [float(m.max()) for m in maps])
+    assert searcher._may_have_close_rival(query, maps, sides, scales, [float(m.max()) for m in maps], 0, 2, 2)
 
 
 def test_skipping_the_peaks_without_a_close_rival_changes_no_answer(shipped, monkeypatch):
