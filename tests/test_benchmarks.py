@@ -152,6 +152,15 @@ def test_benchmark_run_writes_its_table_with_the_machine_and_the_speed_gauge(tmp
     assert "speed gauge at the start" in run.stdout and (tmp_path / "accuracy_vs_time.png").exists()
 
 
+def test_make_pairs_starts_at_the_first_pair_asked():
+    bench = load_script("benchmark_matchers")
+    later, data = bench.make_pairs("TranslatedMNIST", 3, {}, first=5)
+    assert data.test_size == 8 and len(later) == 3
+    for i, pair in enumerate(later):
+        assert np.array_equal(pair.reference, data.test_pair(5 + i).reference)
+        assert np.array_equal(pair.target_box, data.test_pair(5 + i).target_box)
+
+
 def test_make_pairs_gives_as_many_generated_pairs_as_asked():
     bench = load_script("benchmark_matchers")
     pairs, data = bench.make_pairs("MixedMNIST", 1200, {})  # more than the default test_size of 1,000

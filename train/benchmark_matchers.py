@@ -6,7 +6,8 @@
 
 What is measured, and how it is kept fair:
 
-* every method answers the same pairs: the first ``--pairs`` pairs of the dataset's fixed test split;
+* every method answers the same pairs: ``--pairs`` pairs of the dataset's fixed test split, the
+  first ones unless ``--first-pair`` says where to start;
 * success = IoU(answer, target) > 0.5; the answer never uses the target's box or size;
 * each method runs **in its own process** with one CPU thread (``torch.set_num_threads(1)``,
   ``cv2.setNumThreads(1)``); the pairs are generated in memory before timing (no image decoding
@@ -250,8 +251,9 @@ class AgentMatcher:
         return MatchResult(box=result.box, score=result.score, evaluated=evaluated)
 
 
-def make_pairs(dataset: str, n: int, dataset_kwargs: dict):
-    """The first ``n`` pairs of the dataset's fixed test split (all of them if it has fewer), and the dataset."""
+def make_pairs(dataset: str, n: int, dataset_kwargs: dict, first: int = 0):
+    """``n`` pairs of the dataset's fixed test split from index ``first`` on (as many as it has),
+    and the dataset."""
     import inspect
 
     from matchenv.datasets import DATASETS, make_dataset
@@ -260,9 +262,9 @@ def make_pairs(dataset: str, n: int, dataset_kwargs: dict):
     # Generated datasets (a test_size argument, possibly on a base class): as many pairs as asked.
     inits = [vars(cls)["__init__"] for cls in DATASETS[dataset].__mro__ if "__init__" in vars(cls)]
     if any("test_size" in inspect.signature(init).parameters for init in inits):
-        kwargs.setdefault("test_size", max(n, 1))
+        kwargs.setdefault("test_size", max(first + n, 1))
     data = make_dataset(dataset, **kwargs)
-    return [data.test_pair(i) for i in range(min(n, data.test_size))], data
+    return [data.test_pair(i) for i in range(first, min(first + n, data.test_size))], data
 
 
 def run_method(job: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +276,7 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    pairs, data = make_pairs(job["dataset"], job["pairs"], job["dataset_kwargs"])
+    pairs, data = make_pairs(job["dataset"], job["pairs"], job["dataset_kwargs"], job.get("first_pair", 0))
     method = make_method(job["method"], job["features_checkpoint"], data)
     # Photograph pairs: every method gets the template at its natural size (agents letterbox it).
     warmup_deadline = time.perf_counter() + job["max_seconds_total"] / 10  # slow methods (BBS, DDIS) warm up once
@@ -439,6 +441,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="ClutteredMNIST", help="a name from matchenv.datasets.DATASETS")
     parser.add_argument("--dataset-kwargs", default="{}", help='JSON keyword arguments, e.g. \'{"root": "data/fl27"}\'')
     parser.add_argument("--pairs", type=int, default=500)
+    parser.add_argument("--first-pair", type=int, default=0,
+                        help="index of the first test pair (e.g. 1000: pairs no earlier run has chosen anything on)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--methods", default=",".join(CONTROL_METHODS + CLASSIC_METHODS + FEATURE_METHODS),
                         help="comma-separated matcher names (see agents.baselines.MATCHERS)")
@@ -455,6 +459,8 @@ def main() -> None:
     parser.add_argument("--replot", action="store_true",
                         help="redraw tables and plot from <out>/results.json (with --scaling: <out>/scaling.json)")
     args = parser.parse_args()
+    if args.first_pair < 0:
+        parser.error(f"--first-pair must be >= 0 (an index into the test split), got {args.first_pair}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -500,7 +506,7 @@ def main() -> None:
             parser.error(f"--dataset {args.dataset} --dataset-kwargs {args.dataset_kwargs}: {err}")
         results = []
         for method in methods:
-            job = dict(method=method, dataset=args.dataset, pairs=args.pairs, warmup=args.warmup,
+            job = dict(method=method, dataset=args.dataset, pairs=args.pairs, first_pair=args.first_pair, warmup=args.warmup,
                        dataset_kwargs=json.loads(args.dataset_kwargs),
                        features_checkpoint=features_checkpoint, max_seconds_total=args.max_seconds)
             result = in_own_process(job)
@@ -513,8 +519,8 @@ def main() -> None:
         gauge["end"] = speed_gauge_ms()
         setting = f"{machine}; {gauge_note(gauge)}"
         table = accuracy_table(results, args.dataset)
-        print(f"\n{args.dataset}, first {args.pairs} test pairs; {setting}\n\n{table}")
-        (out / "results.json").write_text(json.dumps({"dataset": args.dataset, "machine": machine, "speed_gauge_ms": gauge,
+        print(f"\n{args.dataset}, test pairs {args.first_pair}-{args.first_pair + args.pairs - 1}; {setting}\n\n{table}")
+        (out / "results.json").write_text(json.dumps({"dataset": args.dataset, "first_pair": args.first_pair, "machine": machine, "speed_gauge_ms": gauge,
                                                       "speed_gauge": SPEED_GAUGE, "results": results}, indent=2))
         (out / "results.md").write_text(f"{args.dataset}; {setting}\n\n{table}\n")
         plot_accuracy(results, out / "accuracy_vs_time.png", f"{args.dataset}: success vs time per query", args.dataset)
