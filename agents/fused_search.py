@@ -49,13 +49,12 @@ class SearchGraph(nn.Module):
         self.max_trials = int(max_trials)
         self.window_h, self.window_w = policy.observation_space["query"].shape[1:]
 
-    @staticmethod
-    def _window_side(side: int, image_side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For a window of ``side`` pixels (the query's, scale 1) in an image of ``image_side``
-        (float64): the side :func:`absolute_window_center` centres with and the whole-pixel side
-        :func:`place_window` gives."""
-        nominal = image_side.new_tensor(float(side))
-        return torch.minimum(nominal, image_side), torch.minimum(torch.clamp(torch.round(nominal), min=1.0), image_side)
+    def _window_sides(self, image_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For windows of the query's size (scale 1) in images of ``image_size`` ``(2,)`` float64
+        ``(W, H)``: the ``(2,)`` sides :func:`absolute_window_center` centres with and the
+        whole-pixel sides :func:`place_window` gives, both ``(w, h)``."""
+        nominal = image_size.new_tensor([float(self.window_w), float(self.window_h)])
+        return torch.minimum(nominal, image_size), torch.minimum(torch.clamp(torch.round(nominal), min=1.0), image_size)
 
     def forward(self, query, view, reference, image_size, overview: Optional[torch.Tensor] = None):
         n, channels = query.shape[0], query.shape[1]
@@ -65,36 +64,38 @@ class SearchGraph(nn.Module):
             similarity = self.policy.features_extractor.cell_similarity(query_emb, self.feature_map(overview))
         else:
             similarity = query_emb[:, :0]
-        img_w, img_h = image_size[0], image_size[1]
-        win_w, w = self._window_side(self.window_w, img_w)
-        win_h, h_px = self._window_side(self.window_h, img_h)
+        constants = self.step.start(query_emb, similarity)
+        # The window's geometry for both axes at once, (x, y) pairs in float64: the same
+        # arithmetic, element by element, as the step-by-step path's scalar functions.
+        centring, side = self._window_sides(image_size)
+        size_fraction = (side / image_size).to(query.dtype).expand(n, 2)
         location = query_emb.new_tensor([0.5, 0.5, 1.0, 1.0]).expand(n, 4)
         hidden = self.policy.lstm_actor.hidden_size
         h = query_emb.new_zeros(n, hidden)
         c = query_emb.new_zeros(n, hidden)
         # Flat pixel indices of a window whose top-left corner is (0, 0).
-        width_long = img_w.to(torch.int64)
+        width_long = image_size[0].to(torch.int64)
         offsets = (torch.arange(self.window_h)[:, None] * width_long + torch.arange(self.window_w)[None, :]).reshape(1, 1, -1)
         flat = reference.flatten(2)
         boxes, window_embs = [], []
         for t in range(self.max_trials):
             trials_left = query_emb.new_full((n, 1), (self.max_trials - t) / self.max_trials)
-            mean, h, c = self.step(query_emb, window_emb, location, trials_left, similarity, h, c)
-            action = torch.clamp(mean, -1.0, 1.0).to(torch.float64)
-            cx = win_w / 2 + (action[:, 0] + 1.0) / 2.0 * (img_w - win_w)
-            cy = win_h / 2 + (action[:, 1] + 1.0) / 2.0 * (img_h - win_h)
-            x0 = torch.minimum(torch.clamp(torch.round(cx - w / 2), min=0.0), img_w - w)
-            y0 = torch.minimum(torch.clamp(torch.round(cy - h_px / 2), min=0.0), img_h - h_px)
-            box = torch.stack([x0, y0, x0 + w, y0 + h_px], dim=1)
-            boxes.append(box)
-            location = torch.stack([(box[:, 0] + box[:, 2]) / (2 * img_w), (box[:, 1] + box[:, 3]) / (2 * img_h),
-                                    (box[:, 2] - box[:, 0]) / img_w, (box[:, 3] - box[:, 1]) / img_h], dim=1).to(query.dtype)
-            start = (y0.to(torch.int64) * width_long + x0.to(torch.int64)).reshape(-1, 1, 1)
+            mean, h, c = self.step.decide(constants, window_emb, location, trials_left, h, c)
+            action = torch.clamp(mean[:, :2], -1.0, 1.0).to(torch.float64)  # (x, y)
+            centre = centring / 2 + (action + 1.0) / 2.0 * (image_size - centring)
+            corner = torch.minimum(torch.clamp(torch.round(centre - side / 2), min=0.0), image_size - side)  # (x0, y0)
+            boxes.append(torch.cat([corner, corner + side], dim=1))
+            # The env's (cx, cy) = (x0 + x1) / (2 W): with whole-pixel corners and sides,
+            # (x0 + w / 2) / W is the same division of the same exact numbers.
+            location = torch.cat([((corner + side / 2) / image_size).to(query.dtype), size_fraction], dim=1)
+            pixel = corner.to(torch.int64)
+            start = (pixel[:, 1] * width_long + pixel[:, 0]).reshape(-1, 1, 1)
             index = (start + offsets).expand(-1, channels, -1)
             crop = flat.gather(2, index).reshape(n, channels, self.window_h, self.window_w).to(query.dtype)
             window_emb = self.cnn(crop)
             window_embs.append(window_emb)
-        distances = self.policy.match_head(query_emb.repeat(self.max_trials, 1), torch.cat(window_embs))
+        distances = self.policy.match_head.projected_distance(constants.query_projection.repeat(self.max_trials, 1),
+                                                              torch.cat(window_embs))
         return torch.stack(boxes), distances.reshape(self.max_trials, n)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from gymnasium import spaces
@@ -42,7 +42,12 @@ class MatchHead(nn.Module):
 
     def forward(self, query_emb: torch.Tensor, window_emb: torch.Tensor) -> torch.Tensor:
         """:return: ``(N,)`` Euclidean distances between the projected embeddings."""
-        diff = self.projection(query_emb) - self.projection(window_emb)
+        return self.projected_distance(self.projection(query_emb), window_emb)
+
+    def projected_distance(self, query_projection: torch.Tensor, window_emb: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the query already projected (``(N, projection_dim)``): a search
+        projects its query once, not at every window."""
+        diff = query_projection - self.projection(window_emb)
         return torch.sqrt(diff.pow(2).sum(dim=-1) + 1e-8)
 
 
@@ -128,6 +133,7 @@ class PointerHead(nn.Module):
         similarity: torch.Tensor,
         location: torch.Tensor,
         match_distance: torch.Tensor,
+        best: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The anchors and the gate's logits.
 
@@ -136,12 +142,16 @@ class PointerHead(nn.Module):
         :param similarity: ``(..., h' * w')``.
         :param location: ``(..., 4)`` the current window ``(cx, cy, w, h)`` as fractions of the reference.
         :param match_distance: ``(...,)`` the match head's query/window distance.
+        :param best: ``(..., 2)`` :meth:`soft_argmax` of ``similarity``, if already computed (it is
+            the same at every step of a search).
         :return: anchors ``(..., 4, 2)`` in absolute-action units (order :attr:`ANCHORS`) and gate
             logits ``(..., 4)``.
         """
         centre, size = location[..., None, :2], location[..., None, 2:]
         covered = ((self.cell_centres - centre).abs() < size / 2).all(dim=-1)
-        points = torch.stack([self.soft_argmax(similarity), self.soft_argmax(similarity, covered), location[..., :2]], dim=-2)
+        if best is None:
+            best = self.soft_argmax(similarity)
+        points = torch.stack([best, self.soft_argmax(similarity, covered), location[..., :2]], dim=-2)
         anchors = torch.cat([(2.0 * points - 1.0) * self.point_scale + self.point_shift, free_action[..., None, :]], dim=-2)
         logits = self.gate(torch.cat([latent, match_distance.detach()[..., None]], dim=-1))
         return anchors, logits
@@ -153,6 +163,7 @@ class PointerHead(nn.Module):
         similarity: torch.Tensor,
         location: torch.Tensor,
         match_distance: torch.Tensor,
+        best: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(..., 2)`` mean ``(x, y)`` absolute action: the gate's most likely anchor plus the
         offset (arguments as in :meth:`candidates`).
@@ -163,9 +174,12 @@ class PointerHead(nn.Module):
         :func:`agents.imitation.imitation_losses`); PPO's gradient reaches the chosen anchor
         (through the similarity map, hence the CNN) and the offset, not the choice.
         """
-        anchors, logits = self.candidates(latent, free_action, similarity, location, match_distance)
-        index = logits.argmax(dim=-1)[..., None, None].expand(*anchors.shape[:-2], 1, anchors.shape[-1])
-        chosen = anchors.gather(-2, index).squeeze(-2)  # gather, not take_along_dim: ONNX exports it
+        anchors, logits = self.candidates(latent, free_action, similarity, location, match_distance, best)
+        # The chosen anchor as a one-hot weighted sum (exactly that anchor: the others are finite
+        # and weighted by 0): a gather of a batch-sized index exports to ONNX as a dozen shape
+        # operations, and the fused search graph runs this at every window.
+        choice = F.one_hot(logits.argmax(dim=-1), len(self.ANCHORS)).to(anchors.dtype)
+        chosen = (anchors * choice[..., None]).sum(dim=-2)
         return chosen + self.offset(latent)
 
 
@@ -307,6 +321,24 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         return self.action_mean(self.mlp_extractor.forward_actor(h), features), (h.unsqueeze(0), c.unsqueeze(0))
 
 
+class SearchConstants(NamedTuple):
+    """What :class:`PolicyStep` computes once per search (:meth:`PolicyStep.start`), not per window.
+
+    ``bias`` ``(N, 4 * hidden)``: the LSTM's input product with the query embedding and the
+    similarity map, plus both biases; ``step_weight`` ``(2 E + 5 + hidden, 4 * hidden)``: the
+    input weights of what changes at every window (window embedding, location, trials left) over
+    the recurrent weights, so that a decision is one matrix product; ``query_projection``
+    ``(N, projection_dim)``: the query in the match head's space; ``similarity`` ``(N, h' * w')``
+    (or ``(N, 0)``); ``best`` ``(N, 2)``: the pointer head's best cell, or ``None`` without one.
+    """
+
+    bias: torch.Tensor
+    step_weight: torch.Tensor
+    query_projection: torch.Tensor
+    similarity: torch.Tensor
+    best: Optional[torch.Tensor]
+
+
 class PolicyStep(nn.Module):
     """One decision of the actor from precomputed embeddings: ``(mean, h, c)``.
 
@@ -314,7 +346,8 @@ class PolicyStep(nn.Module):
     :meth:`~agents.siamese.SearchFeaturesExtractor.combine` builds, in PyTorch: the searcher's
     path with ``fast=False`` (e.g. on a GPU) and each decision of the fused search graph
     (:mod:`agents.fused_search`); :class:`~agents.numpy_step.NumpyActorStep` is the same decision
-    in numpy for the CPU fast path.
+    in numpy for the CPU fast path. A search calls :meth:`start` once (what every decision
+    shares), then :meth:`decide` per window; calling the module does both.
 
     :param policy: a trained policy with a one-layer actor LSTM.
     """
@@ -324,6 +357,52 @@ class PolicyStep(nn.Module):
         if policy.lstm_actor.num_layers != 1:
             raise ValueError("PolicyStep supports one-layer actor LSTMs")
         self.policy = policy
+
+    def start(self, query_emb: torch.Tensor, similarity: torch.Tensor) -> SearchConstants:
+        """What every decision of the searches of ``(N, E)`` query embeddings with ``(N, h' * w')``
+        (or ``(N, 0)``) similarity maps shares (see :class:`SearchConstants`). The fused search
+        graph unrolls every decision of a search, so what is computed here once is ``max_trials``
+        times fewer operations there."""
+        lstm, e = self.policy.lstm_actor, query_emb.shape[1]
+        # LSTM input rows: query (E), window (E), location (4), trials left (1), similarity.
+        w_ih = lstm.weight_ih_l0
+        bias = query_emb @ w_ih[:, :e].T + lstm.bias_ih_l0 + lstm.bias_hh_l0
+        if self.policy.features_extractor.map_size is not None:  # (a fixed choice: no branch in a traced graph)
+            bias = bias + similarity @ w_ih[:, 2 * e + 5:].T
+        step_weight = torch.cat([w_ih[:, e:2 * e + 5], lstm.weight_hh_l0], dim=1).T
+        head = self.policy.pointer_head
+        best = None if head is None else head.soft_argmax(similarity)
+        return SearchConstants(bias, step_weight, self.policy.match_head.projection(query_emb), similarity, best)
+
+    def decide(
+        self,
+        constants: SearchConstants,
+        window_emb: torch.Tensor,
+        location: torch.Tensor,
+        trials_left: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decision of the searches :meth:`start` began: ``(N, A)`` mean and the new ``h``, ``c``.
+
+        :param window_emb: ``(N, E)``; ``location`` ``(N, 4)``; ``trials_left`` ``(N, 1)``.
+        :param h: ``(N, hidden)`` and ``c``: the LSTM state (zeros at the first decision).
+        """
+        k = self.policy.lstm_actor.hidden_size
+        # torch.lstm_cell written out (gates i, f, g, o): its ONNX export splits the gates with a
+        # chunk ONNX cannot size, and the fused search exports this step.
+        z = constants.bias + torch.cat([window_emb, location, trials_left, h], dim=1) @ constants.step_weight
+        i, f, g, o = torch.sigmoid(z[:, :k]), torch.sigmoid(z[:, k:2 * k]), torch.tanh(z[:, 2 * k:3 * k]), torch.sigmoid(z[:, 3 * k:])
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        policy = self.policy
+        latent = policy.mlp_extractor.forward_actor(h)
+        out = policy.action_net(latent)
+        if policy.pointer_head is None:
+            return out, h, c
+        distance = policy.match_head.projected_distance(constants.query_projection, window_emb)
+        xy = policy.pointer_head(latent, out[:, :2], constants.similarity, location, distance, constants.best)
+        return torch.cat([xy, out[:, 2:]], dim=-1), h, c
 
     def forward(
         self,
@@ -335,14 +414,8 @@ class PolicyStep(nn.Module):
         h: torch.Tensor,
         c: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:param similarity: ``(N, h' * w')``, or ``(N, 0)`` for a policy without an overview.
+        """One decision from scratch (:meth:`start`, then :meth:`decide`).
+
+        :param similarity: ``(N, h' * w')``, or ``(N, 0)`` for a policy without an overview.
         :param h: ``(N, hidden)`` and ``c``: the LSTM state (zeros at the first decision)."""
-        features = torch.cat([query_emb, window_emb, location, trials_left, similarity], dim=1)
-        lstm, k = self.policy.lstm_actor, self.policy.lstm_actor.hidden_size
-        # torch.lstm_cell written out (gates i, f, g, o): its ONNX export splits the gates with a
-        # chunk ONNX cannot size, and the fused search exports this step.
-        z = features @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + h @ lstm.weight_hh_l0.T + lstm.bias_hh_l0
-        i, f, g, o = torch.sigmoid(z[:, :k]), torch.sigmoid(z[:, k:2 * k]), torch.tanh(z[:, 2 * k:3 * k]), torch.sigmoid(z[:, 3 * k:])
-        c = f * c + i * g
-        h = o * torch.tanh(c)
-        return self.policy.action_mean(self.policy.mlp_extractor.forward_actor(h), features), h, c
+        return self.decide(self.start(query_emb, similarity), window_emb, location, trials_left, h, c)

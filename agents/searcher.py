@@ -117,7 +117,8 @@ class _TorchRunningSearch(_RunningSearch):
     def __init__(self, step: PolicyStep, query_emb: np.ndarray, similarity: np.ndarray) -> None:
         self.policy_step = step
         self.device = step.policy.device
-        self.query_emb, self.similarity = self._tensor(query_emb), self._tensor(similarity)
+        self.query_emb = self._tensor(query_emb)
+        self.constants = step.start(self.query_emb, self._tensor(similarity))
         hidden = step.policy.lstm_actor.hidden_size
         self.h = self.query_emb.new_zeros(self.query_emb.shape[0], hidden)
         self.c = self.query_emb.new_zeros(self.query_emb.shape[0], hidden)
@@ -127,13 +128,14 @@ class _TorchRunningSearch(_RunningSearch):
 
     def step(self, window_emb, locations, trials_left):
         trials = self.query_emb.new_full((self.query_emb.shape[0], 1), trials_left)
-        mean, self.h, self.c = self.policy_step(self.query_emb, self._tensor(window_emb), self._tensor(locations),
-                                                trials, self.similarity, self.h, self.c)
+        mean, self.h, self.c = self.policy_step.decide(self.constants, self._tensor(window_emb), self._tensor(locations),
+                                                       trials, self.h, self.c)
         return mean.cpu().numpy()
 
     def distance(self, window_emb):
-        repeats = window_emb.shape[0] // self.query_emb.shape[0]
-        return self.policy_step.policy.match_distance(self.query_emb.repeat(repeats, 1), self._tensor(window_emb)).cpu().numpy()
+        query = self.constants.query_projection
+        query = query.repeat(window_emb.shape[0] // query.shape[0], 1)
+        return self.policy_step.policy.match_head.projected_distance(query, self._tensor(window_emb)).cpu().numpy()
 
 
 class TemplateSearcher:

@@ -151,6 +151,23 @@ def test_benchmark_run_writes_its_table_with_the_machine_and_the_speed_gauge(tmp
     assert header.startswith("TemplateTargetPairs; ") and "speed gauge" in header and "thread per method" in header
     assert "speed gauge at the start" in run.stdout and (tmp_path / "accuracy_vs_time.png").exists()
 
+def test_evaluate_agents_run_writes_its_table_with_the_machine_and_the_speed_gauge(tmp_path):
+    import json
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(TRAIN / "evaluate_agents.py"), "--agent", "pretrained:translated-mnist",
+                          "--pairs", "5", "--timing-pairs", "3", "--warmup", "1", "--timing-rounds", "1",
+                          "--batch-size", "5", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert set(written["speed_gauge_ms"]) == {"start", "end"} and all(v > 0 for v in written["speed_gauge_ms"].values())
+    assert [r["agent"] for r in written["results"]] == ["pretrained:translated-mnist"]
+    assert written["results"][0]["pairs"] == 5
+    header = (tmp_path / "results.md").read_text().splitlines()[0]
+    assert "speed gauge" in header and "CNN runtime" in header
+
+
 
 def test_make_pairs_starts_at_the_first_pair_asked():
     bench = load_script("benchmark_matchers")

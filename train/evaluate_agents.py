@@ -20,7 +20,10 @@ For each agent, through the inference API (:class:`agents.searcher.TemplateSearc
 * with ``--query-controls``, **whether it uses the query**: success when each query is replaced by
   a flat grey image or by another label's query (the same references and targets). Close to the
   agent's own success means it finds what the reference gives away (the one salient object, the
-  dataset's layout), not what it was asked for.
+  dataset's layout), not what it was asked for;
+* the **speed gauge** of ``train/benchmark_matchers.py`` (a fixed OpenCV NCC, one thread) at the
+  start and at the end of the run, with the machine: compare times of different runs only
+  together with it.
 
 ``--stop-score S`` (repeatable; ``none`` is the default protocol) also evaluates each agent with
 searches that end at the first window the match head scores at least ``S`` (the searcher's
@@ -49,7 +52,7 @@ from tqdm import tqdm
 
 from agents.pretrained import PRETRAINED
 from agents.searcher import TemplateSearcher
-from benchmark_matchers import in_fresh_process, machine_description, make_pairs
+from benchmark_matchers import SPEED_GAUGE, gauge_note, in_fresh_process, machine_description, make_pairs, speed_gauge_ms
 from matchenv.geometry import iou
 
 #: The agent issue's bars per dataset: (success, ms per query) of the published prototype and our goal.
@@ -250,6 +253,8 @@ def main() -> None:
         stop_scores = [None if v.lower() == "none" else float(v) for v in (args.stop_score or ["none"])]
     except ValueError:
         parser.error(f"--stop-score takes a number in (0, 1] or 'none', got {args.stop_score}")
+    # The machine's speed at the start and end (a shared machine's speed moves between runs).
+    gauge = {"start": speed_gauge_ms()}
     rows = []
     for spec, stop_score in [(spec, stop) for spec in args.agent or SHIPPED_MNIST for stop in stop_scores]:
         if not spec.startswith("pretrained:") and args.dataset is None:
@@ -260,12 +265,14 @@ def main() -> None:
         rows.append(in_fresh_process(evaluate_agent, job))
     runtimes = ", ".join(sorted({r["cnn_runtime"] for r in rows}))
     machine = f"{machine_description(args.threads)}; CNN runtime: {runtimes}"
-    report = f"{machine}\n\n{table(rows)}\n"
+    gauge["end"] = speed_gauge_ms()
+    report = f"{machine}; {gauge_note(gauge)}\n\n{table(rows)}\n"
     if args.query_controls:
         report += "\n" + controls_table(rows) + "\n"
     print("\n" + report)
     (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps({"machine": machine, "threads": args.threads, "results": rows}, indent=2))
+    (out / "results.json").write_text(json.dumps({"machine": machine, "threads": args.threads, "speed_gauge_ms": gauge,
+                                                  "speed_gauge": SPEED_GAUGE, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":
