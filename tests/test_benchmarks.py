@@ -371,3 +371,55 @@ def test_benchmark_rejects_bad_dataset_arguments_before_starting_workers(tmp_pat
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "unexpected keyword argument 'root'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_compare_speed_summary_pairs_each_query_with_itself():
+    compare = load_script("compare_speed")
+    # two contenders, three rounds, four queries: B takes half of A's time on every query
+    a = np.array([[1.0, 2.0, 4.0, 8.0], [1.5, 2.0, 4.5, 9.0], [1.2, 2.5, 4.0, 8.0]])
+    times = np.stack([a, a / 2])
+    ious = np.array([[0.9, 0.2, 0.7, 0.6], [0.9, 0.2, 0.4, 0.6]])
+    first, second = compare.summarise(times, ious, ["A", "B"])
+    assert first["median_ms"] == pytest.approx(3.0) and first["mean_ms"] == pytest.approx(3.75)  # fastest of the rounds
+    assert first["success_rate"] == pytest.approx(0.75) and second["success_rate"] == pytest.approx(0.5)
+    assert second["median_query_ratio"] == pytest.approx(0.5) and second["ratio_of_means"] == pytest.approx(0.5)
+    assert second["different_answers"] == 1
+    assert "| B | 0.500 | 1.50 | 1.88 | 0.500 | 0.500 | 0.500 | 1 |" in compare.table([first, second])
+
+
+def test_compare_speed_checks_the_checkout_it_is_given(tmp_path):
+    compare = load_script("compare_speed")
+    assert compare.parse_contender("ncc").checkout == compare.ROOT
+    here = compare.parse_contender(f"agent:pretrained:mixed-mnist@{compare.ROOT}")
+    assert here.method == "agent:pretrained:mixed-mnist" and here.checkout == compare.ROOT
+    with pytest.raises(ValueError, match="is not a checkout of this repository"):
+        compare.parse_contender(f"ncc@{tmp_path}")
+    with pytest.raises(ValueError, match="names no method"):
+        compare.parse_contender(f"@{compare.ROOT}")
+
+
+def test_compare_speed_times_two_methods_in_turn(tmp_path):
+    import json
+    import subprocess
+
+    other = tmp_path / "other_checkout"  # "another checkout": links to this one's code
+    other.mkdir()
+    for name in ("agents", "matchenv", "train"):
+        (other / name).symlink_to(TRAIN.parent / name)
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(TRAIN / "compare_speed.py"), "--dataset", "TranslatedMNIST", "--pairs", "6",
+                          "--block", "4", "--rounds", "2", "--warmup", "1", "--method", "ncc",
+                          "--method", f"ssd@{other}", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    written = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in written["results"]] == ["ncc", f"ssd @ {other.resolve()}"]
+    assert [m["code_imported_from"] for m in written["methods"]] == [str(TRAIN.parent), str(other)]
+    assert np.array(written["times_ms"]).shape == (2, 2, 6) and np.all(np.array(written["times_ms"]) > 0)
+    assert set(written["speed_gauge_ms"]) == {"start", "end"}
+    second = written["results"][1]
+    assert second["pairs"] == 6 and 0 <= second["different_answers"] <= 6 and second["median_query_ratio"] > 0
+    assert "interleaved in blocks of 4 pairs" in (out / "results.md").read_text()
+    bad = subprocess.run([sys.executable, str(TRAIN / "compare_speed.py"), "--method", "ncc"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "at least two --method" in bad.stderr
