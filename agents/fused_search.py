@@ -127,7 +127,7 @@ class FusedSearch:
                  overviews: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
         """:param queries: ``(N, h, w, C)`` uint8, like ``views``; ``references`` ``(N, H, W, C)``
         uint8, all the same size. :return: ``boxes`` ``(T, N, 4)`` and ``distances`` ``(T, N)``."""
-        as_input = lambda a: a.transpose(0, 3, 1, 2).astype(np.float32)  # noqa: E731
+        as_input = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32)  # noqa: E731
         feed = {"query": as_input(queries), "view": as_input(views),
                 "reference": np.ascontiguousarray(references.transpose(0, 3, 1, 2)),
                 "image_size": np.array([references.shape[2], references.shape[1]], np.float64)}

@@ -122,7 +122,9 @@ class PointerHead(nn.Module):
             # choice is unchanged instead of undefined.
             logits = logits - 1e4 * suppress.to(logits.dtype)
         best = self.cell_grid[logits.argmax(dim=-1)]  # (..., 2) row, col
-        outside = ((self.cell_grid - best[..., None, :]).abs() > 1).any(dim=-1)
+        # "any coordinate more than 1 cell away" as a max: the same test in fewer ONNX operations
+        # (a boolean any/all exports as casts, a sum and a comparison), run at every window.
+        outside = (self.cell_grid - best[..., None, :]).abs().amax(dim=-1) > 1
         logits = logits - 1e4 * outside.to(logits.dtype)
         return torch.softmax(logits, dim=-1) @ self.cell_centres
 
@@ -148,7 +150,7 @@ class PointerHead(nn.Module):
             logits ``(..., 4)``.
         """
         centre, size = location[..., None, :2], location[..., None, 2:]
-        covered = ((self.cell_centres - centre).abs() < size / 2).all(dim=-1)
+        covered = ((self.cell_centres - centre).abs() - size / 2).amax(dim=-1) < 0  # |d| < size / 2 on both axes
         if best is None:
             best = self.soft_argmax(similarity)
         points = torch.stack([best, self.soft_argmax(similarity, covered), location[..., :2]], dim=-2)

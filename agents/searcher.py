@@ -288,7 +288,6 @@ class TemplateSearcher:
         """
         return self.locate_batch([query], [reference])[0]
 
-    @torch.inference_mode()
     def locate_batch(self, queries: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> list[SearchResult]:
         """:meth:`locate` for many pairs at once: one policy forward per trial for the whole batch."""
         if len(queries) != len(references):
@@ -314,27 +313,31 @@ class TemplateSearcher:
         else:  # photographs: the query's aspect, a size relative to the reference
             windows = [nominal_window(q.shape, r.shape, self.window_fraction) for q, r in zip(queries, references)]
         n = len(queries)
-        # At small batches oneDNN's convolution costs more than it saves (and re-plans whenever
-        # the input shape changes); PyTorch's native kernels are faster there.
-        previous = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = n > self.MKLDNN_MIN_BATCH
-        try:
-            return self._search(queries, references, windows, factors)
-        finally:
-            torch.backends.mkldnn.enabled = previous
-
-    def _search(self, queries, references, windows, factors) -> list[SearchResult]:
-        n = len(queries)
         view = self._view
+        # The whole search as one ONNX Runtime call (agents/fused_search.py): no PyTorch on this path.
         if (self._fused is not None and self.stop_score is None
                 and all(q.shape[:2] == self.query_size for q in queries)
                 and all(r.shape == references[0].shape for r in references)):
             overviews = None
             if self.overview_size is not None:
-                overviews = np.stack([resize_image(r, self.overview_size) for r in references])
-            boxes, distances = self._fused(np.stack(queries), np.stack([view(r) for r in references]),
+                overviews = stacked([resize_image(r, self.overview_size) for r in references])
+            boxes, distances = self._fused(stacked(queries), stacked([view(r) for r in references]),
                                            stacked(references), overviews)
             return self._results(boxes, distances, np.full(n, self.max_trials), factors)
+        # At small batches oneDNN's convolution costs more than it saves (and re-plans whenever
+        # the input shape changes); PyTorch's native kernels are faster there.
+        previous = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = n > self.MKLDNN_MIN_BATCH
+        try:
+            with torch.inference_mode():
+                return self._search(queries, references, windows, factors)
+        finally:
+            torch.backends.mkldnn.enabled = previous
+
+    def _search(self, queries, references, windows, factors) -> list[SearchResult]:
+        """The search step by step: a CNN call and a decision per window (every agent and option)."""
+        n = len(queries)
+        view = self._view
         # The query (embedded once per search) and the global view, in one CNN call.
         both = self._cnn.embed(np.stack([view(q) for q in queries] + [view(r) for r in references]))
         query_emb, window_emb = both[:n], both[n:]

@@ -101,7 +101,8 @@ def machine_description(threads: int = 1) -> str:
 
 
 #: What :func:`speed_gauge_ms` times, for the outputs.
-SPEED_GAUGE = "OpenCV zero-mean NCC of a 32x32 template over a fixed 240x320 image, one thread, median of 50"
+SPEED_GAUGE = ("OpenCV zero-mean NCC of a 32x32 template over a fixed 240x320 image, one thread, median of 50, "
+               "in a fresh process importing only numpy and OpenCV")
 
 
 def speed_gauge_ms(repeats: int = 50) -> float:
@@ -114,7 +115,26 @@ def speed_gauge_ms(repeats: int = 50) -> float:
     speed at the time comes with them. Compare runs only together with this number, and within
     a run compare methods. It tracks the machine roughly: the look's ONNX Runtime convolutions
     varied more than NCC did.
+
+    It runs in a fresh Python process that imports only numpy and OpenCV, the same program every
+    time: measured in the caller's process (as it was until 2026-11-24) the same NCC took 1.08 ms
+    where torch had been imported and 1.69 ms where it had not, minutes apart. (glibc's malloc
+    hands the NCC's large buffers back to the system after every call until the heap has grown,
+    which importing torch does; with ``MALLOC_MMAP_THRESHOLD_`` set high it took 1.09 ms too.)
     """
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            f"import benchmark_matchers; print(benchmark_matchers.speed_gauge_here({int(repeats)}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"the speed gauge's process failed: {done.stderr.strip()[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def speed_gauge_here(repeats: int = 50) -> float:
+    """:func:`speed_gauge_ms`'s measurement, in this process (whose imports it depends on)."""
     import cv2
 
     cv2.setNumThreads(1)

@@ -7,8 +7,8 @@
         --method agent:look:photo --method agent:look:photo,candidates=1
 
 Why: on a shared machine the same method's time moves by up to 40% between runs, and by more
-within minutes (the benchmark's speed gauge read 1.08 ms and 2.4-2.7 ms twenty minutes apart
-on 2026-11-24), so "version B is 8% faster" cannot come from two benchmark runs. Here every
+within minutes (the benchmark's speed gauge read 1.68 ms and 2.44-2.69 ms in two runs two
+minutes apart on 2026-11-24), so "version B is 8% faster" cannot come from two benchmark runs. Here every
 contender runs in its own worker process (one thread, pairs generated in memory, warm-up
 excluded, as in ``train/benchmark_matchers.py``), and the workers take turns: pair 1 by each
 contender, then pair 2 by each, and so on for ``--rounds`` passes; in blocks of ``--block``
