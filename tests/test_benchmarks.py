@@ -423,3 +423,7 @@ def test_compare_speed_times_two_methods_in_turn(tmp_path):
     bad = subprocess.run([sys.executable, str(TRAIN / "compare_speed.py"), "--method", "ncc"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "at least two --method" in bad.stderr
+    unknown = subprocess.run([sys.executable, str(TRAIN / "compare_speed.py"), "--dataset", "TranslatedMNIST", "--pairs", "2",
+                              "--method", "ncc", "--method", "nccc", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 1 and "error: nccc could not start" in unknown.stderr
+    assert "Traceback" not in unknown.stderr.split("could not start")[-1]

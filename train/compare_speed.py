@@ -248,7 +248,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     workers: list[Worker] = []
     try:
         for contender in contenders:
-            workers.append(Worker(contender, job))
+            try:
+                workers.append(Worker(contender, job))
+            except RuntimeError as err:  # a method or checkout that cannot run: one clear line
+                parser.exit(1, f"compare_speed.py: error: {err}\n")
         n = min(w.pairs for w in workers)
         labels = [w.name if w.contender.checkout == ROOT else f"{w.name} @ {w.contender.checkout}" for w in workers]
         times = np.zeros((len(workers), args.rounds, n))
