@@ -10,11 +10,11 @@ Why: on a shared machine the same method's time moves by up to 40% between runs,
 within minutes (the benchmark's speed gauge read 1.68 ms and 2.44-2.69 ms in two runs two
 minutes apart on 2026-11-24), so "version B is 8% faster" cannot come from two benchmark runs. Here every
 contender runs in its own worker process (one thread, pairs generated in memory, warm-up
-excluded, as in ``train/benchmark_matchers.py``), and the workers take turns: pair 1 by each
-contender, then pair 2 by each, and so on for ``--rounds`` passes; in blocks of ``--block``
-pairs (one untimed query first, to win back the caches the other process took), the order
-rotated from block to block. Only one worker computes at a time, so they share the machine's
-fast and slow moments instead of competing for its cores.
+excluded, as in ``train/benchmark_matchers.py``), and the workers take turns block by block:
+the first ``--block`` pairs by each contender (one untimed query first, to win back the caches
+the other process took), then the next block by each, the order rotated from block to block,
+and so on for ``--rounds`` passes. Only one worker computes at a time, so they share the
+machine's fast and slow moments instead of competing for its cores.
 
 A method is any name ``train/benchmark_matchers.py`` takes (``ncc``, ``agent:pretrained:<name>``,
 ``agent:look:photo,candidates=1``, ``agent:<checkpoint>``, ...), optionally followed by
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -144,8 +143,7 @@ class Worker:
                 "worker = sys.modules['compare_speed_worker'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(worker); "
                 "worker.serve(json.loads(sys.argv[1]))").format(paths=paths, file=str(Path(__file__).resolve()))
         self.process = subprocess.Popen([sys.executable, "-c", code, json.dumps({**job, "method": contender.method})],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                        cwd=contender.checkout)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         first = self._read()
         if "error" in first:
             self.close()
