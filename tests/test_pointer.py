@@ -86,7 +86,12 @@ def test_forward_picks_one_anchor_never_an_average():
     anchors, logits = head.candidates(latent, free, similarity, location, distance)
     mean = head(latent, free, similarity, location, distance)  # the offset starts at 0
     chosen = anchors[torch.arange(5), logits.argmax(dim=-1)]
-    torch.testing.assert_close(mean, chosen)
+    assert torch.equal(mean, chosen)  # exactly the anchor (a one-hot sum), not close to it
+    # The same with leading batch dimensions (sequences in training), and with the best cell given.
+    mean_2d = head(latent.reshape(1, 5, 8), free.reshape(1, 5, 2), similarity.reshape(1, 5, 16),
+                   location.reshape(1, 5, 4), distance.reshape(1, 5))
+    assert torch.equal(mean_2d[0], mean)
+    assert torch.equal(head(latent, free, similarity, location, distance, head.soft_argmax(similarity)), mean)
 
 
 def test_pointer_needs_an_overview_and_continuous_actions():
