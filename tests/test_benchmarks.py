@@ -134,6 +134,24 @@ def test_speed_gauge_times_a_fixed_workload_and_the_outputs_state_it():
     assert note.startswith("speed gauge 0.812 ms at the start and 0.900 ms at the end (OpenCV zero-mean NCC")
 
 
+def test_speed_gauge_runs_in_a_fresh_process_and_reports_its_failure(monkeypatch):
+    import subprocess
+
+    bench = load_script("benchmark_matchers")
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout="noise\n1.25\n", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert bench.speed_gauge_ms(repeats=7) == 1.25
+    assert calls[0][0] == sys.executable and "speed_gauge_here(7)" in calls[0][-1]
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, 1, "", "boom"))
+    with pytest.raises(RuntimeError, match="speed gauge's process failed: boom"):
+        bench.speed_gauge_ms()
+
+
 def test_benchmark_run_writes_its_table_with_the_machine_and_the_speed_gauge(tmp_path):
     import json
     import subprocess
