@@ -169,6 +169,7 @@ def test_benchmark_run_writes_its_table_with_the_machine_and_the_speed_gauge(tmp
     assert header.startswith("TemplateTargetPairs; ") and "speed gauge" in header and "thread per method" in header
     assert "speed gauge at the start" in run.stdout and (tmp_path / "accuracy_vs_time.png").exists()
 
+
 def test_evaluate_agents_run_writes_its_table_with_the_machine_and_the_speed_gauge(tmp_path):
     import json
     import subprocess
@@ -184,7 +185,6 @@ def test_evaluate_agents_run_writes_its_table_with_the_machine_and_the_speed_gau
     assert written["results"][0]["pairs"] == 5
     header = (tmp_path / "results.md").read_text().splitlines()[0]
     assert "speed gauge" in header and "CNN runtime" in header
-
 
 
 def test_make_pairs_starts_at_the_first_pair_asked():
