@@ -18,10 +18,10 @@ What is measured, and how it is kept fair:
 * a method times queries until ``--max-seconds`` have passed; a worker still running two minutes
   after that (one query slower than the whole budget) is stopped and reported as "no query
   finished";
-* a **speed gauge** (:func:`speed_gauge_ms`: a fixed OpenCV NCC, one thread) is timed at the
-  start and at the end of the run and written with the results: on a shared machine the same
-  method's time moves by up to 40% between runs, so times from different runs compare only
-  together with it;
+* a **speed gauge** (:func:`speed_gauge_ms`: a fixed OpenCV NCC, one thread, in a fresh
+  process) is timed at the start and at the end of the run and written with the results: on a
+  shared machine the same method's time moves by up to 40% between runs, so times from
+  different runs compare only together with it;
 * ``centre-box`` is a control, not a matcher: the same centred box for every query, its size
   fitted on training pairs; a method near it has learned the dataset's layout, not the query;
 * QATM and the exhaustive embedding search run on the agent's trained siamese CNN
