@@ -62,9 +62,10 @@ class Contender:
     method: str
     checkout: Path
 
-    @property
-    def label(self) -> str:
-        return self.method if self.checkout == ROOT else f"{self.method} @ {self.checkout}"
+    def label(self, name: Optional[str] = None) -> str:
+        """``name`` (default: the method) and, for another checkout, ``@ <checkout>``."""
+        name = self.method if name is None else name
+        return name if self.checkout == ROOT else f"{name} @ {self.checkout}"
 
 
 def parse_contender(text: str) -> Contender:
@@ -154,14 +155,14 @@ class Worker:
         first = self._read()
         if "error" in first:
             self.close()
-            raise RuntimeError(f"{contender.label} could not start: {first['error']}")
+            raise RuntimeError(f"{contender.label()} could not start: {first['error']}")
         self.name, self.pairs, self.code = first["ready"], first["pairs"], first["code"]
 
     def _read(self) -> dict[str, Any]:
         line = self.process.stdout.readline()
         if not line:
             code = self.process.wait()
-            raise RuntimeError(f"the worker for {self.contender.label} stopped (exit code {code}); its error is above")
+            raise RuntimeError(f"the worker for {self.contender.label()} stopped (exit code {code}); its error is above")
         return json.loads(line)
 
     def time_block(self, first: int, count: int) -> dict[str, list[float]]:
@@ -258,7 +259,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             except RuntimeError as err:  # a method or checkout that cannot run: one clear line
                 parser.exit(1, f"compare_speed.py: error: {err}\n")
         n = min(w.pairs for w in workers)
-        labels = [w.name if w.contender.checkout == ROOT else f"{w.name} @ {w.contender.checkout}" for w in workers]
+        labels = [w.contender.label(w.name) for w in workers]
         times = np.zeros((len(workers), args.rounds, n))
         ious = np.zeros((len(workers), n))
         with tqdm(total=args.rounds * n, desc="pairs (each by every method)", unit="pair") as bar:
