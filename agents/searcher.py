@@ -308,12 +308,7 @@ class TemplateSearcher:
         if self.max_side is not None:
             shrunk = [to_working_size(r, self.max_side) for r in references]
             references, factors = [r for r, _ in shrunk], np.array([f for _, f in shrunk])
-        if self.window_fraction is None:  # the query's size in working pixels
-            windows = [(q.shape[0] * f, q.shape[1] * f) for q, f in zip(queries, factors)]
-        else:  # photographs: the query's aspect, a size relative to the reference
-            windows = [nominal_window(q.shape, r.shape, self.window_fraction) for q, r in zip(queries, references)]
         n = len(queries)
-        view = self._view
         # The whole search as one ONNX Runtime call (agents/fused_search.py): no PyTorch on this path.
         if (self._fused is not None and self.stop_score is None
                 and all(q.shape[:2] == self.query_size for q in queries)
@@ -321,9 +316,13 @@ class TemplateSearcher:
             overviews = None
             if self.overview_size is not None:
                 overviews = stacked([resize_image(r, self.overview_size) for r in references])
-            boxes, distances = self._fused(stacked(queries), stacked([view(r) for r in references]),
+            boxes, distances = self._fused(stacked(queries), stacked([self._view(r) for r in references]),
                                            stacked(references), overviews)
             return self._results(boxes, distances, np.full(n, self.max_trials), factors)
+        if self.window_fraction is None:  # the query's size in working pixels
+            windows = [(q.shape[0] * f, q.shape[1] * f) for q, f in zip(queries, factors)]
+        else:  # photographs: the query's aspect, a size relative to the reference
+            windows = [nominal_window(q.shape, r.shape, self.window_fraction) for q, r in zip(queries, references)]
         # At small batches oneDNN's convolution costs more than it saves (and re-plans whenever
         # the input shape changes); PyTorch's native kernels are faster there.
         previous = torch.backends.mkldnn.enabled
