@@ -81,6 +81,8 @@ def test_training_input_from_stored_uint8_equals_what_the_searcher_feeds():
 @pytest.mark.parametrize("kernel, stride", [(5, 2), (8, 4), (3, 1)])
 def test_cell_centre_is_the_centre_of_the_first_convolutions_receptive_field(kernel, stride):
     proposer = CoarseProposer(depth=0, kernel=kernel, stride=stride, shrink=1)
+    with torch.no_grad():  # every ReLU open on a zero image: otherwise the gradient can vanish (random biases all < 0)
+        proposer.net[0].bias.fill_(1.0)
     images = torch.zeros(1, 1, 40, 40, requires_grad=True)
     logits = proposer(images)
     ys, xs = proposer.cell_centres(logits.shape[1:], (40, 40), (40, 40))
