@@ -19,8 +19,11 @@ nothing to go on. The coarse-to-fine searcher splits the work:
 
 A reference no larger than ``crop_size`` goes straight to the agent: on its own canvases the
 searcher is the agent. The proposer is trained by supervised learning on shrunk large canvases
-(``train/coarse_proposer.py``); it does not see the query, so it finds *target-like* objects (on
-Cluttered MNIST: the one whole digit among fragments) and leaves matching to the agent.
+(``train/coarse_proposer.py``). The shipped Cluttered MNIST one does not see the query: it finds
+*target-like* objects (there: the one whole digit among fragments) and leaves matching to the
+agent. A **query-aware** proposer (``query_side > 0``) also reads the
+query, shrunk, and prefers the cells that look like it, for references with look-alikes (on
+Mixed MNIST: a whole digit of every other class besides the target).
 """
 
 from __future__ import annotations
@@ -56,17 +59,26 @@ class CoarseProposer(nn.Module):
     :param stride: its stride (input pixels per cell).
     :param separable: each 3x3 layer as a depthwise 3x3 then a 1x1 (about 1/4 of its
         multiply-adds at 8 channels).
+    :param query_side: ``0``: the look does not see the query (it finds *target-like* objects).
+        Otherwise it is **query-aware**: the query, shrunk to ``query_side`` x ``query_side``,
+        goes through a small MLP (:attr:`query_net`) that gives one weight per hidden channel,
+        and each cell's logit gains the dot product of its hidden features with those weights
+        (a 1x1 convolution whose weights the query chooses), so that among several
+        target-like objects it can prefer the one that looks like the query.
     """
 
     def __init__(self, channels: int = 1, width: int = 8, shrink: int = 4, depth: int = 1, kernel: int = 8,
-                 stride: int = 4, separable: bool = False) -> None:
+                 stride: int = 4, separable: bool = False, query_side: int = 0) -> None:
         super().__init__()
-        if channels not in (1, 3) or width < 1 or shrink < 1 or depth < 0 or stride < 1 or kernel < stride:
-            raise ValueError("CoarseProposer needs channels 1 or 3, width >= 1, shrink >= 1, depth >= 0, stride >= 1 "
-                             f"and kernel >= stride; got {channels}, {width}, {shrink}, {depth}, {kernel}, {stride}")
+        if (channels not in (1, 3) or width < 1 or shrink < 1 or depth < 0 or stride < 1 or kernel < stride
+                or query_side < 0):
+            raise ValueError("CoarseProposer needs channels 1 or 3, width >= 1, shrink >= 1, depth >= 0, stride >= 1, "
+                             f"kernel >= stride and query_side >= 0; got {channels}, {width}, {shrink}, {depth}, "
+                             f"{kernel}, {stride}, {query_side}")
         self.channels, self.width, self.shrink, self.depth = int(channels), int(width), int(shrink), int(depth)
         self.kernel, self.stride, self.padding = int(kernel), int(stride), (int(kernel) - 1) // 2
         self.separable = bool(separable)
+        self.query_side = int(query_side)
         layers: list[nn.Module] = [nn.Conv2d(channels, width, kernel, stride=stride, padding=self.padding), nn.ReLU()]
         for _ in range(depth):
             if self.separable:
@@ -74,17 +86,35 @@ class CoarseProposer(nn.Module):
             else:
                 layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
         self.net = nn.Sequential(*layers, nn.Conv2d(width, 1, 1))
+        self.query_net: Optional[nn.Module] = None
+        if self.query_side:
+            self.query_net = nn.Sequential(nn.Flatten(), nn.Linear(channels * self.query_side ** 2, 64), nn.ReLU(),
+                                           nn.Linear(64, width))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    @property
+    def query_aware(self) -> bool:
+        """Whether the look takes the query (``query_side > 0``)."""
+        return self.query_net is not None
+
+    def forward(self, images: torch.Tensor, queries: Optional[torch.Tensor] = None) -> torch.Tensor:
         """:param images: ``(N, C, h, w)`` float pixels in [0, 1], the shrunk references.
+        :param queries: ``(N, C, query_side, query_side)`` float pixels in [0, 1], the shrunk
+            queries (:meth:`shrunk_query`); only for a query-aware look, which needs them.
         :return: ``(N, h', w')`` logits, one per cell: ``h' = (h + 2 p - kernel) // stride + 1``
             with ``p = (kernel - 1) // 2``."""
-        return self.net(images)[:, 0]
+        hidden = self.net[:-1](images)
+        logits = self.net[-1](hidden)[:, 0]
+        if self.query_net is None:
+            return logits
+        if queries is None:
+            raise ValueError("this coarse look is query-aware: pass the shrunk queries too")
+        weights = self.query_net(queries)  # (N, width): the query's 1x1 convolution
+        return logits + (hidden * weights[:, :, None, None]).sum(1)
 
     @property
     def config(self) -> dict[str, int]:
         return {"channels": self.channels, "width": self.width, "shrink": self.shrink, "depth": self.depth,
-                "kernel": self.kernel, "stride": self.stride, "separable": self.separable}
+                "kernel": self.kernel, "stride": self.stride, "separable": self.separable, "query_side": self.query_side}
 
     def input_size(self, image_shape: Sequence[int]) -> tuple[int, int]:
         """``(h, w)`` of the network's input for a reference of ``image_shape`` ``(H, W, ...)``."""
@@ -100,6 +130,13 @@ class CoarseProposer(nn.Module):
     def shrunk(self, reference: np.ndarray) -> np.ndarray:
         """``(C, h, w)`` float32 in [0, 1]: ``reference`` ``(H, W, C)`` uint8 as the network sees it."""
         return to_unit_range(self.shrunk_pixels(reference))
+
+    def shrunk_query_pixels(self, query: np.ndarray) -> np.ndarray:
+        """``(C, s, s)`` uint8: ``query`` ``(h, w, C)`` uint8 shrunk to ``query_side`` (a query-aware look)."""
+        small = resize_image(query, (self.query_side, self.query_side))
+        if small.ndim == 2:
+            small = small[:, :, None]
+        return small.transpose(2, 0, 1)
 
     def cell_centres(self, logit_shape: Sequence[int], input_size: Sequence[int],
                      image_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -142,21 +179,27 @@ class _ProposerRuntime:
             from agents.cnn_runtime import onnx_session, onnxruntime_available
 
             if onnxruntime_available():
-                example = torch.zeros(1, proposer.channels, 32, 32)
-                self.session = onnx_session(proposer, (example,), ["images"], ["logits"],
-                                            {"images": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 1: "gh", 2: "gw"}}, threads)
+                example = (torch.zeros(1, proposer.channels, 32, 32),)
+                names, axes = ["images"], {"images": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 1: "gh", 2: "gw"}}
+                if proposer.query_aware:
+                    side = proposer.query_side
+                    example, names = example + (torch.zeros(1, proposer.channels, side, side),), names + ["queries"]
+                    axes["queries"] = {0: "n"}
+                self.session = onnx_session(proposer, example, names, ["logits"], axes, threads)
         except Exception as err:  # noqa: BLE001  (a speed-up only: PyTorch gives the same logits)
             warnings.warn(f"could not run the coarse look in ONNX Runtime ({err}); using PyTorch", RuntimeWarning,
                           stacklevel=3)
             self.session = None
         self.name = "onnxruntime" if self.session is not None else "torch"
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """``(N, C, h, w)`` float32 -> ``(N, h', w')`` logits."""
+    def __call__(self, images: np.ndarray, queries: Optional[np.ndarray] = None) -> np.ndarray:
+        """``(N, C, h, w)`` float32 (and, for a query-aware look, ``(N, C, s, s)`` float32
+        queries) -> ``(N, h', w')`` logits."""
         if self.session is not None:
-            return self.session.run(None, {"images": images})[0]
+            feed = {"images": images} if queries is None else {"images": images, "queries": queries}
+            return self.session.run(None, feed)[0]
         with torch.inference_mode():
-            return self.proposer(torch.from_numpy(images)).numpy()
+            return self.proposer(torch.from_numpy(images), None if queries is None else torch.from_numpy(queries)).numpy()
 
 
 @dataclass(frozen=True)
@@ -235,18 +278,25 @@ class CoarseToFineSearcher:
         """Find ``query`` in ``reference`` (images as for :meth:`TemplateSearcher.locate`)."""
         return self.locate_batch([query], [reference])[0]
 
-    def propose(self, reference: np.ndarray) -> Optional[Proposal]:
+    @property
+    def query_aware(self) -> bool:
+        """Whether the coarse look compares the reference with the query (else it finds target-like objects)."""
+        return self.proposer.query_aware
+
+    def propose(self, reference: np.ndarray, query: Optional[np.ndarray] = None) -> Optional[Proposal]:
         """The coarse look alone: where the agent will search in ``reference`` (``(H, W)`` or
         ``(H, W, C)`` uint8, as for :meth:`locate`); ``None`` if the reference is no larger than
-        ``crop_size`` (the agent searches all of it)."""
+        ``crop_size`` (the agent searches all of it). A query-aware look needs the ``query``."""
         reference = self.fine.prepare(reference, "reference")
-        return self._propose(reference)
+        return self._propose(reference, self._query(query))
 
     def locate_batch(self, queries: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> list[CoarseToFineResult]:
         """:meth:`locate` for many pairs: one coarse look per reference, one batched agent search."""
         if len(queries) != len(references):
             raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
-        proposals = [self._propose(self.fine.prepare(r, f"reference[{i}]")) for i, r in enumerate(references)]
+        proposals = [self._propose(self.fine.prepare(r, f"reference[{i}]"),
+                                   self._query(q, f"query[{i}]") if self.query_aware else None)
+                     for i, (q, r) in enumerate(zip(queries, references))]
         for i, (query, proposal) in enumerate(zip(queries, proposals)):
             shape = np.shape(query)
             if proposal is not None and len(shape) >= 2 and (shape[0] > self.crop_size[0] or shape[1] > self.crop_size[1]):
@@ -263,22 +313,33 @@ class CoarseToFineSearcher:
                                               proposal=proposal))
         return results
 
-    def cell_logits(self, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def cell_logits(self, reference: np.ndarray, query: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The coarse look's ``(h', w')`` logits over the cells of ``reference`` (any size, as for
         :meth:`locate`) and the cells' centres ``(ys, xs)`` in reference pixels (for pictures and
-        diagnostics; a softmax over all cells gives where it thinks the target is)."""
-        return self._cell_logits(self.fine.prepare(reference, "reference"))
+        diagnostics; a softmax over all cells gives where it thinks the target is). A query-aware
+        look needs the ``query``."""
+        return self._cell_logits(self.fine.prepare(reference, "reference"), self._query(query))
 
-    def _cell_logits(self, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _query(self, query: Optional[np.ndarray], name: str = "query") -> Optional[np.ndarray]:
+        """``(1, C, s, s)`` float32: the query as a query-aware look takes it (``None`` for a look
+        that does not take one)."""
+        if not self.query_aware:
+            return None
+        if query is None:
+            raise ValueError("this coarse look is query-aware (it compares the reference with the query): pass the query")
+        return to_unit_range(self.proposer.shrunk_query_pixels(self.fine.prepare(query, name)))[None]
+
+    def _cell_logits(self, reference: np.ndarray, query: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         image = self.proposer.shrunk(reference)
-        logits = self._run(image[None])[0]
+        logits = self._run(image[None], query)[0]
         return (logits, *self.proposer.cell_centres(logits.shape, image.shape[1:], reference.shape))
 
-    def _propose(self, reference: np.ndarray) -> Optional[Proposal]:
+    def _propose(self, reference: np.ndarray, query: Optional[np.ndarray] = None) -> Optional[Proposal]:
+        """:param query: ``(1, C, s, s)`` from :meth:`_query` (a query-aware look), else ``None``."""
         height, width = reference.shape[:2]
         if height <= self.crop_size[0] and width <= self.crop_size[1]:
             return None  # the agent's own canvas size: no coarse look needed
-        logits, ys, xs = self._cell_logits(reference)
+        logits, ys, xs = self._cell_logits(reference, query)
         row, col = np.unravel_index(int(np.argmax(logits)), logits.shape)
         centre = (float(xs[col]), float(ys[row]))
         return Proposal(centre=centre, crop=crop_around(centre, self.crop_size, reference.shape))

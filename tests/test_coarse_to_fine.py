@@ -138,7 +138,7 @@ def test_large_reference_is_searched_in_the_crop_around_the_best_cell(fine, untr
     assert untrained.proposer(torch.zeros(1, 1, 150, 150)).shape == (1, 38, 38)  # 600 px shrunk 4x, stride 4
     logits = np.zeros((1, 38, 38), np.float32)
     logits[0, 30, 7] = 5.0  # the best cell: row 30, column 7
-    monkeypatch.setattr(untrained, "_run", lambda images: logits)
+    monkeypatch.setattr(untrained, "_run", lambda images, queries=None: logits)
     result = untrained.locate(pair.query, pair.reference)
     ys, xs = untrained.proposer.cell_centres((38, 38), (150, 150), (600, 600))
     assert result.proposal.centre == (xs[7], ys[30])
@@ -281,3 +281,69 @@ def test_propose_is_none_on_small_references_and_inside_large_ones(untrained):
     x0, y0, x1, y1 = proposal.crop
     assert (x1 - x0, y1 - y0) == (100, 100) and 0 <= x0 and x1 <= 900 and 0 <= y0 and y1 <= 700
     assert x0 <= proposal.centre[0] <= x1 and y0 <= proposal.centre[1] <= y1
+
+
+@pytest.fixture(scope="module")
+def query_aware(fine) -> CoarseToFineSearcher:
+    torch.manual_seed(0)
+    return CoarseToFineSearcher(fine, CoarseProposer(query_side=14), (100, 100))
+
+
+def test_query_aware_look_scores_the_same_cells_and_depends_on_the_query():
+    torch.manual_seed(0)
+    aware, blind = CoarseProposer(query_side=14), CoarseProposer()
+    images = torch.rand(2, 1, 125, 90)
+    queries = torch.rand(2, 1, 14, 14)
+    logits = aware(images, queries)
+    assert logits.shape == blind(images).shape
+    other = aware(images, queries.flip(0))  # each reference with the other pair's query
+    assert not torch.allclose(logits[0], other[0])
+    # the query's part is a 1x1 convolution whose weights the query chooses: without the
+    # query's MLP the logits are the blind network's
+    with torch.no_grad():
+        aware.query_net[-1].weight.zero_()
+        aware.query_net[-1].bias.zero_()
+        aware.net.load_state_dict(blind.net.state_dict())
+    torch.testing.assert_close(aware(images, queries), blind(images))
+    assert CoarseProposer(**aware.config).config == aware.config and aware.query_aware and not blind.query_aware
+
+
+def test_query_aware_look_needs_the_query(query_aware):
+    with pytest.raises(ValueError, match="query-aware: pass the shrunk queries"):
+        query_aware.proposer(torch.rand(1, 1, 64, 64))
+    reference = np.random.default_rng(0).integers(0, 255, (400, 400), dtype=np.uint8)
+    with pytest.raises(ValueError, match="query-aware .*pass the query"):
+        query_aware.propose(reference)
+    with pytest.raises(ValueError, match="query must be"):
+        query_aware.propose(reference, np.zeros((5,), np.uint8))
+    assert query_aware.propose(reference, np.zeros((28, 28), np.uint8)) is not None
+
+
+def test_query_aware_onnx_runtime_equals_pytorch_and_locate_uses_the_query(query_aware):
+    pytest.importorskip("onnxruntime")
+    assert query_aware.runtime == "onnxruntime"
+    rng = np.random.default_rng(0)
+    images, queries = rng.random((2, 1, 125, 90), dtype=np.float32), rng.random((2, 1, 14, 14), dtype=np.float32)
+    with torch.inference_mode():
+        expected = query_aware.proposer(torch.from_numpy(images), torch.from_numpy(queries)).numpy()
+    np.testing.assert_allclose(query_aware._run(images, queries), expected, atol=1e-5)
+    pair = make_dataset("MixedMNIST", canvas_size=400, n_clutter=64, n_distractors=(9, 9), test_size=1).test_pair(0)
+    found = query_aware.locate(pair.query, pair.reference)
+    assert found.proposal == query_aware.propose(pair.reference, pair.query)
+    logits, _, _ = query_aware.cell_logits(pair.reference, pair.query)
+    assert not np.allclose(logits, query_aware.cell_logits(pair.reference, 255 - pair.query)[0])
+
+
+def test_training_script_trains_a_query_aware_look_on_canvases_with_distractors(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "train" / "coarse_proposer.py"), "--dataset", "MixedMNIST",
+                          "--clutter-density", "4", "--dataset-kwargs", '{"n_distractors": [9, 9]}', "--query-side", "14",
+                          "--fine", "pretrained:mixed-mnist", "--train-pairs", "32", "--train-canvas", "200",
+                          "--epochs", "1", "--batch-size", "16", "--eval-pairs", "2", "--eval-canvases", "300",
+                          "--threads", "1", "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    searcher = CoarseToFineSearcher.load(tmp_path / "proposer.pt")
+    assert searcher.query_aware and searcher.proposer.query_side == 14 and searcher.fine.channels == 1
+    assert load_proposer_file(tmp_path / "proposer.pt")["info"]["args"]["dataset_kwargs"] == '{"n_distractors": [9, 9]}'
+    bad = subprocess.run([sys.executable, str(ROOT / "train" / "coarse_proposer.py"), "--dataset-kwargs", "{n_distractors",
+                          "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "is not JSON" in bad.stderr

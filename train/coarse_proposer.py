@@ -1,8 +1,11 @@
 """Train the coarse look of the coarse-to-fine searcher (agents/coarse_to_fine.py).
 
-    MATCHENV_DATA=/path/to/mnist python train/coarse_proposer.py            # the shipped proposer
+    MATCHENV_DATA=/path/to/mnist python train/coarse_proposer.py            # the shipped Cluttered MNIST proposer
     MATCHENV_DATA=... python train/coarse_proposer.py --resume runs/coarse-proposer/last.pt
                                          # continue a run (same flags and data: the canvases are regenerated)
+    MATCHENV_DATA=... python train/coarse_proposer.py --dataset MixedMNIST --clutter-density 4 \
+        --dataset-kwargs '{"n_distractors": [9, 9]}' --query-side 14 --fine pretrained:mixed-mnist
+                                         # a query-aware look for references with look-alike digits
 
 A fixed-size agent is trained on small canvases (Cluttered MNIST: 100x100). On a 2000x2000
 reference its 28x28 global view shows nothing. The coarse-to-fine searcher first finds, on the
@@ -49,6 +52,7 @@ class Args:
 
     dataset: str = "ClutteredMNIST"  # a Noisy MNIST dataset with canvas_size / n_clutter arguments
     clutter_density: float = 8.0  # clutter fragments per 100x100 px (Cluttered MNIST's default canvas has 8)
+    dataset_kwargs: str = "{}"  # further dataset arguments as JSON, e.g. '{"n_distractors": [9, 9]}'
     train_canvas: int = 400  # side of the training canvases (the proposer is convolutional: any size works)
     train_pairs: int = 80_000  # training canvases, generated once from --seed (0.8 GB of memory at the defaults)
     shrink: int = 4  # the proposer sees the reference this many times smaller
@@ -57,6 +61,7 @@ class Args:
     kernel: int = 8  # the first convolution's kernel side (shrunk-image pixels)
     stride: int = 4  # its stride: a cell is shrink * stride reference pixels
     separable: int = 0  # 1: each 3x3 layer depthwise + 1x1 (cheaper)
+    query_side: int = 0  # > 0: a query-aware look, the query shrunk to this side (0: it never sees the query)
     epochs: int = 20
     batch_size: int = 64
     learning_rate: float = 3e-3
@@ -71,35 +76,43 @@ class Args:
     resume: str = ""  # a last.pt to continue from
 
 
-def clutter_kwargs(side: int, density: float) -> dict:
-    """Dataset arguments for a ``side`` x ``side`` canvas with ``density`` fragments per 100x100 px."""
-    return {"canvas_size": int(side), "n_clutter": int(round(density * (side / 100) ** 2))}
+def dataset_kwargs(args: Args, side: int) -> dict:
+    """Dataset arguments for a ``side`` x ``side`` canvas with ``args.clutter_density`` fragments
+    per 100x100 px, plus ``args.dataset_kwargs``."""
+    return {**json.loads(args.dataset_kwargs), "canvas_size": int(side),
+            "n_clutter": int(round(args.clutter_density * (side / 100) ** 2))}
 
 
-def make_training_set(args: Args, proposer: CoarseProposer) -> tuple[torch.Tensor, torch.Tensor]:
+def make_training_set(args: Args, proposer: CoarseProposer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(P, C, h, w)`` uint8 shrunk training canvases (uint8: 80,000 of 100x100 take 0.8 GB, not
-    3.2 GB as floats) and ``(P,)`` target cells; seeded by ``args.seed``."""
-    data = make_dataset(args.dataset, **clutter_kwargs(args.train_canvas, args.clutter_density))
+    3.2 GB as floats), ``(P, C, s, s)`` uint8 shrunk queries (``s = 0`` for a look that does not
+    take them) and ``(P,)`` target cells; seeded by ``args.seed``."""
+    data = make_dataset(args.dataset, **dataset_kwargs(args, args.train_canvas))
     rng = np.random.default_rng(args.seed)
     first = data.sample(rng)
     pixels = proposer.shrunk_pixels(first.reference)
-    logit_shape = proposer(to_unit_range(torch.from_numpy(pixels))[None]).shape[1:]
+    side = proposer.query_side
+    shrunk_query = (lambda q: proposer.shrunk_query_pixels(q)) if side else (lambda q: np.empty((pixels.shape[0], 0, 0), np.uint8))
+    example_query = to_unit_range(torch.from_numpy(shrunk_query(first.query)))[None] if side else None
+    logit_shape = proposer(to_unit_range(torch.from_numpy(pixels))[None], example_query).shape[1:]
     images = np.empty((args.train_pairs, *pixels.shape), np.uint8)
+    queries = np.empty((args.train_pairs, pixels.shape[0], side, side), np.uint8)
     labels = np.empty(args.train_pairs, np.int64)
     pair = first
     for i in tqdm(range(args.train_pairs), desc="training canvases", unit="pair"):
         if i:
             pair = data.sample(rng)
         images[i] = proposer.shrunk_pixels(pair.reference)
+        queries[i] = shrunk_query(pair.query)
         labels[i] = target_cell(proposer, pair.target_box, logit_shape, pixels.shape[1:], pair.reference.shape)
-    return torch.from_numpy(images), torch.from_numpy(labels)
+    return torch.from_numpy(images), torch.from_numpy(queries), torch.from_numpy(labels)
 
 
 def evaluate(args: Args, searcher: CoarseToFineSearcher) -> list[dict]:
     """Hit rate of the coarse look and success of the whole search, per test canvas size."""
     rows = []
     for side in (int(s) for s in args.eval_canvases.split(",")):
-        data = make_dataset(args.dataset, test_size=args.eval_pairs, **clutter_kwargs(side, args.clutter_density))
+        data = make_dataset(args.dataset, test_size=args.eval_pairs, **dataset_kwargs(args, side))
         hits, ious = [], []
         for i in tqdm(range(args.eval_pairs), desc=f"test {side}x{side}", unit="pair", leave=False):
             pair = data.test_pair(i)
@@ -121,6 +134,10 @@ def main() -> None:
     for f in dataclasses.fields(Args):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = Args(**vars(parser.parse_args()))
+    try:
+        json.loads(args.dataset_kwargs)
+    except json.JSONDecodeError as err:
+        parser.error(f"--dataset-kwargs {args.dataset_kwargs!r} is not JSON ({err}); e.g. '{{\"n_distractors\": [9, 9]}}'")
     if args.crop_size >= args.train_canvas:
         parser.error(f"--train-canvas ({args.train_canvas}) must be larger than --crop-size ({args.crop_size}): "
                      "the proposer is for references larger than the agent's canvas")
@@ -132,7 +149,8 @@ def main() -> None:
     # The agent that will search the crops, loaded first so that a wrong --fine fails before training.
     fine = TemplateSearcher.from_spec(args.fine)
     proposer = CoarseProposer(channels=fine.channels, width=args.width, shrink=args.shrink, depth=args.depth,
-                              kernel=args.kernel, stride=args.stride, separable=bool(args.separable))
+                              kernel=args.kernel, stride=args.stride, separable=bool(args.separable),
+                              query_side=args.query_side)
     optimizer = torch.optim.Adam(proposer.parameters(), lr=args.learning_rate)
     steps_per_epoch = -(-args.train_pairs // args.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch,
@@ -142,9 +160,10 @@ def main() -> None:
         if not Path(args.resume).is_file():
             parser.error(f"--resume {args.resume}: no such file (a run writes last.pt in its --out-dir after every epoch)")
         state = torch.load(args.resume, map_location="cpu", weights_only=True)
-        if state.get("config") != proposer.config:
+        if {"query_side": 0, **state.get("config", {})} != proposer.config:  # files older than query_side have none
             parser.error(f"--resume {args.resume} holds a proposer {state.get('config')}, but the flags ask for "
-                         f"{proposer.config}: pass the same --shrink/--width/--depth/--kernel/--stride as that run")
+                         f"{proposer.config}: pass the same --shrink/--width/--depth/--kernel/--stride/--query-side "
+                         "as that run")
         proposer.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -152,7 +171,7 @@ def main() -> None:
         print(f"resumed from {args.resume} after epoch {start_epoch}")
 
     # 1. data
-    images, labels = make_training_set(args, proposer)
+    images, queries, labels = make_training_set(args, proposer)
 
     # 2. training
     shuffle = torch.Generator().manual_seed(args.seed)
@@ -166,7 +185,8 @@ def main() -> None:
         bar = tqdm(range(0, len(labels), args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
         for start in bar:
             batch = order[start:start + args.batch_size]
-            logits = proposer(to_unit_range(images[batch])).flatten(1)
+            logits = proposer(to_unit_range(images[batch]),
+                              to_unit_range(queries[batch]) if proposer.query_aware else None).flatten(1)
             loss = loss_fn(logits, labels[batch])
             optimizer.zero_grad()
             loss.backward()
