@@ -258,6 +258,21 @@ def test_scaling_tables_report_time_and_success_per_size(tmp_path):
     assert (tmp_path / "scaling.png").stat().st_size > 0 and "0.60 (9)" in (tmp_path / "scaling.md").read_text()
 
 
+def test_scaling_canvases_keep_each_datasets_clutter_density_and_take_extra_arguments(tmp_path):
+    bench = load_script("benchmark_matchers")
+    # Cluttered MNIST: 8 fragments per 100x100 (the canvases of every earlier scaling table)
+    assert bench.scaling_kwargs("ClutteredMNIST", 2000, {}) == {"canvas_size": 2000, "n_clutter": 3200}
+    assert bench.scaling_kwargs("MixedMNIST", 1000, {"n_distractors": [9, 9]}) == {
+        "n_distractors": [9, 9], "canvas_size": 1000, "n_clutter": 400}
+    assert bench.scaling_kwargs("TranslatedMNIST", 600, {}) == {"canvas_size": 600, "n_clutter": 0}
+    with pytest.raises(ValueError, match="needs a Noisy MNIST dataset"):
+        bench.scaling_kwargs("FlickrLogos27", 1000, {})
+    bench.write_scaling([{"method": "ncc", "size": 100, "median_ms": 0.2, "success_rate": 0.8, "pairs": 10}], "m",
+                        tmp_path, bench.dataset_label("MixedMNIST", {"n_distractors": [9, 9]}))
+    assert 'MixedMNIST {"n_distractors": [9, 9]} canvases' in (tmp_path / "scaling.md").read_text()
+    assert json.loads((tmp_path / "scaling.json").read_text())["dataset"].startswith("MixedMNIST")
+
+
 def test_a_method_slower_than_its_budget_is_stopped_and_reported(monkeypatch):
     bench = load_script("benchmark_matchers")
     monkeypatch.setattr(bench, "GRACE_SECONDS", 0.0)
@@ -389,6 +404,9 @@ def test_benchmark_rejects_bad_dataset_arguments_before_starting_workers(tmp_pat
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "unexpected keyword argument 'root'" in run.stderr
     assert "Traceback" not in run.stderr
+    scaling = subprocess.run([sys.executable, str(TRAIN / "benchmark_matchers.py"), "--scaling", "--dataset", "FlickrLogos27",
+                              "--methods", "ncc", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert scaling.returncode == 2 and "needs a Noisy MNIST dataset" in scaling.stderr
 
 
 def test_compare_speed_summary_pairs_each_query_with_itself():

@@ -30,8 +30,10 @@ What is measured, and how it is kept fair:
   run on random features.
 
 ``--scaling`` instead measures median ms per query as the reference grows from 100x100 to
-2000x2000 pixels with the same 28x28 target (Cluttered MNIST canvases of that size, clutter
-scaled with the area); a method whose single query exceeds ``--max-seconds`` at some size is not
+2000x2000 pixels with the same 28x28 target (canvases of ``--dataset``, a Noisy MNIST dataset,
+Cluttered MNIST by default, of that size with clutter scaled with the area from the dataset's own
+density; ``--dataset-kwargs`` adds arguments, e.g. ``'{"n_distractors": [9, 9]}'`` for Mixed MNIST
+with a whole digit of every other class on every canvas); a method whose single query exceeds ``--max-seconds`` at some size is not
 run at larger sizes (controls are left out: they cost nothing at any size). Outputs: a markdown
 table on stdout, ``results.json``, and a PNG plot (accuracy vs log time; or log-log time vs size).
 """
@@ -287,6 +289,26 @@ def make_pairs(dataset: str, n: int, dataset_kwargs: dict, first: int = 0):
     return [data.test_pair(i) for i in range(first, min(first + n, data.test_size))], data
 
 
+def scaling_kwargs(dataset: str, size: int, extra: dict) -> dict:
+    """Arguments of a ``size`` x ``size`` canvas of the Noisy MNIST ``dataset``: clutter at the
+    dataset's own density (its default fragments per its default canvas area) scaled with the
+    area, plus ``extra``.
+
+    :raises ValueError: for a dataset without ``canvas_size`` / ``n_clutter`` (photographs).
+    """
+    import inspect
+
+    from matchenv.datasets import DATASETS
+
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+    defaults = inspect.signature(DATASETS[dataset].__init__).parameters
+    if "canvas_size" not in defaults or "n_clutter" not in defaults:
+        raise ValueError(f"--scaling needs a Noisy MNIST dataset (canvas_size and n_clutter arguments), not {dataset}")
+    density = defaults["n_clutter"].default / defaults["canvas_size"].default ** 2
+    return {**extra, "canvas_size": int(size), "n_clutter": int(round(density * size ** 2))}
+
+
 def run_method(job: dict[str, Any]) -> dict[str, Any]:
     """Worker: time one method on the pairs (runs in a fresh process, single-threaded)."""
     import cv2
@@ -417,13 +439,20 @@ def scaling_tables(rows: list[dict]) -> tuple[str, str]:
     return "\n".join(times), "\n".join(success)
 
 
-def write_scaling(rows: list[dict], machine: str, out: Path) -> None:
-    """Print and write the scaling tables (``scaling.md``), ``scaling.json`` and ``scaling.png``."""
+def dataset_label(dataset: str, extra: dict) -> str:
+    """``ClutteredMNIST`` or ``MixedMNIST {"n_distractors": [9, 9]}``: the canvases of a scaling run."""
+    return dataset + (f" {json.dumps(extra)}" if extra else "")
+
+
+def write_scaling(rows: list[dict], machine: str, out: Path, dataset: str = "ClutteredMNIST") -> None:
+    """Print and write the scaling tables (``scaling.md``), ``scaling.json`` and ``scaling.png``.
+
+    :param dataset: what the canvases are (:func:`dataset_label`)."""
     times, success = scaling_tables(rows)
-    text = (f"median ms per query vs reference size (target 28x28); {machine}\n\n{times}\n\n"
+    text = (f"median ms per query vs reference size ({dataset} canvases, target 28x28); {machine}\n\n{times}\n\n"
             f"success (IoU > 0.5) and pairs answered per size\n\n{success}\n")
     print("\n" + text)
-    (out / "scaling.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    (out / "scaling.json").write_text(json.dumps({"dataset": dataset, "machine": machine, "rows": rows}, indent=2))
     (out / "scaling.md").write_text(text)
     plot_scaling(rows, out / "scaling.png")
 
@@ -486,7 +515,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.replot and args.scaling:
         saved = json.loads((out / "scaling.json").read_text())
-        write_scaling(saved["rows"], saved["machine"], out)
+        write_scaling(saved["rows"], saved["machine"], out, saved.get("dataset", "ClutteredMNIST"))
         return
     if args.replot:
         saved = json.loads((out / "results.json").read_text())
@@ -515,15 +544,18 @@ def main() -> None:
     if args.scaling:
         methods = [m for m in methods if m not in CONTROL_METHODS]
     methods += [f"agent:{path}" for path in args.agent]
+    try:  # bad --dataset/--dataset-kwargs: one clear line here, not a worker's traceback
+        if args.scaling:
+            make_pairs(args.dataset, 1, scaling_kwargs(args.dataset, 250, json.loads(args.dataset_kwargs)))
+        else:
+            make_pairs(args.dataset, 1, json.loads(args.dataset_kwargs))
+    except (ValueError, TypeError, OSError) as err:
+        parser.error(f"--dataset {args.dataset} --dataset-kwargs {args.dataset_kwargs}: {err}")
     machine = machine_description()
     gauge = {"start": speed_gauge_ms()}
     print(f"machine: {machine}\nspeed gauge at the start: {gauge['start']:.3f} ms ({SPEED_GAUGE})", flush=True)
 
     if not args.scaling:
-        try:  # bad --dataset/--dataset-kwargs: one clear line here, not a worker's traceback
-            make_pairs(args.dataset, 1, json.loads(args.dataset_kwargs))
-        except (ValueError, TypeError, OSError) as err:
-            parser.error(f"--dataset {args.dataset} --dataset-kwargs {args.dataset_kwargs}: {err}")
         results = []
         for method in methods:
             job = dict(method=method, dataset=args.dataset, pairs=args.pairs, first_pair=args.first_pair, warmup=args.warmup,
@@ -548,11 +580,11 @@ def main() -> None:
 
     rows, too_slow = [], set()
     for size in (int(s) for s in args.sizes.split(",")):
-        kwargs = {"canvas_size": size, "n_clutter": int(round(8 * (size / 100) ** 2))}
+        kwargs = scaling_kwargs(args.dataset, size, json.loads(args.dataset_kwargs))
         for method in methods:
             if method in too_slow:
                 continue
-            job = dict(method=method, dataset="ClutteredMNIST", pairs=args.scaling_pairs, warmup=1, dataset_kwargs=kwargs,
+            job = dict(method=method, dataset=args.dataset, pairs=args.scaling_pairs, warmup=1, dataset_kwargs=kwargs,
                        features_checkpoint=features_checkpoint, max_seconds_total=args.max_seconds)
             result = in_own_process(job)
             if not result["pairs"]:
@@ -565,7 +597,7 @@ def main() -> None:
             if result["median_ms"] / 1000 > args.max_seconds / max(args.scaling_pairs, 1):
                 too_slow.add(method)
     gauge["end"] = speed_gauge_ms()
-    write_scaling(rows, f"{machine}; {gauge_note(gauge)}", out)
+    write_scaling(rows, f"{machine}; {gauge_note(gauge)}", out, dataset_label(args.dataset, json.loads(args.dataset_kwargs)))
 
 
 if __name__ == "__main__":
