@@ -1,22 +1,27 @@
-"""Draw the coarse-to-fine searcher on large Cluttered MNIST canvases (docs/images/coarse_to_fine.png).
+"""Draw the coarse-to-fine searcher on large Noisy MNIST canvases (docs/images/coarse_to_fine*.png).
 
     MATCHENV_DATA=/path/to/mnist python docs/render_coarse_to_fine.py
+    MATCHENV_DATA=... python docs/render_coarse_to_fine.py --proposer mixed-mnist \
+        --out docs/images/coarse_to_fine_mixed.png
 
 One row per test pair: the whole reference shrunk for display with the coarse look's
 probabilities over its cells (brighter red: more probable), the 100x100 crop it chose (yellow)
-and the target (green); then the shipped agent's search inside that crop (as in the env's
-rendering). Uses the shipped proposer and agent.
+and the target (green); then the agent's search inside that crop (as in the env's rendering,
+with the query). Uses a shipped proposer (or a proposer file) and the agent it names, on the
+dataset it was trained for (its file records the dataset and its arguments) at ``--canvas`` px.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from agents.coarse_to_fine import CoarseToFineSearcher
+from agents.coarse_to_fine import CoarseToFineSearcher, load_proposer_file
+from agents.pretrained import PROPOSERS, proposer_path
 from matchenv.datasets import make_dataset
 from matchenv.geometry import iou
 from matchenv.rendering import frame_strip, render_search, save_frames
@@ -25,10 +30,11 @@ from matchenv.rendering import frame_strip, render_search, save_frames
 PANEL = 300
 
 
-def overview_panel(searcher: CoarseToFineSearcher, reference: np.ndarray, crop: tuple, target: np.ndarray) -> np.ndarray:
+def overview_panel(searcher: CoarseToFineSearcher, query: np.ndarray, reference: np.ndarray, crop: tuple,
+                   target: np.ndarray) -> np.ndarray:
     """The reference at ``PANEL`` px with the cell probabilities, the searched crop and the target."""
     height, width = reference.shape[:2]
-    logits, _, _ = searcher.cell_logits(reference)
+    logits, _, _ = searcher.cell_logits(reference, query if searcher.query_aware else None)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     grey = cv2.resize(reference[:, :, 0], (PANEL, PANEL), interpolation=cv2.INTER_AREA)
@@ -51,11 +57,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--canvas", type=int, default=1000)
     parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--proposer", default="cluttered-mnist", help=f"a shipped proposer ({', '.join(PROPOSERS)}) or a file")
     parser.add_argument("--out", default=str(Path(__file__).parent / "images" / "coarse_to_fine.png"))
     args = parser.parse_args()
-    searcher = CoarseToFineSearcher.from_pretrained("cluttered-mnist")
-    data = make_dataset("ClutteredMNIST", canvas_size=args.canvas, n_clutter=int(round(8 * (args.canvas / 100) ** 2)),
-                        test_size=args.pairs)
+    path = proposer_path(args.proposer) if args.proposer in PROPOSERS else Path(args.proposer)
+    searcher = CoarseToFineSearcher.load(path)
+    trained = load_proposer_file(path)["info"].get("args", {})  # the dataset it was trained for
+    kwargs = {**json.loads(trained.get("dataset_kwargs", "{}")), "canvas_size": args.canvas,
+              "n_clutter": int(round(trained.get("clutter_density", 8.0) * (args.canvas / 100) ** 2))}
+    data = make_dataset(trained.get("dataset", "ClutteredMNIST"), test_size=args.pairs, **kwargs)
     rows = []
     for i in range(args.pairs):
         pair = data.test_pair(i)
@@ -65,13 +75,12 @@ def main() -> None:
         fine = render_search(pair.reference[y0:y1, x0:x1], pair.query, result.path - shift, pair.target_box - shift,
                              scale=PANEL // 100, title=f"test pair {i}, {args.canvas}x{args.canvas}\nagent in the crop: "
                                    f"IoU {iou(result.box, pair.target_box):.2f}")
-        overview = overview_panel(searcher, pair.reference, result.proposal.crop, pair.target_box)
+        overview = overview_panel(searcher, pair.query, pair.reference, result.proposal.crop, pair.target_box)
         pad = np.full((max(0, fine.shape[0] - PANEL), PANEL, 3), 255, np.uint8)
         rows.append(frame_strip([np.concatenate([overview, pad]) if len(pad) else overview, fine]))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    path = save_frames([np.concatenate(rows)], args.out)
-    print(path)
+    print(save_frames([np.concatenate(rows)], args.out))
 
 
 if __name__ == "__main__":
