@@ -343,7 +343,9 @@ def test_training_script_trains_a_query_aware_look_on_canvases_with_distractors(
     assert run.returncode == 0, run.stderr[-3000:]
     searcher = CoarseToFineSearcher.load(tmp_path / "proposer.pt")
     assert searcher.query_aware and searcher.proposer.query_side == 14 and searcher.fine.channels == 1
-    assert load_proposer_file(tmp_path / "proposer.pt")["info"]["args"]["dataset_kwargs"] == '{"n_distractors": [9, 9]}'
+    info = load_proposer_file(tmp_path / "proposer.pt")["info"]
+    assert info["args"]["dataset_kwargs"] == '{"n_distractors": [9, 9]}'
+    assert "--dataset-kwargs '{\"n_distractors\": [9, 9]}'" in info["command"]  # a command one can paste
     bad = subprocess.run([sys.executable, str(ROOT / "train" / "coarse_proposer.py"), "--dataset-kwargs", "{n_distractors",
                           "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "is not JSON" in bad.stderr

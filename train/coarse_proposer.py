@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +211,7 @@ def main() -> None:
     searcher = CoarseToFineSearcher.load(fine_path, fine=fine)
     evaluation = evaluate(args, searcher)
     info = {"command": "python train/coarse_proposer.py " + " ".join(
-                f"--{f.name.replace('_', '-')} {getattr(args, f.name)}" for f in dataclasses.fields(Args)
+                f"--{f.name.replace('_', '-')} {shlex.quote(str(getattr(args, f.name)))}" for f in dataclasses.fields(Args)
                 if getattr(args, f.name) != f.default),
             "args": dataclasses.asdict(args), "evaluation": evaluation, "train_minutes": train_minutes}
     save_proposer_file(fine_path, proposer, (args.crop_size, args.crop_size), args.fine, info)
