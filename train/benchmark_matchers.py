@@ -464,23 +464,32 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (cost, success) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    from matplotlib.ticker import NullFormatter
+
+    fig, (cost, success) = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    # tab10 repeats after ten methods; tab20 keeps eleven or more apart. Searchers get squares.
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
+    for i, method in enumerate(methods):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["size"])
         sizes = [r["size"] for r in mine]
-        line, = cost.plot(sizes, [r["median_ms"] for r in mine], marker="o", label=method)
-        success.plot(sizes, [r["success_rate"] for r in mine], marker="o", color=line.get_color(), label=method)
+        style = dict(marker="s" if method.startswith("agent") else "o", color=colours[i % len(colours)], label=method)
+        cost.plot(sizes, [r["median_ms"] for r in mine], **style)
+        success.plot(sizes, [r["success_rate"] for r in mine], **style)
     cost.set_yscale("log")
     cost.set_ylabel("median ms per query (1 CPU thread)")
     success.set_ylabel("success (IoU > 0.5)")
     success.set_ylim(-0.02, 1.02)
+    all_sizes = sorted({r["size"] for r in rows})
     for ax in (cost, success):
         ax.set_xscale("log")
+        ax.set_xticks(all_sizes, [str(s) for s in all_sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("reference side (pixels; target 28x28)")
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = cost.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.755, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.755, 1))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.68, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.68, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
