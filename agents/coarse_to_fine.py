@@ -99,7 +99,7 @@ class CoarseProposer(nn.Module):
     def forward(self, images: torch.Tensor, queries: Optional[torch.Tensor] = None) -> torch.Tensor:
         """:param images: ``(N, C, h, w)`` float pixels in [0, 1], the shrunk references.
         :param queries: ``(N, C, query_side, query_side)`` float pixels in [0, 1], the shrunk
-            queries (:meth:`shrunk_query`); only for a query-aware look, which needs them.
+            queries (:meth:`shrunk_query_pixels` in [0, 1]); only for a query-aware look, which needs them.
         :return: ``(N, h', w')`` logits, one per cell: ``h' = (h + 2 p - kernel) // stride + 1``
             with ``p = (kernel - 1) // 2``."""
         hidden = self.net[:-1](images)
@@ -295,7 +295,7 @@ class CoarseToFineSearcher:
         if len(queries) != len(references):
             raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
         proposals = [self._propose(self.fine.prepare(r, f"reference[{i}]"),
-                                   self._query(q, f"query[{i}]") if self.query_aware else None)
+                                   self._query(q, f"query[{i}]"))
                      for i, (q, r) in enumerate(zip(queries, references))]
         for i, (query, proposal) in enumerate(zip(queries, proposals)):
             shape = np.shape(query)

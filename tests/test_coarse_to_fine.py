@@ -212,7 +212,7 @@ def test_mismatched_agent_and_proposer_are_rejected(fine):
 @pytest.mark.parametrize("name", sorted(PROPOSERS))
 def test_shipped_proposer_is_small_and_records_how_it_was_made(name):
     saved = load_proposer_file(proposer_path(name))
-    assert proposer_path(name).stat().st_size < 100_000
+    assert proposer_path(name).stat().st_size < 150_000  # the agents' files are about 1 MB
     assert saved["fine"].startswith("pretrained:")
     assert saved["info"]["evaluation"] and "command" in saved["info"]
 
@@ -349,3 +349,22 @@ def test_training_script_trains_a_query_aware_look_on_canvases_with_distractors(
     bad = subprocess.run([sys.executable, str(ROOT / "train" / "coarse_proposer.py"), "--dataset-kwargs", "{n_distractors",
                           "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "is not JSON" in bad.stderr
+
+
+def test_shipped_query_aware_searcher_finds_the_queried_digit_among_look_alikes():
+    # Bundled test digits (offline). 500x500 canvases with a whole digit of every other class:
+    # a look that ignores the query picks the wrong digit about 9 times in 10 (the blind look
+    # trained on these canvases: 0.11 success on 200 full-MNIST pairs of this size, README). The
+    # shipped one found 0.775 of those 200 and 26/30 here, and 0/30 with each reference searched
+    # for another class's query. The bounds leave room for sampling noise and fail for a look
+    # that ignores the query (it cannot tell the two queries apart).
+    searcher = CoarseToFineSearcher.from_pretrained("mixed-mnist")
+    assert searcher.query_aware and searcher.fine.max_trials == 6
+    data = make_dataset("MixedMNIST", canvas_size=500, n_clutter=100, n_distractors=(9, 9), test_size=30)
+    pairs = [data.test_pair(i) for i in range(30)]
+    own = np.mean([iou(searcher.locate(p.query, p.reference).box, p.target_box) > 0.5 for p in pairs])
+    other = []
+    for i, pair in enumerate(pairs):
+        query = next(o.query for o in pairs[i + 1:] + pairs[:i] if o.label != pair.label)
+        other.append(iou(searcher.locate(query, pair.reference).box, pair.target_box) > 0.5)
+    assert own >= 0.55 and np.mean(other) <= 0.2

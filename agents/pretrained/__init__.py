@@ -84,6 +84,15 @@ PROPOSERS: dict[str, PretrainedProposer] = {
         "100x100 px): the coarse look for the shipped 'cluttered-mnist' agent, which searches a 100x100 crop",
         "MATCHENV_DATA=<folder with the MNIST IDX files> python train/coarse_proposer.py",
     ),
+    "mixed-mnist": PretrainedProposer(
+        "mixed_mnist_proposer.pt",
+        "Mixed MNIST references of any size with look-alikes (a whole digit of every other class, clutter at "
+        "4 fragments per 100x100 px): a query-aware coarse look (32 channels) for the shipped 'mixed-mnist' "
+        "agent, which searches a 100x100 crop",
+        "MATCHENV_DATA=<folder with the MNIST IDX files> python train/coarse_proposer.py --dataset MixedMNIST "
+        "--clutter-density 4 --dataset-kwargs '{\"n_distractors\": [9, 9]}' --query-side 14 --width 32 "
+        "--fine pretrained:mixed-mnist --threads 1",
+    ),
 }
 
 
