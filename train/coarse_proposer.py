@@ -4,8 +4,8 @@
     MATCHENV_DATA=... python train/coarse_proposer.py --resume runs/coarse-proposer/last.pt
                                          # continue a run (same flags and data: the canvases are regenerated)
     MATCHENV_DATA=... python train/coarse_proposer.py --dataset MixedMNIST --clutter-density 4 \
-        --dataset-kwargs '{"n_distractors": [9, 9]}' --query-side 14 --fine pretrained:mixed-mnist
-                                         # a query-aware look for references with look-alike digits
+        --dataset-kwargs '{"n_distractors": [9, 9]}' --query-side 14 --width 32 --fine pretrained:mixed-mnist \
+        --threads 1                      # the shipped query-aware look, for references with look-alike digits
 
 A fixed-size agent is trained on small canvases (Cluttered MNIST: 100x100). On a 2000x2000
 reference its 28x28 global view shows nothing. The coarse-to-fine searcher first finds, on the
@@ -93,8 +93,7 @@ def make_training_set(args: Args, proposer: CoarseProposer) -> tuple[torch.Tenso
     first = data.sample(rng)
     pixels = proposer.shrunk_pixels(first.reference)
     side = proposer.query_side
-    shrunk_query = (lambda q: proposer.shrunk_query_pixels(q)) if side else (lambda q: np.empty((pixels.shape[0], 0, 0), np.uint8))
-    example_query = to_unit_range(torch.from_numpy(shrunk_query(first.query)))[None] if side else None
+    example_query = to_unit_range(torch.from_numpy(proposer.shrunk_query_pixels(first.query)))[None] if side else None
     logit_shape = proposer(to_unit_range(torch.from_numpy(pixels))[None], example_query).shape[1:]
     images = np.empty((args.train_pairs, *pixels.shape), np.uint8)
     queries = np.empty((args.train_pairs, pixels.shape[0], side, side), np.uint8)
@@ -104,7 +103,8 @@ def make_training_set(args: Args, proposer: CoarseProposer) -> tuple[torch.Tenso
         if i:
             pair = data.sample(rng)
         images[i] = proposer.shrunk_pixels(pair.reference)
-        queries[i] = shrunk_query(pair.query)
+        if side:
+            queries[i] = proposer.shrunk_query_pixels(pair.query)
         labels[i] = target_cell(proposer, pair.target_box, logit_shape, pixels.shape[1:], pair.reference.shape)
     return torch.from_numpy(images), torch.from_numpy(queries), torch.from_numpy(labels)
 
