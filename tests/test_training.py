@@ -90,11 +90,17 @@ def test_bad_command_lines_exit_with_a_message(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A shell starts background jobs (`pytest ... &`) with SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt; the child gets the default, as when a user runs the script.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     args = [*TINY, "--imitation-steps", "1000000", "--checkpoint-every", "96", "--eval-every", "1000000", "--out-dir", str(out)]
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_as_in_a_terminal)
     try:
         deadline = time.time() + 60
         while not (out / "last.zip").exists() and proc.poll() is None and time.time() < deadline:
@@ -124,13 +130,18 @@ def test_ctrl_c_during_a_checkpoint_write_is_held_until_the_write_is_done():
     sys.modules["ppo_lstm_script"] = script  # dataclasses look their module up there
     spec.loader.exec_module(script)
     finished = []
-    with pytest.raises(KeyboardInterrupt):
-        with script._sigint_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # the signal is delivered here; the block must still run to its end
-            finished.append(True)
-    assert finished == [True]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own handler, whatever this process inherited (SIGINT is ignored under `pytest &`)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with script._sigint_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the signal is delivered here; the block must still run to its end
+                finished.append(True)
+        assert finished == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_photograph_dataset_by_name_with_an_overview(tmp_path):
