@@ -554,10 +554,8 @@ def main() -> None:
         methods = [m for m in methods if m not in CONTROL_METHODS]
     methods += [f"agent:{path}" for path in args.agent]
     try:  # bad --dataset/--dataset-kwargs: one clear line here, not a worker's traceback
-        if args.scaling:
-            make_pairs(args.dataset, 1, scaling_kwargs(args.dataset, 250, json.loads(args.dataset_kwargs)))
-        else:
-            make_pairs(args.dataset, 1, json.loads(args.dataset_kwargs))
+        extra = json.loads(args.dataset_kwargs)
+        make_pairs(args.dataset, 1, scaling_kwargs(args.dataset, 250, extra) if args.scaling else extra)
     except (ValueError, TypeError, OSError) as err:
         parser.error(f"--dataset {args.dataset} --dataset-kwargs {args.dataset_kwargs}: {err}")
     machine = machine_description()
@@ -568,7 +566,7 @@ def main() -> None:
         results = []
         for method in methods:
             job = dict(method=method, dataset=args.dataset, pairs=args.pairs, first_pair=args.first_pair, warmup=args.warmup,
-                       dataset_kwargs=json.loads(args.dataset_kwargs),
+                       dataset_kwargs=extra,
                        features_checkpoint=features_checkpoint, max_seconds_total=args.max_seconds)
             result = in_own_process(job)
             if not result["pairs"]:
@@ -589,7 +587,7 @@ def main() -> None:
 
     rows, too_slow = [], set()
     for size in (int(s) for s in args.sizes.split(",")):
-        kwargs = scaling_kwargs(args.dataset, size, json.loads(args.dataset_kwargs))
+        kwargs = scaling_kwargs(args.dataset, size, extra)
         for method in methods:
             if method in too_slow:
                 continue
@@ -606,7 +604,7 @@ def main() -> None:
             if result["median_ms"] / 1000 > args.max_seconds / max(args.scaling_pairs, 1):
                 too_slow.add(method)
     gauge["end"] = speed_gauge_ms()
-    write_scaling(rows, f"{machine}; {gauge_note(gauge)}", out, dataset_label(args.dataset, json.loads(args.dataset_kwargs)))
+    write_scaling(rows, f"{machine}; {gauge_note(gauge)}", out, dataset_label(args.dataset, extra))
 
 
 if __name__ == "__main__":

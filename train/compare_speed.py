@@ -204,7 +204,7 @@ def summarise(times: np.ndarray, ious: np.ndarray, labels: list[str]) -> list[di
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | success | median ms / query | mean ms / query | per-query time ratio to the first (median) "
-             "| ratio of medians | ratio of means | answers that differ from the first's (IoU by > 0.001) |",
+             f"| ratio of medians | ratio of means | answers that differ from the first's (IoU by > {ANSWER_TOLERANCE:g}) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(rows):
         if i == 0:
