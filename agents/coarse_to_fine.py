@@ -15,7 +15,11 @@ nothing to go on. The coarse-to-fine searcher splits the work:
    evaluated once per cell, 256x fewer times than there are reference pixels;
 2. **fine search**: a crop of the agent's training canvas size (``crop_size``), centred on the
    best cell, searched by the trained agent exactly as on its training data; the answer is mapped
-   back to reference pixels.
+   back to reference pixels. With ``candidates=k`` the agent searches crops around the look's
+   ``k`` best cells (at least half a crop apart; one batched search) and the searcher answers with
+   the search whose final window the agent's CNN finds most like the query (cosine similarity of
+   their embeddings, :meth:`~agents.searcher.TemplateSearcher.window_similarity`): the look's
+   second or third guess is often right where its first is a look-alike.
 
 A reference no larger than ``crop_size`` goes straight to the agent: on its own canvases the
 searcher is the agent. The proposer is trained by supervised learning on shrunk large canvases
@@ -217,10 +221,22 @@ class Proposal:
 
 @dataclass
 class CoarseToFineResult(SearchResult):
-    """A :class:`~agents.searcher.SearchResult` (box, path and scores in reference pixels) and the
-    coarse look's :class:`Proposal` (``None`` when the reference went straight to the agent)."""
+    """A :class:`~agents.searcher.SearchResult` (box, path and scores in reference pixels: those of
+    the search that answered) and the coarse look's proposals.
+
+    :param proposal: the crop whose search answered (``None`` when the reference went straight
+        to the agent).
+    :param proposals: every crop searched, the look's best first (one unless ``candidates > 1``).
+    :param similarities: ``(len(proposals),)`` the CNN's cosine similarity of the query and each
+        search's final window, what the answer was chosen by; empty where the look had only one
+        candidate (``candidates=1``, or no other cell far enough from the best).
+    :param windows: windows the agent placed over all its searches of this query.
+    """
 
     proposal: Optional[Proposal] = field(default=None)
+    proposals: tuple[Proposal, ...] = field(default=())
+    similarities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    windows: int = 0
 
 
 def crop_around(centre: tuple[float, float], crop_size: tuple[int, int], image_shape: Sequence[int]) -> tuple[int, int, int, int]:
@@ -239,9 +255,20 @@ class CoarseToFineSearcher:
     :param fine: the agent that searches a ``crop_size`` crop.
     :param proposer: the trained coarse look.
     :param crop_size: ``(h, w)`` of the crop the agent searches: the canvas it was trained on.
+    :param candidates: how many of the look's best cells the agent searches (crops at least half
+        a crop apart); the answer is the search whose final window the agent's CNN finds most like
+        the query. 1: the best cell only. More costs one agent search per candidate (batched).
+    :param accept: with ``candidates > 1``, the other candidates are searched only where the
+        first search's final window has a similarity to the query (cosine of the CNN's
+        embeddings) below this; ``None``: always search them all.
     """
 
-    def __init__(self, fine: TemplateSearcher, proposer: CoarseProposer, crop_size: tuple[int, int]) -> None:
+    def __init__(self, fine: TemplateSearcher, proposer: CoarseProposer, crop_size: tuple[int, int],
+                 candidates: int = 1, accept: Optional[float] = None) -> None:
+        if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates < 1:
+            raise ValueError(f"candidates must be a whole number >= 1 (1: search the look's best cell only), got {candidates!r}")
+        if accept is not None and not -1.0 <= accept <= 1.0:
+            raise ValueError(f"accept must be a cosine similarity in [-1, 1] or None (search every candidate), got {accept!r}")
         if proposer.channels != fine.channels:
             raise ValueError(f"the proposer takes {proposer.channels}-channel images but the agent {fine.channels}-channel ones")
         if min(crop_size) < max(fine.query_size):
@@ -249,12 +276,17 @@ class CoarseToFineSearcher:
         self.fine = fine
         self.proposer = proposer.eval()
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        #: how many of the look's best cells the agent searches
+        self.candidates = int(candidates)
+        #: the first search's similarity at which the other candidates are not searched (None: never)
+        self.accept = None if accept is None else float(accept)
         self._run = _ProposerRuntime(proposer, threads=torch.get_num_threads())
         #: where the proposer runs: "onnxruntime" or "torch"
         self.runtime: str = self._run.name
 
     @classmethod
-    def load(cls, path: Union[str, Path], fine: Optional[TemplateSearcher] = None, **searcher_kwargs) -> "CoarseToFineSearcher":
+    def load(cls, path: Union[str, Path], fine: Optional[TemplateSearcher] = None, candidates: int = 1,
+             accept: Optional[float] = None, **searcher_kwargs) -> "CoarseToFineSearcher":
         """Load a proposer file written by ``train/coarse_proposer.py``; the agent is the one it
         names (a shipped agent's name or a checkpoint path) unless ``fine`` is given.
         ``searcher_kwargs`` go to that agent's :class:`TemplateSearcher`."""
@@ -263,15 +295,20 @@ class CoarseToFineSearcher:
             fine = TemplateSearcher.from_spec(saved["fine"], **searcher_kwargs)
         proposer = CoarseProposer(**saved["config"])
         proposer.load_state_dict(saved["state_dict"])
-        return cls(fine, proposer, tuple(saved["crop_size"]))
+        return cls(fine, proposer, tuple(saved["crop_size"]), candidates=candidates, accept=accept)
 
     @classmethod
-    def from_pretrained(cls, name: str, **searcher_kwargs) -> "CoarseToFineSearcher":
+    def from_pretrained(cls, name: str, candidates: Optional[int] = None, accept: Union[float, None, str] = "default",
+                        **searcher_kwargs) -> "CoarseToFineSearcher":
         """A shipped proposer and the shipped agent it was trained for: see
-        :data:`agents.pretrained.PROPOSERS`."""
-        from agents.pretrained import proposer_path
+        :data:`agents.pretrained.PROPOSERS`. ``candidates=None`` and ``accept="default"``: the
+        values chosen for that proposer (its entry's ``candidates`` and ``accept``)."""
+        from agents.pretrained import PROPOSERS, proposer_path
 
-        return cls.load(proposer_path(name), **searcher_kwargs)
+        path = proposer_path(name)  # a clear error for an unknown name
+        entry = PROPOSERS[name]
+        return cls.load(path, candidates=entry.candidates if candidates is None else candidates,
+                        accept=entry.accept if accept == "default" else accept, **searcher_kwargs)
 
     # ------------------------------------------------------------------ public API
     def locate(self, query: np.ndarray, reference: np.ndarray) -> CoarseToFineResult:
@@ -288,30 +325,64 @@ class CoarseToFineSearcher:
         ``(H, W, C)`` uint8, as for :meth:`locate`); ``None`` if the reference is no larger than
         ``crop_size`` (the agent searches all of it). A query-aware look needs the ``query``."""
         reference = self.fine.prepare(reference, "reference")
-        return self._propose(reference, self._query(query))
+        proposals = self._proposals(reference, self._query(query), 1)
+        return proposals[0] if proposals else None
 
     def locate_batch(self, queries: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> list[CoarseToFineResult]:
-        """:meth:`locate` for many pairs: one coarse look per reference, one batched agent search."""
+        """:meth:`locate` for many pairs: one coarse look per reference, then batched agent
+        searches: of every pair's best crop, then (``candidates > 1``) of the other candidate
+        crops of the pairs whose first answer :attr:`accept` did not accept."""
         if len(queries) != len(references):
             raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
-        proposals = [self._propose(self.fine.prepare(r, f"reference[{i}]"),
-                                   self._query(q, f"query[{i}]"))
+        proposals = [self._proposals(self.fine.prepare(r, f"reference[{i}]"), self._query(q, f"query[{i}]"),
+                                     self.candidates)
                      for i, (q, r) in enumerate(zip(queries, references))]
-        for i, (query, proposal) in enumerate(zip(queries, proposals)):
+        for i, (query, found) in enumerate(zip(queries, proposals)):
             shape = np.shape(query)
-            if proposal is not None and len(shape) >= 2 and (shape[0] > self.crop_size[0] or shape[1] > self.crop_size[1]):
+            if found and len(shape) >= 2 and (shape[0] > self.crop_size[0] or shape[1] > self.crop_size[1]):
                 raise ValueError(f"pair {i}: the query ({shape[1]}x{shape[0]} px) is larger than the {self.crop_size[1]}x"
                                  f"{self.crop_size[0]} crop the agent searches; this searcher is for queries of the "
                                  "agent's training size (use the agent alone, or shrink both images)")
+        # searched[i]: (proposal, search, similarity) of every crop searched for pair i
+        searched: list[list[tuple]] = [[] for _ in queries]
+        first = [(i, found[0] if found else None) for i, found in enumerate(proposals)]
+        self._search_crops(first, queries, references, searched, rank=[len(found) > 1 for found in proposals])
+        if self.candidates > 1:
+            rest = [(i, p) for i, found in enumerate(proposals) if len(found) > 1
+                    and (self.accept is None or searched[i][0][2] < self.accept) for p in found[1:]]
+            self._search_crops(rest, queries, references, searched, rank=[True] * len(rest))
+        results = []
+        for i, tried in enumerate(searched):
+            similarities = np.array([sim for _, _, sim in tried if sim is not None], dtype=np.float32)
+            proposal, answer, _ = tried[int(np.argmax(similarities)) if len(similarities) else 0]
+            shift = np.zeros(4) if proposal is None else np.array(proposal.crop[:2] * 2, dtype=np.float64)
+            results.append(CoarseToFineResult(box=answer.box + shift, path=answer.path + shift, scores=answer.scores,
+                                              proposal=proposal, proposals=tuple(p for p, _, _ in tried if p is not None),
+                                              similarities=similarities, windows=sum(len(a.path) for _, a, _ in tried)))
+        return results
+
+    def _search_crops(self, crops: list[tuple[int, Optional[Proposal]]], queries: Sequence[np.ndarray],
+                      references: Sequence[np.ndarray], searched: list[list[tuple]], rank: list[bool]) -> None:
+        """One batched agent search of ``crops`` (pair index and proposal; ``None``: the whole
+        reference), appended to ``searched[pair]`` as ``(proposal, search, similarity)``; the
+        similarity of the final window and the query is computed where ``rank`` says (else ``None``)."""
+        if not crops:
+            return
         # Crops of the images as given: the agent converts them itself (converting twice would,
         # for instance, swap BGR channels back).
-        crops = [r if p is None else r[p.crop[1]:p.crop[3], p.crop[0]:p.crop[2]] for r, p in zip(references, proposals)]
-        results = []
-        for found, proposal in zip(self.fine.locate_batch(queries, crops), proposals):
-            shift = np.zeros(4) if proposal is None else np.array(proposal.crop[:2] * 2, dtype=np.float64)
-            results.append(CoarseToFineResult(box=found.box + shift, path=found.path + shift, scores=found.scores,
-                                              proposal=proposal))
-        return results
+        images = [references[i] if p is None else references[i][p.crop[1]:p.crop[3], p.crop[0]:p.crop[2]]
+                  for i, p in crops]
+        search_queries = [queries[i] for i, _ in crops]
+        found = self.fine.locate_batch(search_queries, images)
+        similarity: list[Optional[float]] = [None] * len(crops)
+        ranked = np.flatnonzero(rank)
+        if len(ranked):
+            values = self.fine.window_similarity([search_queries[k] for k in ranked], [images[k] for k in ranked],
+                                                 np.array([found[k].box for k in ranked]))
+            for k, value in zip(ranked, values):
+                similarity[k] = float(value)
+        for (i, proposal), search, sim in zip(crops, found, similarity):
+            searched[i].append((proposal, search, sim))
 
     def cell_logits(self, reference: np.ndarray, query: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The coarse look's ``(h', w')`` logits over the cells of ``reference`` (any size, as for
@@ -334,15 +405,29 @@ class CoarseToFineSearcher:
         logits = self._run(image[None], query)[0]
         return (logits, *self.proposer.cell_centres(logits.shape, image.shape[1:], reference.shape))
 
-    def _propose(self, reference: np.ndarray, query: Optional[np.ndarray] = None) -> Optional[Proposal]:
-        """:param query: ``(1, C, s, s)`` from :meth:`_query` (a query-aware look), else ``None``."""
+    def _proposals(self, reference: np.ndarray, query: Optional[np.ndarray], count: int) -> list[Proposal]:
+        """Crops around the look's ``count`` best cells, best first, each centre at least half a
+        crop (in x or y) from every better one's: the same target is not searched twice. Empty
+        if the reference is no larger than ``crop_size`` (the agent searches all of it).
+
+        :param query: ``(1, C, s, s)`` from :meth:`_query` (a query-aware look), else ``None``.
+        """
         height, width = reference.shape[:2]
         if height <= self.crop_size[0] and width <= self.crop_size[1]:
-            return None  # the agent's own canvas size: no coarse look needed
+            return []  # the agent's own canvas size: no coarse look needed
         logits, ys, xs = self._cell_logits(reference, query)
-        row, col = np.unravel_index(int(np.argmax(logits)), logits.shape)
-        centre = (float(xs[col]), float(ys[row]))
-        return Proposal(centre=centre, crop=crop_around(centre, self.crop_size, reference.shape))
+        proposals: list[Proposal] = []
+        for _ in range(count):  # greedy: the best cell, then the best far enough from those taken
+            row, col = np.unravel_index(int(np.argmax(logits)), logits.shape)
+            if proposals and logits[row, col] == -np.inf:
+                break  # every cell is near one taken
+            centre = (float(xs[col]), float(ys[row]))
+            proposals.append(Proposal(centre=centre, crop=crop_around(centre, self.crop_size, reference.shape)))
+            if len(proposals) < count:
+                near_y = np.abs(ys - centre[1]) < self.crop_size[0] / 2
+                near_x = np.abs(xs - centre[0]) < self.crop_size[1] / 2
+                logits = np.where(near_y[:, None] & near_x[None, :], -np.inf, logits)
+        return proposals
 
 
 def save_proposer_file(path: Union[str, Path], proposer: CoarseProposer, crop_size: tuple[int, int], fine: str,

@@ -399,6 +399,36 @@ class TemplateSearcher:
             results.append(SearchResult(box=path[pick].copy(), path=path, scores=score.copy()))
         return results
 
+    def window_similarity(self, queries: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                          boxes: np.ndarray) -> np.ndarray:
+        """How alike the agent's siamese CNN finds each query and a window of its reference.
+
+        :param queries: query images (as for :meth:`locate`).
+        :param references: one reference per query.
+        :param boxes: ``(N, 4)`` one window ``(x0, y0, x1, y1)`` per reference, in pixels of the
+            reference as given (e.g. :attr:`SearchResult.box`).
+        :return: ``(N,)`` cosine similarity in ``[-1, 1]`` of the query's embedding and the window's
+            (the window cropped and resized to the query resolution as the agent sees windows): one
+            CNN call for all of them. It ranks answers from different searches of one query (see
+            :class:`~agents.coarse_to_fine.CoarseToFineSearcher`'s ``candidates``).
+        """
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if not len(queries) == len(references) == len(boxes):
+            raise ValueError(f"got {len(queries)} queries, {len(references)} references and {len(boxes)} boxes: "
+                             "pass one reference and one box per query")
+        if len(queries) == 0:
+            return np.zeros(0, np.float32)
+        views = [self._view(self.prepare(q, f"query[{i}]")) for i, q in enumerate(queries)]
+        windows = []
+        for i, (reference, box) in enumerate(zip(references, boxes)):
+            reference, factor = to_working_size(self.prepare(reference, f"reference[{i}]"), self.max_side)
+            windows.append(self._window(reference, box * factor))
+        embeddings = self._cnn.embed(np.stack(views + windows)).astype(np.float64)
+        query_emb, window_emb = embeddings[:len(views)], embeddings[len(views):]
+        norms = np.linalg.norm(query_emb, axis=1) * np.linalg.norm(window_emb, axis=1)
+        # An all-zero embedding (a ReLU network on a flat image) is like nothing: similarity 0.
+        return (np.sum(query_emb * window_emb, axis=1) / np.maximum(norms, 1e-12)).astype(np.float32)
+
     def prepare(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """Validate an image and convert it to what the agent sees (:func:`prepare_image` with the
         policy's channel count and this searcher's ``channel_order``).

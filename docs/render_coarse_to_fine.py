@@ -5,10 +5,12 @@
         --out docs/images/coarse_to_fine_mixed.png
 
 One row per test pair: the whole reference shrunk for display with the coarse look's
-probabilities over its cells (brighter red: more probable), the 100x100 crop it chose (yellow)
-and the target (green); then the agent's search inside that crop (as in the env's rendering,
-with the query). Uses a shipped proposer (or a proposer file) and the agent it names, on the
-dataset it was trained for (its file records the dataset and its arguments) at ``--canvas`` px.
+probabilities over its cells (brighter red: more probable), the 100x100 crop whose search
+answered (yellow), the other candidate crops searched, numbered in the look's order (orange),
+and the target (green); then the agent's search inside the answering crop (as in the env's
+rendering, with the query). Uses a shipped proposer with its shipped options (or a proposer
+file, one candidate unless ``--candidates``) and the agent it names, on the dataset it was
+trained for (its file records the dataset and its arguments) at ``--canvas`` px.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agents.coarse_to_fine import CoarseToFineSearcher, load_proposer_file
+from agents.coarse_to_fine import CoarseToFineResult, CoarseToFineSearcher, load_proposer_file
 from agents.pretrained import PROPOSERS, proposer_path
 from matchenv.datasets import make_dataset
 from matchenv.geometry import iou
@@ -30,9 +32,9 @@ from matchenv.rendering import frame_strip, render_search, save_frames
 PANEL = 300
 
 
-def overview_panel(searcher: CoarseToFineSearcher, query: np.ndarray, reference: np.ndarray, crop: tuple,
-                   target: np.ndarray) -> np.ndarray:
-    """The reference at ``PANEL`` px with the cell probabilities, the searched crop and the target."""
+def overview_panel(searcher: CoarseToFineSearcher, query: np.ndarray, reference: np.ndarray,
+                   result: CoarseToFineResult, target: np.ndarray) -> np.ndarray:
+    """The reference at ``PANEL`` px with the cell probabilities, the crops searched and the target."""
     height, width = reference.shape[:2]
     logits, _, _ = searcher.cell_logits(reference, query if searcher.query_aware else None)
     probs = np.exp(logits - logits.max())
@@ -49,7 +51,14 @@ def overview_panel(searcher: CoarseToFineSearcher, query: np.ndarray, reference:
         cv2.rectangle(panel, (int(x0 * sx), int(y0 * sy)), (int(np.ceil(x1 * sx)), int(np.ceil(y1 * sy))), colour, 1)
 
     rect(target, (0, 255, 0))
-    rect(crop, (255, 255, 0))
+    for rank, proposal in enumerate(result.proposals, start=1):
+        if proposal != result.proposal:
+            rect(proposal.crop, (255, 140, 0))
+        if len(result.proposals) > 1:
+            x0, y0 = proposal.crop[:2]
+            cv2.putText(panel, str(rank), (int(x0 * sx) + 2, int(y0 * sy) + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                        (255, 255, 0) if proposal == result.proposal else (255, 140, 0), 1, cv2.LINE_AA)
+    rect(result.proposal.crop, (255, 255, 0))
     return panel
 
 
@@ -58,10 +67,14 @@ def main() -> None:
     parser.add_argument("--canvas", type=int, default=1000)
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--proposer", default="cluttered-mnist", help=f"a shipped proposer ({', '.join(PROPOSERS)}) or a file")
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="crops the agent searches (default: a shipped proposer's own setting, else 1)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "images" / "coarse_to_fine.png"))
     args = parser.parse_args()
-    path = proposer_path(args.proposer) if args.proposer in PROPOSERS else Path(args.proposer)
-    searcher = CoarseToFineSearcher.load(path)
+    shipped = args.proposer in PROPOSERS
+    path = proposer_path(args.proposer) if shipped else Path(args.proposer)
+    searcher = (CoarseToFineSearcher.from_pretrained(args.proposer, candidates=args.candidates) if shipped
+                else CoarseToFineSearcher.load(path, candidates=args.candidates or 1))
     trained = load_proposer_file(path)["info"].get("args", {})  # the dataset it was trained for
     kwargs = {**json.loads(trained.get("dataset_kwargs", "{}")), "canvas_size": args.canvas,
               "n_clutter": int(round(trained.get("clutter_density", 8.0) * (args.canvas / 100) ** 2))}
@@ -72,10 +85,12 @@ def main() -> None:
         result = searcher.locate(pair.query, pair.reference)
         x0, y0, x1, y1 = result.proposal.crop
         shift = np.array([x0, y0, x0, y0], dtype=np.float64)
+        searched = (f", crop {result.proposals.index(result.proposal) + 1} of {len(result.proposals)}"
+                    if len(result.proposals) > 1 else "")
         fine = render_search(pair.reference[y0:y1, x0:x1], pair.query, result.path - shift, pair.target_box - shift,
-                             scale=PANEL // 100, title=f"test pair {i}, {args.canvas}x{args.canvas}\nagent in the crop: "
-                                   f"IoU {iou(result.box, pair.target_box):.2f}")
-        overview = overview_panel(searcher, pair.query, pair.reference, result.proposal.crop, pair.target_box)
+                             scale=PANEL // 100, title=f"test pair {i}, {args.canvas}x{args.canvas}\nagent in the crop"
+                                   f"{searched}: IoU {iou(result.box, pair.target_box):.2f}")
+        overview = overview_panel(searcher, pair.query, pair.reference, result, pair.target_box)
         pad = np.full((max(0, fine.shape[0] - PANEL), PANEL, 3), 255, np.uint8)
         rows.append(frame_strip([np.concatenate([overview, pad]) if len(pad) else overview, fine]))
     width = max(r.shape[1] for r in rows)

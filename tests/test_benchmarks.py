@@ -380,6 +380,23 @@ def test_look_options_set_the_target_range_searched_for():
     assert small.searcher.config.largest == default.searcher.config.largest  # only what was asked changes
 
 
+def test_coarse_to_fine_options_set_its_candidates():
+    from matchenv.datasets import make_dataset
+
+    bench = load_script("benchmark_matchers")
+    assert bench.coarse_to_fine_spec("mixed-mnist") == ("mixed-mnist", {})
+    assert bench.coarse_to_fine_spec("mixed-mnist,candidates=1,accept=none") == ("mixed-mnist", {"candidates": 1, "accept": None})
+    assert bench.agent_name("coarse-to-fine:mixed-mnist,accept=none") == "agent (coarse-to-fine:mixed-mnist, accept=none)"
+    with pytest.raises(ValueError, match="unknown option 'smallest'"):
+        bench.coarse_to_fine_spec("mixed-mnist,smallest=0.1")
+    shipped, one = bench.AgentMatcher("coarse-to-fine:mixed-mnist"), bench.AgentMatcher("coarse-to-fine:mixed-mnist,candidates=1")
+    assert (shipped.searcher.candidates, shipped.searcher.accept) == (4, 0.9)
+    assert (one.searcher.candidates, one.searcher.accept) == (1, 0.9)  # only what was asked changes
+    pair = make_dataset("MixedMNIST", canvas_size=300, n_clutter=36, n_distractors=(9, 9), test_size=1).test_pair(0)
+    everything = bench.AgentMatcher("coarse-to-fine:mixed-mnist,accept=none").locate(pair.query, pair.reference)
+    assert everything.evaluated == 4 * 6  # windows over every crop searched
+
+
 @pytest.mark.parametrize("agent, message", [
     ("look:photo,smallest=2", "need 0 < smallest <= largest"),
     ("look:photo,size=1", "unknown option 'size'"),

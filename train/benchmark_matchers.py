@@ -48,7 +48,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
@@ -193,26 +193,43 @@ def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tup
 #: What ``look:<name or file>,key=value,...`` may set: :class:`~agents.multiscale_look.LookSearcher`'s target
 #: range and its second look (``candidates=1``: none; ``closer_gap=inf``: for every query).
 LOOK_OPTIONS = ("smallest", "largest", "candidates", "closer_gap")
+#: What ``coarse-to-fine:<name or file>,key=value,...`` may set: how many of the coarse look's best
+#: cells the agent searches and the similarity that accepts the first answer (``accept=none``: never;
+#: :class:`~agents.coarse_to_fine.CoarseToFineSearcher`). A shipped proposer's defaults otherwise.
+COARSE_TO_FINE_OPTIONS = ("candidates", "accept")
 
 
-def look_spec(spec: str) -> tuple[str, dict[str, float]]:
-    """Split what follows ``look:`` into the look's name or file and its searcher options:
-    ``"photo,smallest=0.05,candidates=1"`` -> ``("photo", {"smallest": 0.05, "candidates": 1})``.
+def searcher_options(spec: str, allowed: Sequence[str], example: str) -> tuple[str, dict[str, Any]]:
+    """Split a searcher's name or file from its options: ``"photo,smallest=0.05,candidates=1"``
+    -> ``("photo", {"smallest": 0.05, "candidates": 1})``. ``candidates`` is a whole number, every
+    other option a number (or ``none``, where it may be switched off: ``accept``).
 
-    :raises ValueError: for an option other than :data:`LOOK_OPTIONS` or a value that is not a number.
+    :raises ValueError: for an option not in ``allowed`` or a value of the wrong kind.
     """
     name, *options = spec.split(",")
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for option in options:
         key, _, value = option.partition("=")
-        if key not in LOOK_OPTIONS:
-            raise ValueError(f"unknown option {key!r}; a look takes {', '.join(LOOK_OPTIONS)} "
-                             "(look:photo,smallest=0.05)")
+        if key not in allowed:
+            raise ValueError(f"unknown option {key!r}; this searcher takes {', '.join(allowed)} ({example})")
+        if key == "accept" and value.lower() == "none":
+            kwargs[key] = None
+            continue
         try:
             kwargs[key] = int(value) if key == "candidates" else float(value)
         except ValueError:
             raise ValueError(f"{key} must be a {'whole number' if key == 'candidates' else 'number'}, got {value!r}") from None
     return name, kwargs
+
+
+def look_spec(spec: str) -> tuple[str, dict[str, float]]:
+    """What follows ``look:``: the look's name or file and its :data:`LOOK_OPTIONS`."""
+    return searcher_options(spec, LOOK_OPTIONS, "look:photo,smallest=0.05")
+
+
+def coarse_to_fine_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """What follows ``coarse-to-fine:``: the proposer's name or file and its :data:`COARSE_TO_FINE_OPTIONS`."""
+    return searcher_options(spec, COARSE_TO_FINE_OPTIONS, "coarse-to-fine:mixed-mnist,candidates=1")
 
 
 def agent_name(checkpoint: str) -> str:
@@ -221,9 +238,9 @@ def agent_name(checkpoint: str) -> str:
     smallest=0.05)"."""
     prefix = next((p for p in ("pretrained:", "coarse-to-fine:", "look:") if checkpoint.startswith(p)), "")
     spec, options = checkpoint[len(prefix):], ""
-    if prefix == "look:":
-        spec, kwargs = look_spec(spec)
-        options = "".join(f", {key}={value:g}" for key, value in kwargs.items())
+    if prefix in ("look:", "coarse-to-fine:"):
+        spec, kwargs = (look_spec if prefix == "look:" else coarse_to_fine_spec)(spec)
+        options = "".join(f", {key}={'none' if value is None else format(value, 'g')}" for key, value in kwargs.items())
     if not prefix or "/" in spec:  # a file: its folder and name say which run it is
         spec = "/".join(Path(spec).parts[-2:])
     return f"{'learned look' if prefix == 'look:' else 'agent'} ({prefix}{spec}{options})"
@@ -234,9 +251,10 @@ class AgentMatcher:
 
     :param checkpoint: a ``train/ppo_lstm.py`` checkpoint, ``pretrained:<name>`` (a shipped agent),
         ``coarse-to-fine:<name or proposer file>`` (a shipped or trained coarse look with the
-        agent it names, :class:`~agents.coarse_to_fine.CoarseToFineSearcher`), or ``look:<name or
-        look file>`` (a learned multi-scale look, :class:`~agents.multiscale_look.LookSearcher`; its
-        target range may follow, :func:`look_spec`: ``look:photo,smallest=0.05``).
+        agent it names, :class:`~agents.coarse_to_fine.CoarseToFineSearcher`; its candidates may
+        follow, :func:`coarse_to_fine_spec`: ``coarse-to-fine:mixed-mnist,candidates=1``), or
+        ``look:<name or look file>`` (a learned multi-scale look, :class:`~agents.multiscale_look.LookSearcher`;
+        its target range may follow, :func:`look_spec`: ``look:photo,smallest=0.05``).
     """
 
     def __init__(self, checkpoint: str) -> None:
@@ -256,8 +274,9 @@ class AgentMatcher:
             self.features = f"learned look: {checkpoint} (runtime: {self.searcher.runtime})"
             return
         if checkpoint.startswith("coarse-to-fine:"):
-            self.searcher = (CoarseToFineSearcher.from_pretrained(spec) if spec in PROPOSERS
-                             else CoarseToFineSearcher.load(spec))
+            spec, options = coarse_to_fine_spec(spec)
+            self.searcher = (CoarseToFineSearcher.from_pretrained(spec, **options) if spec in PROPOSERS
+                             else CoarseToFineSearcher.load(spec, **options))
             agent, proposer = self.searcher.fine, f", proposer runtime: {self.searcher.runtime}"
         else:  # a checkpoint, or pretrained:<name> for an agent shipped with matchenv
             self.searcher = agent = TemplateSearcher.from_spec(checkpoint)
@@ -268,8 +287,9 @@ class AgentMatcher:
         from agents.baselines.base import MatchResult
 
         result = self.searcher.locate(query, reference)
-        # a look scores every position of its grid; an agent looks at its windows
-        evaluated = getattr(result, "positions", len(result.path))
+        # a look scores every position of its grid; an agent looks at its windows (a coarse-to-fine
+        # searcher: over all the crops it searched)
+        evaluated = getattr(result, "positions", None) or getattr(result, "windows", None) or len(result.path)
         return MatchResult(box=result.box, score=result.score, evaluated=evaluated)
 
 
@@ -505,7 +525,8 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(CONTROL_METHODS + CLASSIC_METHODS + FEATURE_METHODS),
                         help="comma-separated matcher names (see agents.baselines.MATCHERS)")
     parser.add_argument("--agent", action="append", default=[],
-                        help="trained checkpoint, pretrained:<name>, coarse-to-fine:<name or proposer.pt>, or "
+                        help="trained checkpoint, pretrained:<name>, coarse-to-fine:<name or proposer.pt>"
+                             "[,candidates=N][,accept=F|none] (the CoarseToFineSearcher options of that name), or "
                              "look:<name or look.pt>[,smallest=F][,largest=F][,candidates=N][,closer_gap=F] (the "
                              "LookSearcher options of that name), to include (repeatable)")
     parser.add_argument("--features-checkpoint", default=None, help="agent checkpoint whose CNN QATM/embedding use")
