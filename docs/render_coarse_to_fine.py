@@ -25,6 +25,7 @@ import numpy as np
 from agents.coarse_to_fine import CoarseToFineResult, CoarseToFineSearcher, load_proposer_file
 from agents.pretrained import PROPOSERS, proposer_path
 from matchenv.datasets import make_dataset
+from matchenv.datasets.noisy_mnist import canvas_kwargs
 from matchenv.geometry import iou
 from matchenv.rendering import frame_strip, render_search, save_frames
 
@@ -76,8 +77,7 @@ def main() -> None:
     searcher = (CoarseToFineSearcher.from_pretrained(args.proposer, candidates=args.candidates) if shipped
                 else CoarseToFineSearcher.load(path, candidates=args.candidates or 1))
     trained = load_proposer_file(path)["info"].get("args", {})  # the dataset it was trained for
-    kwargs = {**json.loads(trained.get("dataset_kwargs", "{}")), "canvas_size": args.canvas,
-              "n_clutter": int(round(trained.get("clutter_density", 8.0) * (args.canvas / 100) ** 2))}
+    kwargs = canvas_kwargs(args.canvas, trained.get("clutter_density", 8.0), json.loads(trained.get("dataset_kwargs", "{}")))
     data = make_dataset(trained.get("dataset", "ClutteredMNIST"), test_size=args.pairs, **kwargs)
     rows = []
     for i in range(args.pairs):

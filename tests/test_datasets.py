@@ -272,3 +272,15 @@ def test_mixed_mnist_distractor_indices_point_at_the_placed_digits(split_name):
         for idx, box in zip(pair.meta["distractor_indices"], pair.distractor_boxes):
             x0, y0, x1, y1 = (int(v) for v in box)
             assert np.all(pair.reference[y0:y1, x0:x1, 0] >= images[idx])
+
+
+def test_large_canvases_keep_a_variants_clutter_density():
+    from matchenv.datasets import ClutteredMNIST, MixedMNIST, TranslatedMNIST
+    from matchenv.datasets.noisy_mnist import canvas_kwargs, default_clutter_density
+
+    assert [default_clutter_density(c) for c in (ClutteredMNIST, MixedMNIST, TranslatedMNIST)] == [8.0, 4.0, 0.0]
+    assert canvas_kwargs(250, 8.0) == {"canvas_size": 250, "n_clutter": 50}
+    assert canvas_kwargs(1000, 4.0, {"n_distractors": [9, 9]}) == {"n_distractors": [9, 9], "canvas_size": 1000, "n_clutter": 400}
+    assert canvas_kwargs(333, 8.0)["n_clutter"] == 89  # 88.7 fragments, rounded
+    data = make_dataset("MixedMNIST", test_size=1, **canvas_kwargs(300, 4.0, {"n_distractors": (9, 9)}))
+    assert data.test_pair(0).reference.shape[:2] == (300, 300)

@@ -314,19 +314,16 @@ def scaling_kwargs(dataset: str, size: int, extra: dict) -> dict:
     dataset's own density (its default fragments per its default canvas area) scaled with the
     area, plus ``extra``.
 
-    :raises ValueError: for a dataset without ``canvas_size`` / ``n_clutter`` (photographs).
+    :raises ValueError: for a dataset that is not a Noisy MNIST variant (photographs).
     """
-    import inspect
-
     from matchenv.datasets import DATASETS
+    from matchenv.datasets.noisy_mnist import NoisyMNIST, canvas_kwargs, default_clutter_density
 
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
-    defaults = inspect.signature(DATASETS[dataset].__init__).parameters
-    if "canvas_size" not in defaults or "n_clutter" not in defaults:
+    if not issubclass(DATASETS[dataset], NoisyMNIST):
         raise ValueError(f"--scaling needs a Noisy MNIST dataset (canvas_size and n_clutter arguments), not {dataset}")
-    density = defaults["n_clutter"].default / defaults["canvas_size"].default ** 2
-    return {**extra, "canvas_size": int(size), "n_clutter": int(round(density * size ** 2))}
+    return canvas_kwargs(size, default_clutter_density(DATASETS[dataset]), extra)
 
 
 def run_method(job: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from agents.coarse_to_fine import CoarseProposer, CoarseToFineSearcher, save_proposer_file, target_cell, to_unit_range
 from agents.searcher import TemplateSearcher
 from matchenv.datasets import make_dataset
+from matchenv.datasets.noisy_mnist import canvas_kwargs
 from matchenv.geometry import iou
 
 
@@ -80,8 +81,7 @@ class Args:
 def dataset_kwargs(args: Args, side: int) -> dict:
     """Dataset arguments for a ``side`` x ``side`` canvas with ``args.clutter_density`` fragments
     per 100x100 px, plus ``args.dataset_kwargs``."""
-    return {**json.loads(args.dataset_kwargs), "canvas_size": int(side),
-            "n_clutter": int(round(args.clutter_density * (side / 100) ** 2))}
+    return canvas_kwargs(side, args.clutter_density, json.loads(args.dataset_kwargs))
 
 
 def make_training_set(args: Args, proposer: CoarseProposer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

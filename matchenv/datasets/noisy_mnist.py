@@ -232,6 +232,22 @@ def _paste_max(canvas: np.ndarray, img: np.ndarray, box: tuple[int, int, int, in
     np.maximum(canvas[y0:y1, x0:x1], img, out=canvas[y0:y1, x0:x1])
 
 
+def default_clutter_density(dataset: type[NoisyMNIST]) -> float:
+    """Clutter fragments per 100x100 px on a Noisy MNIST variant's default canvas (Cluttered
+    MNIST: 8, Mixed MNIST: 4, Translated MNIST: 0)."""
+    import inspect
+
+    defaults = inspect.signature(dataset.__init__).parameters
+    return defaults["n_clutter"].default * (100.0 / defaults["canvas_size"].default) ** 2
+
+
+def canvas_kwargs(side: int, clutter_density: float, extra: Optional[dict] = None) -> dict:
+    """Arguments of a ``side`` x ``side`` Noisy MNIST canvas with clutter at ``clutter_density``
+    fragments per 100x100 px (rounded to a whole number of fragments), plus ``extra``: how large
+    canvases keep a variant's clutter (its :func:`default_clutter_density`) or a training density."""
+    return {**(extra or {}), "canvas_size": int(side), "n_clutter": int(round(clutter_density * (side / 100.0) ** 2))}
+
+
 class TranslatedMNIST(NoisyMNIST):
     """A 28x28 digit at a uniformly random position on a 60x60 noisy canvas."""
 
