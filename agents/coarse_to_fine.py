@@ -17,8 +17,9 @@ nothing to go on. The coarse-to-fine searcher splits the work:
    best cell, searched by the trained agent exactly as on its training data; the answer is mapped
    back to reference pixels. With ``candidates=k`` the agent searches crops around the look's
    ``k`` best cells (at least half a crop apart; one batched search) and the searcher answers with
-   the search whose final window the agent's CNN finds most like the query (cosine similarity of
-   their embeddings, :meth:`~agents.searcher.TemplateSearcher.window_similarity`): the look's
+   the search whose final window a CNN finds most like the query (cosine similarity of their
+   embeddings, :meth:`~agents.searcher.TemplateSearcher.window_similarity`; the agent's own CNN,
+   or a ``verifier`` agent's where the agent's features do not tell targets apart): the look's
    second or third guess is often right where its first is a look-alike.
 
 A reference no larger than ``crop_size`` goes straight to the agent: on its own canvases the
@@ -27,7 +28,10 @@ searcher is the agent. The proposer is trained by supervised learning on shrunk 
 *target-like* objects (there: the one whole digit among fragments) and leaves matching to the
 agent. A **query-aware** proposer (``query_side > 0``) also reads the
 query, shrunk, and prefers the cells that look like it, for references with look-alikes (on
-Mixed MNIST: a whole digit of every other class besides the target).
+Mixed MNIST: a whole digit of every other class besides the target). Both shipped searchers try
+four candidates by default (:data:`agents.pretrained.PROPOSERS` has the choices): the Cluttered
+one ranks them with the Mixed MNIST agent's CNN, since its own agent's features barely tell a
+digit from a clump of fragments.
 """
 
 from __future__ import annotations
@@ -244,8 +248,9 @@ def crop_around(centre: tuple[float, float], crop_size: tuple[int, int], image_s
     (and cut to it where the image is smaller): whole pixels ``(x0, y0, x1, y1)``."""
     height, width = int(image_shape[0]), int(image_shape[1])
     crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
-    x0 = int(np.clip(round(centre[0] - crop_w / 2), 0, width - crop_w))
-    y0 = int(np.clip(round(centre[1] - crop_h / 2), 0, height - crop_h))
+    # plain Python: np.clip on scalars costs ~10 us a call, a noticeable part of a 1 ms search
+    x0 = min(max(int(round(centre[0] - crop_w / 2)), 0), width - crop_w)
+    y0 = min(max(int(round(centre[1] - crop_h / 2)), 0), height - crop_h)
     return x0, y0, x0 + crop_w, y0 + crop_h
 
 
@@ -261,16 +266,23 @@ class CoarseToFineSearcher:
     :param accept: with ``candidates > 1``, the other candidates are searched only where the
         first search's final window has a similarity to the query (cosine of the CNN's
         embeddings) below this; ``None``: always search them all.
+    :param verifier: the agent whose CNN compares the candidates' final windows with the query
+        (same channels and query size as ``fine``); ``None``: ``fine`` itself. The Cluttered
+        MNIST agent, for one, finds *the digit* and its features barely tell digits apart; the
+        Mixed MNIST agent's do.
     """
 
     def __init__(self, fine: TemplateSearcher, proposer: CoarseProposer, crop_size: tuple[int, int],
-                 candidates: int = 1, accept: Optional[float] = None) -> None:
+                 candidates: int = 1, accept: Optional[float] = None, verifier: Optional[TemplateSearcher] = None) -> None:
         if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates < 1:
             raise ValueError(f"candidates must be a whole number >= 1 (1: search the look's best cell only), got {candidates!r}")
         if accept is not None and not -1.0 <= accept <= 1.0:
             raise ValueError(f"accept must be a cosine similarity in [-1, 1] or None (search every candidate), got {accept!r}")
         if proposer.channels != fine.channels:
             raise ValueError(f"the proposer takes {proposer.channels}-channel images but the agent {fine.channels}-channel ones")
+        if verifier is not None and (verifier.channels, verifier.query_size) != (fine.channels, fine.query_size):
+            raise ValueError(f"the verifier sees {verifier.channels}-channel {verifier.query_size} windows but the agent "
+                             f"{fine.channels}-channel {fine.query_size} ones: use a verifier trained on the same kind of images")
         if min(crop_size) < max(fine.query_size):
             raise ValueError(f"crop_size {tuple(crop_size)} is smaller than the agent's query size {fine.query_size}")
         self.fine = fine
@@ -280,35 +292,45 @@ class CoarseToFineSearcher:
         self.candidates = int(candidates)
         #: the first search's similarity at which the other candidates are not searched (None: never)
         self.accept = None if accept is None else float(accept)
+        #: the agent whose CNN ranks the candidates' answers
+        self.verifier = fine if verifier is None else verifier
         self._run = _ProposerRuntime(proposer, threads=torch.get_num_threads())
         #: where the proposer runs: "onnxruntime" or "torch"
         self.runtime: str = self._run.name
 
     @classmethod
     def load(cls, path: Union[str, Path], fine: Optional[TemplateSearcher] = None, candidates: int = 1,
-             accept: Optional[float] = None, **searcher_kwargs) -> "CoarseToFineSearcher":
+             accept: Optional[float] = None, verifier: Union[TemplateSearcher, str, None] = None,
+             **searcher_kwargs) -> "CoarseToFineSearcher":
         """Load a proposer file written by ``train/coarse_proposer.py``; the agent is the one it
         names (a shipped agent's name or a checkpoint path) unless ``fine`` is given.
-        ``searcher_kwargs`` go to that agent's :class:`TemplateSearcher`."""
+        ``searcher_kwargs`` go to that agent's :class:`TemplateSearcher`. ``verifier`` may be a
+        searcher or a spec (``"pretrained:mixed-mnist"`` or a checkpoint path)."""
         saved = load_proposer_file(path)
         if fine is None:
             fine = TemplateSearcher.from_spec(saved["fine"], **searcher_kwargs)
         proposer = CoarseProposer(**saved["config"])
         proposer.load_state_dict(saved["state_dict"])
-        return cls(fine, proposer, tuple(saved["crop_size"]), candidates=candidates, accept=accept)
+        if isinstance(verifier, str):
+            verifier = TemplateSearcher.from_spec(verifier)
+        return cls(fine, proposer, tuple(saved["crop_size"]), candidates=candidates, accept=accept, verifier=verifier)
 
     @classmethod
     def from_pretrained(cls, name: str, candidates: Optional[int] = None, accept: Union[float, None, str] = "default",
-                        **searcher_kwargs) -> "CoarseToFineSearcher":
+                        verifier: Union[TemplateSearcher, str, None] = "default", **searcher_kwargs) -> "CoarseToFineSearcher":
         """A shipped proposer and the shipped agent it was trained for: see
-        :data:`agents.pretrained.PROPOSERS`. ``candidates=None`` and ``accept="default"``: the
-        values chosen for that proposer (its entry's ``candidates`` and ``accept``)."""
+        :data:`agents.pretrained.PROPOSERS`. ``candidates=None``, ``accept="default"`` and
+        ``verifier="default"``: the choices made for that proposer (its entry's ``candidates``,
+        ``accept`` and ``verifier``)."""
         from agents.pretrained import PROPOSERS, proposer_path
 
         path = proposer_path(name)  # a clear error for an unknown name
         entry = PROPOSERS[name]
-        return cls.load(path, candidates=entry.candidates if candidates is None else candidates,
-                        accept=entry.accept if accept == "default" else accept, **searcher_kwargs)
+        candidates = entry.candidates if candidates is None else candidates
+        if verifier == "default":  # only built where it will be used
+            verifier = entry.verifier if candidates > 1 else None
+        return cls.load(path, candidates=candidates, accept=entry.accept if accept == "default" else accept,
+                        verifier=verifier, **searcher_kwargs)
 
     # ------------------------------------------------------------------ public API
     def locate(self, query: np.ndarray, reference: np.ndarray) -> CoarseToFineResult:
@@ -377,8 +399,8 @@ class CoarseToFineSearcher:
         similarity: list[Optional[float]] = [None] * len(crops)
         ranked = np.flatnonzero(rank)
         if len(ranked):
-            values = self.fine.window_similarity([search_queries[k] for k in ranked], [images[k] for k in ranked],
-                                                 np.array([found[k].box for k in ranked]))
+            values = self.verifier.window_similarity([search_queries[k] for k in ranked], [images[k] for k in ranked],
+                                                     np.array([found[k].box for k in ranked]))
             for k, value in zip(ranked, values):
                 similarity[k] = float(value)
         for (i, proposal), search, sim in zip(crops, found, similarity):
@@ -416,17 +438,20 @@ class CoarseToFineSearcher:
         if height <= self.crop_size[0] and width <= self.crop_size[1]:
             return []  # the agent's own canvas size: no coarse look needed
         logits, ys, xs = self._cell_logits(reference, query)
+        if count > 1:
+            logits = logits.copy()  # cells near a taken one are masked below
+        half_h, half_w = self.crop_size[0] / 2, self.crop_size[1] / 2
         proposals: list[Proposal] = []
         for _ in range(count):  # greedy: the best cell, then the best far enough from those taken
-            row, col = np.unravel_index(int(np.argmax(logits)), logits.shape)
+            row, col = divmod(int(np.argmax(logits)), logits.shape[1])
             if proposals and logits[row, col] == -np.inf:
                 break  # every cell is near one taken
             centre = (float(xs[col]), float(ys[row]))
             proposals.append(Proposal(centre=centre, crop=crop_around(centre, self.crop_size, reference.shape)))
-            if len(proposals) < count:
-                near_y = np.abs(ys - centre[1]) < self.crop_size[0] / 2
-                near_x = np.abs(xs - centre[0]) < self.crop_size[1] / 2
-                logits = np.where(near_y[:, None] & near_x[None, :], -np.inf, logits)
+            if len(proposals) < count:  # the cells whose centres are within half a crop (ys, xs ascend)
+                rows = slice(np.searchsorted(ys, centre[1] - half_h, "right"), np.searchsorted(ys, centre[1] + half_h, "left"))
+                cols = slice(np.searchsorted(xs, centre[0] - half_w, "right"), np.searchsorted(xs, centre[0] + half_w, "left"))
+                logits[rows, cols] = -np.inf
         return proposals
 
 
