@@ -75,7 +75,7 @@ def main() -> None:
     shipped = args.proposer in PROPOSERS
     path = proposer_path(args.proposer) if shipped else Path(args.proposer)
     searcher = (CoarseToFineSearcher.from_pretrained(args.proposer, candidates=args.candidates) if shipped
-                else CoarseToFineSearcher.load(path, candidates=args.candidates or 1))
+                else CoarseToFineSearcher.load(path, candidates=1 if args.candidates is None else args.candidates))
     trained = load_proposer_file(path)["info"].get("args", {})  # the dataset it was trained for
     kwargs = canvas_kwargs(args.canvas, trained.get("clutter_density", 8.0), json.loads(trained.get("dataset_kwargs", "{}")))
     data = make_dataset(trained.get("dataset", "ClutteredMNIST"), test_size=args.pairs, **kwargs)

@@ -110,7 +110,9 @@ def make_training_set(args: Args, proposer: CoarseProposer) -> tuple[torch.Tenso
 
 
 def evaluate(args: Args, searcher: CoarseToFineSearcher) -> list[dict]:
-    """Hit rate of the coarse look and success of the whole search, per test canvas size."""
+    """Hit rate of the coarse look and success of the whole search, per test canvas size, with
+    one candidate (the look's best cell: what the look itself is worth; the shipped searchers'
+    extra candidates are chosen afterwards, README "Inference")."""
     rows = []
     for side in (int(s) for s in args.eval_canvases.split(",")):
         data = make_dataset(args.dataset, test_size=args.eval_pairs, **dataset_kwargs(args, side))
