@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from agents.box_refiner import BoxRefiner, RefinerRuntime, load_refiner_file, refine_boxes
 from agents.cnn_runtime import make_cnn_runtime
 from agents.fused_search import FusedSearch
 from agents.numpy_step import NumpyActorStep
@@ -42,16 +43,20 @@ class SearchResult:
         ``T`` is ``max_trials`` unless ``stop_score`` ended the search earlier.
     :param scores: ``(T,)`` match score of each window in ``[0, 1]`` from the contrastive head
         (``1 - distance / margin``, clipped): near 1 the agent believes the window matches.
+    :param refined_from: where a box refiner moved the answer (``TemplateSearcher``'s
+        ``refiner``): the search's own answer, a window of ``path``; ``None`` otherwise.
     """
 
     box: np.ndarray
     path: np.ndarray
     scores: np.ndarray
+    refined_from: Optional[np.ndarray] = None
 
     @property
     def score(self) -> float:
-        """Match score of :attr:`box`."""
-        matches = np.flatnonzero(np.all(self.path == self.box, axis=1))
+        """Match score of :attr:`box` (of the window it was refined from, for a refined answer)."""
+        answer = self.box if self.refined_from is None else self.refined_from
+        matches = np.flatnonzero(np.all(self.path == answer, axis=1))
         return float(self.scores[matches[-1]]) if len(matches) else float("nan")
 
 
@@ -165,6 +170,12 @@ class TemplateSearcher:
         per query where the agent finds the target at once (Translated and Mixed MNIST); it
         costs accuracy where the agent refines over several windows (Cluttered MNIST), see
         README "The shipped agents against the bars". ``None`` (default): the paper's protocol.
+    :param refiner: a box refiner (:class:`~agents.box_refiner.BoxRefiner` or its file from
+        ``train/box_refiner.py``) that moves each answer onto the target after the search, for
+        photograph agents (colour, working size); :attr:`SearchResult.box` is then the refined box
+        and :attr:`SearchResult.refined_from` the search's own. ``None`` (default): no refinement.
+    :param refine_steps: how many times the refiner moves each answer (one network call per step
+        for the whole batch).
     """
 
     #: batches up to this size run without oneDNN (measured faster at batch 1 on this project's CPUs).
@@ -185,6 +196,8 @@ class TemplateSearcher:
         stop_score: Optional[float] = None,
         cnn_runtime: Optional[str] = None,
         fused: Optional[bool] = None,
+        refiner: Union[None, str, Path, BoxRefiner] = None,
+        refine_steps: int = 1,
     ) -> None:
         if stop_score is not None and not 0.0 < stop_score <= 1.0:
             raise ValueError(f"stop_score must be in (0, 1] (a match score) or None (always max_trials windows), got {stop_score!r}")
@@ -203,6 +216,16 @@ class TemplateSearcher:
         self.channel_order = channel_order
         space = policy.observation_space["query"]
         self.channels, self.query_size = space.shape[0], tuple(space.shape[1:])
+        if refiner is not None:
+            if self.channels != 3:
+                raise ValueError(f"a box refiner is for colour photograph agents; this agent sees {self.channels}-channel "
+                                 "images: leave refiner=None")
+            refiner = (refiner if isinstance(refiner, BoxRefiner) else load_refiner_file(refiner)[0]).eval()
+        if int(refine_steps) < 1:
+            raise ValueError(f"refine_steps must be at least 1 (or pass refiner=None for no refinement), got {refine_steps!r}")
+        #: the box refiner applied to every answer (None: answers are the search's own)
+        self.refiner: Optional[BoxRefiner] = refiner
+        self.refine_steps = int(refine_steps)
         overview = policy.observation_space.spaces.get("overview")
         self.overview_size = None if overview is None else tuple(overview.shape[1:])
         action_dims = policy.action_space.shape
@@ -222,6 +245,10 @@ class TemplateSearcher:
                                      (self.channels, *self.query_size))
         #: where the CNN runs: "onnxruntime", "torchscript" or "torch" (see agents.cnn_runtime)
         self.cnn_runtime: str = self._cnn.name
+        # The refiner runs where the CNN does: ONNX Runtime on the fast path when it is installed.
+        self._refiner: Optional[RefinerRuntime] = None
+        if refiner is not None:
+            self._refiner = RefinerRuntime(refiner.to(self.device), onnx=self._cnn.name == "onnxruntime")
         self._numpy_step: Optional[NumpyActorStep] = NumpyActorStep(policy) if self.fast else None
         self._step: Optional[PolicyStep] = None if self.fast else PolicyStep(policy)
         # The whole search as one ONNX Runtime call, for agents whose windows are plain crops.
@@ -262,18 +289,29 @@ class TemplateSearcher:
         return cls(model.policy, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name: str, device: str = "cpu", **kwargs) -> "TemplateSearcher":
-        """Load an agent shipped with matchenv: see :data:`agents.pretrained.PRETRAINED`."""
-        from agents.pretrained import pretrained_path
+    def from_pretrained(cls, name: str, device: str = "cpu", refine: bool = True, **kwargs) -> "TemplateSearcher":
+        """Load an agent shipped with matchenv: see :data:`agents.pretrained.PRETRAINED`.
 
-        return cls.load(pretrained_path(name), device=device, **kwargs)
+        :param refine: apply the box refiner shipped with the agent (``"flickrlogos27"`` has one),
+            unless ``refiner`` is passed; ``False``: the search's own answers.
+        """
+        from agents.pretrained import pretrained_path, refiner_path
+
+        path = pretrained_path(name)
+        if refine and kwargs.get("refiner") is None:
+            kwargs["refiner"] = refiner_path(name)
+        return cls.load(path, device=device, **kwargs)
 
     @classmethod
-    def from_spec(cls, spec: str, device: str = "cpu", **kwargs) -> "TemplateSearcher":
+    def from_spec(cls, spec: str, device: str = "cpu", refine: bool = True, **kwargs) -> "TemplateSearcher":
         """``"pretrained:<name>"`` (:meth:`from_pretrained`) or a checkpoint path (:meth:`load`):
-        how the scripts and proposer files name an agent."""
+        how the scripts and proposer files name an agent.
+
+        :param refine: for a shipped agent, apply its box refiner (if it has one); a checkpoint
+            has none unless ``refiner`` is passed.
+        """
         if spec.startswith("pretrained:"):
-            return cls.from_pretrained(spec.split(":", 1)[1], device=device, **kwargs)
+            return cls.from_pretrained(spec.split(":", 1)[1], device=device, refine=refine, **kwargs)
         return cls.load(spec, device=device, **kwargs)
 
     # ------------------------------------------------------------------ public API
@@ -318,7 +356,8 @@ class TemplateSearcher:
                 overviews = stacked([resize_image(r, self.overview_size) for r in references])
             boxes, distances = self._fused(stacked(queries), stacked([self._view(r) for r in references]),
                                            stacked(references), overviews)
-            return self._results(boxes, distances, np.full(n, self.max_trials), factors)
+            return self._refined(self._results(boxes, distances, np.full(n, self.max_trials), factors),
+                                 queries, references, factors)
         if self.window_fraction is None:  # the query's size in working pixels
             windows = [(q.shape[0] * f, q.shape[1] * f) for q, f in zip(queries, factors)]
         else:  # photographs: the query's aspect, a size relative to the reference
@@ -329,9 +368,29 @@ class TemplateSearcher:
         torch.backends.mkldnn.enabled = n > self.MKLDNN_MIN_BATCH
         try:
             with torch.inference_mode():
-                return self._search(queries, references, windows, factors)
+                return self._refined(self._search(queries, references, windows, factors), queries, references, factors)
         finally:
             torch.backends.mkldnn.enabled = previous
+
+    def _refined(self, results: list[SearchResult], queries: list[np.ndarray], references: list[np.ndarray],
+                 factors: np.ndarray) -> list[SearchResult]:
+        """``results`` with their boxes moved by the refiner (none: ``results`` as they are).
+
+        :param queries: prepared queries. :param references: prepared references at working size.
+        :param factors: ``(N,)`` working-size factors (result boxes are in the pixels given).
+        """
+        if self.refiner is None:
+            return results
+        views = np.stack([letterbox(q, self.refiner.config.query_size) for q in queries])
+        answers = np.stack([r.box for r in results]) * factors[:, None]
+        refined = refine_boxes(self._refiner, views, references, answers, self.refine_steps)
+        for result, box, reference, factor in zip(results, refined, references, factors):
+            h, w = reference.shape[:2]
+            box = np.clip(box, 0.0, [w, h, w, h])
+            if box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0:  # else (moved off the image) keep the search's
+                result.refined_from = result.box
+                result.box = box / factor
+        return results
 
     def _search(self, queries, references, windows, factors) -> list[SearchResult]:
         """The search step by step: a CNN call and a decision per window (every agent and option)."""

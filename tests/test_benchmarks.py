@@ -480,3 +480,20 @@ def test_compare_speed_times_two_methods_in_turn(tmp_path):
                               "--method", "ncc", "--method", "nccc", "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 1 and "error: nccc could not start" in unknown.stderr
     assert "Traceback" not in unknown.stderr.split("could not start")[-1]
+
+
+def test_pretrained_agent_options_set_the_refiner_steps():
+    bench = load_script("benchmark_matchers")
+    assert bench.pretrained_agent_spec("flickrlogos27") == ("flickrlogos27", {})
+    assert bench.pretrained_agent_spec("flickrlogos27,refine=0") == ("flickrlogos27", {"refine": 0})
+    assert bench.agent_name("pretrained:flickrlogos27,refine=0") == "agent (pretrained:flickrlogos27, refine=0)"
+    assert bench.agent_name("pretrained:flickrlogos27") == "agent (pretrained:flickrlogos27)"
+    with pytest.raises(ValueError, match="refine must be a whole number"):
+        bench.pretrained_agent_spec("flickrlogos27,refine=yes")
+    with pytest.raises(ValueError, match="unknown option 'candidates'"):
+        bench.pretrained_agent_spec("flickrlogos27,candidates=2")
+    shipped, plain, twice = (bench.AgentMatcher(f"pretrained:flickrlogos27{o}") for o in ("", ",refine=0", ",refine=2"))
+    assert shipped.searcher.refiner is not None and plain.searcher.refiner is None
+    assert (shipped.searcher.refine_steps, twice.searcher.refine_steps) == (1, 2)
+    with pytest.raises(ValueError, match="refine must be 0"):
+        bench.AgentMatcher("pretrained:flickrlogos27,refine=-1")

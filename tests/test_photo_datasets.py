@@ -747,3 +747,32 @@ def test_logo_training_pairs_are_augmented_and_test_pairs_are_not():
     assert flipped is not None  # some were mirrored: the target box moved with the mirror
     np.testing.assert_array_equal(flipped.reference, pair.reference[:, ::-1])
     np.testing.assert_allclose(flipped.target_box, [55, 10, 75, 30])
+
+
+def test_reframed_logo_references_keep_the_target_under_its_box():
+    from matchenv.datasets.logos import augment_logo_pair
+    from matchenv.datasets.photos import make_photo_pair
+
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    target = (30, 20, 50, 44)
+    pair = make_photo_pair(reference[20:44, 30:50].copy(), reference, target, (32, 32))
+    shapes = set()
+    for seed in range(40):
+        out = augment_logo_pair(pair, np.random.default_rng(seed), (32, 32), reframe=1.0)
+        x0, y0, x1, y1 = out.target_box
+        assert 0 <= x0 < x1 <= out.reference.shape[1] and 0 <= y0 < y1 <= out.reference.shape[0]
+        assert (x1 - x0, y1 - y0) == (20, 24)  # cropped, never rescaled
+        under = out.reference[int(y0):int(y1), int(x0):int(x1)]
+        # The pixels under the moved box are the target's (mirrored or not).
+        original = reference[20:44, 30:50]
+        assert np.array_equal(under, original) or np.array_equal(under, original[:, ::-1])
+        shapes.add(out.reference.shape[:2])
+    assert len(shapes) > 20  # the frame varies
+    unframed = augment_logo_pair(pair, np.random.default_rng(0), (32, 32), reframe=0.0)
+    assert unframed.reference.shape == reference.shape
+
+
+def test_reframe_must_be_a_probability(fl27_root):
+    with pytest.raises(ValueError, match="reframe is a probability"):
+        quiet(FlickrLogos27, root=fl27_root, reframe=1.5)

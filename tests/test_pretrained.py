@@ -86,7 +86,7 @@ def test_flickrlogos27_agent_on_the_held_out_split():
         [p.matcher_query for p in pairs], [p.reference for p in pairs]
     )
     success = np.mean([iou(r.box, p.target_box) > 0.5 for r, p in zip(results, pairs)])
-    assert success > 0.25  # measured 0.360 when it was trained (README); NCC reaches about 0.15
+    assert success > 0.45  # 0.540 with its shipped box refiner (README), 0.360 without; NCC reaches about 0.15
 
 
 @pytest.mark.parametrize("name", MNIST_AGENTS)

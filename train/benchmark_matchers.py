@@ -199,10 +199,17 @@ LOOK_OPTIONS = ("smallest", "largest", "candidates", "closer_gap")
 COARSE_TO_FINE_OPTIONS = ("candidates", "accept")
 
 
+#: What ``pretrained:<name>,key=value`` may set: how many times the agent's shipped box refiner
+#: moves each answer (``refine=0``: the search's own answers; agents/box_refiner.py).
+AGENT_OPTIONS = ("refine",)
+#: Options that are whole numbers (the others are numbers).
+WHOLE_NUMBER_OPTIONS = ("candidates", "refine")
+
+
 def searcher_options(spec: str, allowed: Sequence[str], example: str) -> tuple[str, dict[str, Any]]:
     """Split a searcher's name or file from its options: ``"photo,smallest=0.05,candidates=1"``
-    -> ``("photo", {"smallest": 0.05, "candidates": 1})``. ``candidates`` is a whole number, every
-    other option a number (or ``none``, where it may be switched off: ``accept``).
+    -> ``("photo", {"smallest": 0.05, "candidates": 1})``. ``candidates`` and ``refine`` are whole
+    numbers, every other option a number (or ``none``, where it may be switched off: ``accept``).
 
     :raises ValueError: for an option not in ``allowed`` or a value of the wrong kind.
     """
@@ -215,10 +222,11 @@ def searcher_options(spec: str, allowed: Sequence[str], example: str) -> tuple[s
         if key == "accept" and value.lower() == "none":
             kwargs[key] = None
             continue
+        whole = key in WHOLE_NUMBER_OPTIONS
         try:
-            kwargs[key] = int(value) if key == "candidates" else float(value)
+            kwargs[key] = int(value) if whole else float(value)
         except ValueError:
-            raise ValueError(f"{key} must be a {'whole number' if key == 'candidates' else 'number'}, got {value!r}") from None
+            raise ValueError(f"{key} must be a {'whole number' if whole else 'number'}, got {value!r}") from None
     return name, kwargs
 
 
@@ -232,14 +240,20 @@ def coarse_to_fine_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return searcher_options(spec, COARSE_TO_FINE_OPTIONS, "coarse-to-fine:mixed-mnist,candidates=1")
 
 
+def pretrained_agent_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """What follows ``pretrained:``: the agent's name and its :data:`AGENT_OPTIONS`."""
+    return searcher_options(spec, AGENT_OPTIONS, "pretrained:flickrlogos27,refine=0")
+
+
 def agent_name(checkpoint: str) -> str:
-    """A searcher's name in the tables: "agent (pretrained:flickrlogos27)", "agent (fl27-zoom/best.zip)",
-    "agent (coarse-to-fine:cluttered-mnist)", "learned look (look:photo)", "learned look (look:photo,
-    smallest=0.05)"."""
+    """A searcher's name in the tables: "agent (pretrained:flickrlogos27)", "agent (pretrained:flickrlogos27,
+    refine=0)", "agent (fl27-zoom/best.zip)", "agent (coarse-to-fine:cluttered-mnist)", "learned look
+    (look:photo)", "learned look (look:photo, smallest=0.05)"."""
     prefix = next((p for p in ("pretrained:", "coarse-to-fine:", "look:") if checkpoint.startswith(p)), "")
     spec, options = checkpoint[len(prefix):], ""
-    if prefix in ("look:", "coarse-to-fine:"):
-        spec, kwargs = (look_spec if prefix == "look:" else coarse_to_fine_spec)(spec)
+    if prefix in ("look:", "coarse-to-fine:", "pretrained:"):
+        parse = {"look:": look_spec, "coarse-to-fine:": coarse_to_fine_spec, "pretrained:": pretrained_agent_spec}[prefix]
+        spec, kwargs = parse(spec)
         options = "".join(f", {key}={'none' if value is None else format(value, 'g')}" for key, value in kwargs.items())
     if not prefix or "/" in spec:  # a file: its folder and name say which run it is
         spec = "/".join(Path(spec).parts[-2:])
@@ -278,8 +292,15 @@ class AgentMatcher:
             self.searcher = (CoarseToFineSearcher.from_pretrained(spec, **options) if spec in PROPOSERS
                              else CoarseToFineSearcher.load(spec, **options))
             agent, proposer = self.searcher.fine, f", proposer runtime: {self.searcher.runtime}"
-        else:  # a checkpoint, or pretrained:<name> for an agent shipped with matchenv
-            self.searcher = agent = TemplateSearcher.from_spec(checkpoint)
+        elif checkpoint.startswith("pretrained:"):  # an agent shipped with matchenv, its refiner's steps may follow
+            spec, options = pretrained_agent_spec(spec)
+            steps = options.get("refine", 1)
+            if steps < 0:
+                raise ValueError(f"refine must be 0 (no refinement) or more steps, got {steps}")
+            self.searcher = agent = TemplateSearcher.from_pretrained(spec, refine=steps > 0, refine_steps=max(steps, 1))
+            proposer = ""
+        else:  # a checkpoint
+            self.searcher = agent = TemplateSearcher.load(checkpoint)
             proposer = ""
         self.features = f"trained agent: {checkpoint} (CNN runtime: {agent.cnn_runtime}{proposer})"
 
@@ -551,8 +572,8 @@ def main() -> None:
         (out / "results.md").write_text(f"{saved['dataset']}; {saved['machine']}\n\n{accuracy_table(saved['results'], saved['dataset'])}\n")
         return
     for agent in args.agent:
-        if agent.startswith("look:"):
-            try:  # a bad look, option or range: one clear line here, not a worker's traceback (loads in ~1 s)
+        if agent.startswith(("look:", "pretrained:")):
+            try:  # a bad name, option or range: one clear line here, not a worker's traceback (loads in ~1 s)
                 AgentMatcher(agent)
             except (ValueError, OSError) as err:
                 parser.error(f"--agent {agent}: {err}")
@@ -561,7 +582,7 @@ def main() -> None:
     if features_checkpoint and features_checkpoint.startswith("pretrained:"):
         from agents.pretrained import pretrained_path
 
-        features_checkpoint = str(pretrained_path(features_checkpoint.split(":", 1)[1]))
+        features_checkpoint = str(pretrained_path(pretrained_agent_spec(features_checkpoint.split(":", 1)[1])[0]))
     methods = [m for m in args.methods.split(",") if m]
     if features_checkpoint is None:
         skipped = [m for m in methods if m in FEATURE_METHODS]

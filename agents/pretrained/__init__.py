@@ -22,13 +22,17 @@ HERE = Path(__file__).resolve().parent
 @dataclass(frozen=True)
 class PretrainedAgent:
     """A shipped agent: its file in this folder, what it is for, how it was trained, and the dataset
-    (name and keyword arguments) whose fixed test split ``train/evaluate_agents.py`` scores it on."""
+    (name and keyword arguments) whose fixed test split ``train/evaluate_agents.py`` scores it on;
+    for photograph agents, optionally the box refiner (``agents/box_refiner.py``) that
+    ``TemplateSearcher.from_pretrained`` applies to its answers by default, and how it was trained."""
 
     filename: str
     description: str
     command: str
     dataset: str
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    refiner: Optional[str] = None
+    refiner_command: Optional[str] = None
 
 
 #: Name -> shipped agent. ``TemplateSearcher.from_pretrained(name)`` loads one.
@@ -62,6 +66,8 @@ PRETRAINED: dict[str, PretrainedAgent] = {
         "python train/ppo_lstm.py --dataset FlickrLogos27 --imitation-lr-final 0.1 "
         "--ppo-timesteps 100000",
         "FlickrLogos27",
+        refiner="flickrlogos27_refiner.pt",
+        refiner_command="python train/box_refiner.py",
     ),
 }
 
@@ -169,6 +175,22 @@ def pretrained_path(name: str) -> Path:
     if name in NOT_SHIPPED:
         raise ValueError(NOT_SHIPPED[name])
     return _shipped_file("agent", name, PRETRAINED)
+
+
+def refiner_path(name: str) -> Optional[Path]:
+    """The box refiner file shipped with the agent ``name``, or ``None`` if it has none.
+
+    :raises ValueError: for an unknown name. :raises FileNotFoundError: if the file is missing.
+    """
+    pretrained_path(name)  # the errors for unknown names
+    agent = PRETRAINED[name]
+    if agent.refiner is None:
+        return None
+    path = HERE / agent.refiner
+    if not path.is_file():
+        raise FileNotFoundError(f"the box refiner file {path} of the pretrained agent {name!r} is missing: reinstall "
+                                f"matchenv, retrain it with `{agent.refiner_command}`, or pass refine=False")
+    return path
 
 
 def proposer_path(name: str) -> Path:

@@ -136,12 +136,17 @@ class LogoGroup:
 TRAIN_TEMPLATE_CHANGE = AppearanceChange(occlusion_prob=0.0)
 
 
-def augment_logo_pair(pair: SearchPair, rng: np.random.Generator, query_size: tuple[int, int]) -> SearchPair:
+def augment_logo_pair(
+    pair: SearchPair, rng: np.random.Generator, query_size: tuple[int, int], reframe: float = 0.0
+) -> SearchPair:
     """A varied copy of a training logo pair, so a few hundred photos do not get memorised.
 
     With probability 1/2 the reference *and* the template are mirrored left-right (a mirrored
     logo still matches its mirrored template), and the template's appearance is changed by
-    :data:`TRAIN_TEMPLATE_CHANGE`. The target box moves with the mirror; nothing else changes.
+    :data:`TRAIN_TEMPLATE_CHANGE`. With probability ``reframe`` the reference is also cropped to
+    a random rectangle that still holds the whole target (each edge uniform between the image's
+    edge and the target's), so the target appears at other places and other shares of the
+    photograph than the few hundred training photos show. The target box moves with both.
     """
     reference, template = pair.reference, pair.template
     target = pair.target_box.copy()
@@ -149,6 +154,14 @@ def augment_logo_pair(pair: SearchPair, rng: np.random.Generator, query_size: tu
         width = reference.shape[1]
         reference, template = reference[:, ::-1], template[:, ::-1]
         target[[0, 2]] = width - target[[2, 0]]
+    if reframe > 0.0 and rng.random() < reframe:
+        height, width = reference.shape[:2]
+        x0 = int(rng.integers(0, int(target[0]) + 1))
+        y0 = int(rng.integers(0, int(target[1]) + 1))
+        x1 = int(rng.integers(min(int(np.ceil(target[2])), width), width + 1))
+        y1 = int(rng.integers(min(int(np.ceil(target[3])), height), height + 1))
+        reference = reference[y0:y1, x0:x1]
+        target = np.minimum(target - [x0, y0, x0, y0], [x1 - x0, y1 - y0, x1 - x0, y1 - y0])
     template = TRAIN_TEMPLATE_CHANGE.apply(np.ascontiguousarray(template), rng)
     return make_photo_pair(template, np.ascontiguousarray(reference), target, query_size, label=pair.label,
                            meta={**pair.meta, "augmented": True})
@@ -260,7 +273,9 @@ class LogoPairDataset(PhotoFilesDataset):
         """A training pair: a random training group and a random other training image of its brand."""
         index = int(rng.integers(len(self._groups["train"])))
         pair = self._logo_pair("train", index, rng)
-        return augment_logo_pair(pair, rng, self.query_size) if getattr(self, "augment", False) else pair
+        if not getattr(self, "augment", False):
+            return pair
+        return augment_logo_pair(pair, rng, self.query_size, reframe=getattr(self, "reframe", 0.0))
 
     def test_pair(self, index: int) -> SearchPair:
         """Test group ``index`` with a template image chosen by ``(test_seed, index)``."""
@@ -490,6 +505,8 @@ class FlickrLogos27(LogoPairDataset):
     :param min_target_side: skip targets with a side under this many working pixels.
     :param cache_images: keep decoded working-size images in memory.
     :param augment: vary *training* pairs (see :func:`augment_logo_pair`); test pairs never change.
+    :param reframe: with ``augment``, the probability that a training reference is also cropped
+        around its target (:func:`augment_logo_pair`), in ``[0, 1]``.
     """
 
     def __init__(
@@ -504,9 +521,13 @@ class FlickrLogos27(LogoPairDataset):
         min_target_side: float = DEFAULT_MIN_TARGET_SIDE,
         cache_images: bool = True,
         augment: bool = True,
+        reframe: float = 0.0,
     ) -> None:
         super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
         self.augment = bool(augment)
+        if not 0.0 <= float(reframe) <= 1.0:
+            raise ValueError(f"reframe is a probability in [0, 1], got {reframe}")
+        self.reframe = float(reframe)
         if not 0.0 < float(test_fraction) < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.test_fraction = float(test_fraction)
@@ -662,6 +683,8 @@ class FlickrLogos32(LogoPairDataset):
     :param min_target_side: skip targets with a side under this many working pixels.
     :param cache_images: keep decoded working-size images in memory.
     :param augment: vary *training* pairs (see :func:`augment_logo_pair`); test pairs never change.
+    :param reframe: with ``augment``, the probability that a training reference is also cropped
+        around its target (:func:`augment_logo_pair`), in ``[0, 1]``.
     """
 
     def __init__(
@@ -676,9 +699,13 @@ class FlickrLogos32(LogoPairDataset):
         min_target_side: float = DEFAULT_MIN_TARGET_SIDE,
         cache_images: bool = True,
         augment: bool = True,
+        reframe: float = 0.0,
     ) -> None:
         super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
         self.augment = bool(augment)
+        if not 0.0 <= float(reframe) <= 1.0:
+            raise ValueError(f"reframe is a probability in [0, 1], got {reframe}")
+        self.reframe = float(reframe)
         if split not in ("test", "val"):
             raise ValueError(f"split must be 'test' (P3) or 'val' (P2), got {split!r}")
         if train_split not in ("train", "trainval"):
