@@ -117,8 +117,14 @@ class BoxRefiner(nn.Module):
 
     def __init__(self, config: RefinerConfig = RefinerConfig()) -> None:
         super().__init__()
-        if config.crop_size % 16:
+        if config.crop_size % 16 or config.crop_size < 16:
             raise ValueError(f"crop_size must be a multiple of 16 (four stride-2 convolutions), got {config.crop_size}")
+        if config.width < 2 or config.width % 2:
+            raise ValueError(f"width must be an even number of channels >= 2, got {config.width}")
+        if not config.context >= 1.0:
+            raise ValueError(f"context must be >= 1 (the crop holds the whole window), got {config.context}")
+        if min(config.query_size) < 8:
+            raise ValueError(f"query_size must be at least 8x8 (three stride-2 convolutions), got {config.query_size}")
         self.config = config
         c = config.width
         self.query_net = nn.Sequential(*_conv(3, c // 2, 2), *_conv(c // 2, c, 2), *_conv(c, c, 2))
@@ -152,10 +158,13 @@ def save_refiner_file(path: Union[str, Path], refiner: BoxRefiner, info: Optiona
 def load_refiner_file(path: Union[str, Path]) -> tuple[BoxRefiner, dict[str, Any]]:
     """A refiner and its ``info`` from :func:`save_refiner_file`'s file (clear errors otherwise)."""
     saved = read_model_file(path, "box refiner", "train/box_refiner.py", {"kind", "state_dict", "config", "info"})
-    config = dict(saved["config"])
-    config["query_size"] = tuple(config["query_size"])
-    refiner = BoxRefiner(RefinerConfig(**config))
-    refiner.load_state_dict(saved["state_dict"])
+    try:
+        config = dict(saved["config"])
+        config["query_size"] = tuple(config["query_size"])
+        refiner = BoxRefiner(RefinerConfig(**config))
+        refiner.load_state_dict(saved["state_dict"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as err:  # a config or weights of another network
+        raise ValueError(f"{path} is not a box refiner file written by train/box_refiner.py ({err})") from err
     return refiner.eval(), saved["info"]
 
 

@@ -76,6 +76,12 @@ def test_refiner_gives_four_deltas_per_pair(untrained):
     assert untrained(queries, crops).shape == (3, 4)
     with pytest.raises(ValueError, match="multiple of 16"):
         BoxRefiner(RefinerConfig(crop_size=40))
+    with pytest.raises(ValueError, match="even number"):
+        BoxRefiner(RefinerConfig(width=15))
+    with pytest.raises(ValueError, match="context must be >= 1"):
+        BoxRefiner(RefinerConfig(context=0.5))
+    with pytest.raises(ValueError, match="query_size"):
+        BoxRefiner(RefinerConfig(query_size=(4, 4)))
 
 
 def test_refine_boxes_moves_each_box_per_step(untrained):
@@ -104,6 +110,9 @@ def test_save_and_load_round_trip(tmp_path, untrained):
     torch.save({"kind": "something else"}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not a box refiner file"):
         load_refiner_file(tmp_path / "foreign.pt")
+    torch.save({"kind": "box-refiner", "state_dict": {}, "config": {"colour": "blue"}, "info": {}}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="not a box refiner file"):
+        load_refiner_file(tmp_path / "odd.pt")
 
 
 # ---------------------------------------------------------------------------------- the searcher

@@ -1,7 +1,7 @@
 """Train the box refiner: the learned last step that moves a search's final window onto the target.
 
     python train/box_refiner.py                      # the shipped FlickrLogos-27 refiner
-    python train/box_refiner.py --dataset ManifestPairs --dataset-kwargs '{"manifest": "pairs.csv"}' \
+    python train/box_refiner.py --dataset ManifestPairs --dataset-kwargs '{"path": "pairs.csv"}' \
         --searcher runs/<run>/last.zip               # for your own agent and data
     python train/box_refiner.py --resume runs/box-refiner/last.pt   # continue an interrupted run
 

@@ -9,7 +9,8 @@
     python train/ppo_lstm.py --env-id TemplateSearch-MixedMNIST-v0 --overview-size 100 --pointer \
         --imitation-steps 2000000 --imitation-lr-final 0.1 --no-ppo        # the shipped Mixed MNIST agent
     python train/ppo_lstm.py --dataset FlickrLogos27 --imitation-lr-final 0.1 --ppo-timesteps 100000
-                                                               # the shipped FlickrLogos-27 agent
+                                                               # the shipped FlickrLogos-27 agent (its box
+                                                               # refiner: python train/box_refiner.py)
     python train/ppo_lstm.py --dataset SelfSupervisedPhotos --dataset-kwargs '{"images": "my_photos/"}'
 
 Stage 1 (imitation, DAgger): the policy plays noisy episodes; a privileged teacher, which reads
