@@ -249,6 +249,8 @@ class TemplateSearcher:
         self._refiner: Optional[RefinerRuntime] = None
         if refiner is not None:
             self._refiner = RefinerRuntime(refiner.to(self.device), onnx=self._cnn.name == "onnxruntime")
+        #: where the box refiner runs: "onnxruntime" or "torch"; None without a refiner
+        self.refiner_runtime: Optional[str] = None if self._refiner is None else self._refiner.name
         self._numpy_step: Optional[NumpyActorStep] = NumpyActorStep(policy) if self.fast else None
         self._step: Optional[PolicyStep] = None if self.fast else PolicyStep(policy)
         # The whole search as one ONNX Runtime call, for agents whose windows are plain crops.

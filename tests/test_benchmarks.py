@@ -495,5 +495,6 @@ def test_pretrained_agent_options_set_the_refiner_steps():
     shipped, plain, twice = (bench.AgentMatcher(f"pretrained:flickrlogos27{o}") for o in ("", ",refine=0", ",refine=2"))
     assert shipped.searcher.refiner is not None and plain.searcher.refiner is None
     assert (shipped.searcher.refine_steps, twice.searcher.refine_steps) == (1, 2)
+    assert "box refiner: 1 step(s)" in shipped.features and "box refiner" not in plain.features
     with pytest.raises(ValueError, match="refine must be 0"):
         bench.AgentMatcher("pretrained:flickrlogos27,refine=-1")

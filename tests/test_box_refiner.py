@@ -122,6 +122,8 @@ def test_flickrlogos27_agent_ships_a_refiner_and_applies_it_by_default():
     refined = TemplateSearcher.from_pretrained("flickrlogos27")
     plain = TemplateSearcher.from_pretrained("flickrlogos27", refine=False)
     assert isinstance(refined.refiner, BoxRefiner) and plain.refiner is None
+    assert refined.refiner_runtime == ("onnxruntime" if refined.cnn_runtime == "onnxruntime" else "torch")
+    assert plain.refiner_runtime is None
     rng = np.random.default_rng(3)
     reference = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
     query = reference[60:140, 100:200].copy()
@@ -228,3 +230,18 @@ def test_training_script_errors_are_clear(tmp_path):
     # The default keyword arguments are FlickrLogos-27's: another dataset is told which one it does not take.
     other = run_script("--dataset", "TranslatedMNIST", "--out-dir", str(tmp_path))
     assert other.returncode == 2 and "reframe" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_onnx_runtime_and_pytorch_give_the_same_deltas(untrained):
+    from agents.box_refiner import RefinerRuntime
+    from agents.cnn_runtime import onnxruntime_available
+
+    if not onnxruntime_available():
+        pytest.skip("the fast extra (onnx, onnxruntime) is not installed")
+    rng = np.random.default_rng(5)
+    views = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    crops = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    fast, plain = RefinerRuntime(untrained), RefinerRuntime(untrained, onnx=False)
+    assert (fast.name, plain.name) == ("onnxruntime", "torch")
+    np.testing.assert_allclose(fast(views, crops), plain(views, crops), atol=1e-5)
+    np.testing.assert_allclose(fast(views[:1], crops[:1]), plain(views[:1], crops[:1]), atol=1e-5)  # any batch size

@@ -302,7 +302,10 @@ class AgentMatcher:
         else:  # a checkpoint
             self.searcher = agent = TemplateSearcher.load(checkpoint)
             proposer = ""
-        self.features = f"trained agent: {checkpoint} (CNN runtime: {agent.cnn_runtime}{proposer})"
+        refiner = ""
+        if getattr(agent, "refiner", None) is not None:
+            refiner = f", box refiner: {agent.refine_steps} step(s) in {agent.refiner_runtime}"
+        self.features = f"trained agent: {checkpoint} (CNN runtime: {agent.cnn_runtime}{proposer}{refiner})"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
         from agents.baselines.base import MatchResult
