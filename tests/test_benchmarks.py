@@ -187,6 +187,21 @@ def test_evaluate_agents_run_writes_its_table_with_the_machine_and_the_speed_gau
     assert "speed gauge" in header and "CNN runtime" in header
 
 
+def test_evaluate_agents_varies_a_shipped_agents_dataset_and_then_judges_no_bars(tmp_path):
+    import json
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(TRAIN / "evaluate_agents.py"), "--agent", "pretrained:translated-mnist",
+                          "--dataset-kwargs", '{"canvas_size": 80}', "--pairs", "4", "--timing-pairs", "2",
+                          "--warmup", "1", "--timing-rounds", "1", "--batch-size", "4", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    row = json.loads((tmp_path / "results.json").read_text())["results"][0]
+    assert row["dataset"] == 'TranslatedMNIST {"canvas_size": 80}'
+    line = next(l for l in (tmp_path / "results.md").read_text().splitlines() if l.startswith("| pretrained:"))
+    assert line.rstrip().endswith("| - | - | - |")  # another task than the bars'
+
+
 def test_make_pairs_starts_at_the_first_pair_asked():
     bench = load_script("benchmark_matchers")
     later, data = bench.make_pairs("TranslatedMNIST", 3, {}, first=5)

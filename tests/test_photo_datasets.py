@@ -776,3 +776,34 @@ def test_reframed_logo_references_keep_the_target_under_its_box():
 def test_reframe_must_be_a_probability(fl27_root):
     with pytest.raises(ValueError, match="reframe is a probability"):
         quiet(FlickrLogos27, root=fl27_root, reframe=1.5)
+
+
+def test_another_brand_beside_the_reference_keeps_the_target_and_its_pixels(fl27_root, fl27):
+    from matchenv.datasets.photos import to_original_box
+    from matchenv.geometry import crop_window
+
+    beside = quiet(FlickrLogos27, root=fl27_root, augment=False, beside_other_brand=True)
+    sides = set()
+    for i in range(fl27.test_size):
+        plain, pair = fl27.test_pair(i), beside.test_pair(i)
+        assert max(pair.reference.shape[:2]) <= beside.max_side and pair.meta["composite"]
+        assert pair.meta["beside"]["brand"] != pair.label == plain.label
+        assert pair.meta["template_path"] == plain.meta["template_path"]  # the same template image
+        h, w = pair.reference.shape[:2]
+        x0, y0, x1, y1 = pair.target_box
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        bx0, _, bx1, _ = pair.meta["beside"]["box"]
+        assert bx1 <= x0 or x1 <= bx0  # the two logos are in different photographs
+        sides.add(bool(bx1 <= x0))
+        # The target's pixels are the plain pair's target, scaled with the composite.
+        a = crop_window(plain.reference, plain.target_box, (16, 16)).astype(float)
+        b = crop_window(pair.reference, pair.target_box, (16, 16)).astype(float)
+        assert np.abs(a - b).mean() < 25, i
+        with pytest.raises(ValueError, match="composite"):
+            to_original_box(pair.target_box, pair.meta)
+    assert sides == {True, False}  # the other photograph goes left and right
+    check_reproducible(beside)
+    for seed in range(5):  # training pairs too, with the usual augmentation
+        augmented = quiet(FlickrLogos27, root=fl27_root, beside_other_brand=True, reframe=0.5)
+        pair = augmented.sample(np.random.default_rng(seed))
+        assert pair.meta["composite"] and 0 <= pair.target_box[0] < pair.target_box[2] <= pair.reference.shape[1]

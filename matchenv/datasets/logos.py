@@ -61,8 +61,10 @@ from matchenv.datasets.photos import (
     check_box,
     listing,
     make_photo_pair,
+    to_working_size,
     xywh_to_xyxy,
 )
+from matchenv.geometry import resize_image
 
 # ----------------------------------------------------------------------------- FlickrLogos-27 files
 
@@ -146,7 +148,8 @@ def augment_logo_pair(
     :data:`TRAIN_TEMPLATE_CHANGE`. With probability ``reframe`` the reference is also cropped to
     a random rectangle that still holds the whole target (each edge uniform between the image's
     edge and the target's), so the target appears at other places and other shares of the
-    photograph than the few hundred training photos show. The target box moves with both.
+    photograph than the few hundred training photos show. The target box moves with both (the
+    boxes in ``meta``, other instances and a photograph beside, do not).
     """
     reference, template = pair.reference, pair.template
     target = pair.target_box.copy()
@@ -290,7 +293,7 @@ class LogoPairDataset(PhotoFilesDataset):
         others = [j for j in self._by_brand[split][group.brand] if j != index]
         source = groups[others[int(rng.integers(len(others)))]]
         meta = {"split": split, "brand": group.brand, "test_index": test_index}
-        return self._photo_pair(
+        pair = self._photo_pair(
             group.image,
             group.target_box,
             source.image,
@@ -299,6 +302,38 @@ class LogoPairDataset(PhotoFilesDataset):
             meta,
             other_boxes=group.boxes[1:],
         )
+        return self._beside_other_brand(pair, split, index, rng) if getattr(self, "beside_other_brand", False) else pair
+
+    def _beside_other_brand(self, pair: SearchPair, split: str, index: int, rng: np.random.Generator) -> SearchPair:
+        """``pair`` with a photograph of another brand of ``split`` beside its reference.
+
+        The other photograph (drawn by ``rng`` after the template, so a test pair keeps its
+        template) is resized to the reference's height and put on its left or right; the
+        composite is shrunk to the working size, every box with it. Its target box is
+        ``meta["beside"]["box"]``; ``meta["composite"]`` marks that the reference is not one
+        photograph (``meta["working_scale"]`` is then ``None``).
+        """
+        groups = self._groups[split]
+        brand = groups[index].brand
+        others = [j for j, g in enumerate(groups) if g.brand != brand]
+        other = groups[others[int(rng.integers(len(others)))]]
+        image, scale = self.working_image(other.image)
+        height = pair.reference.shape[0]
+        factor = height / image.shape[0]
+        image = resize_image(image, (height, max(int(round(image.shape[1] * factor)), 1)))
+        other_box = np.minimum(other.target_box * scale * factor, [image.shape[1], height] * 2)
+        target, instances = pair.target_box.copy(), np.asarray(pair.meta["other_instances"], np.float64).copy()
+        if rng.random() < 0.5:  # the other photograph on the left
+            reference = np.concatenate([image, pair.reference], axis=1)
+            shift = np.array([image.shape[1], 0.0] * 2)
+            target, instances = target + shift, instances + shift
+        else:
+            reference = np.concatenate([pair.reference, image], axis=1)
+            other_box = other_box + [pair.reference.shape[1], 0.0] * 2
+        reference, shrink = to_working_size(reference, self.max_side)
+        meta = {**pair.meta, "composite": True, "working_scale": None, "other_instances": instances * shrink,
+                "beside": {"brand": other.brand, "image": str(other.image), "box": other_box * shrink}}
+        return make_photo_pair(pair.template, reference, target * shrink, self.query_size, label=pair.label, meta=meta)
 
     def __repr__(self) -> str:
         return (
@@ -507,6 +542,11 @@ class FlickrLogos27(LogoPairDataset):
     :param augment: vary *training* pairs (see :func:`augment_logo_pair`); test pairs never change.
     :param reframe: with ``augment``, the probability that a training reference is also cropped
         around its target (:func:`augment_logo_pair`), in ``[0, 1]``.
+    :param beside_other_brand: put a photograph of another brand (of the same split) beside each
+        reference, on its left or right, and shrink the composite to the working size: one photo
+        then holds a logo that is not the query's, so a searcher must match the query rather than
+        find *a* logo (test pairs keep their template images, shrunk as always where one is larger
+        than the composite; which photograph and which side are fixed by ``test_seed``).
     """
 
     def __init__(
@@ -522,12 +562,14 @@ class FlickrLogos27(LogoPairDataset):
         cache_images: bool = True,
         augment: bool = True,
         reframe: float = 0.0,
+        beside_other_brand: bool = False,
     ) -> None:
         super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
         self.augment = bool(augment)
         if not 0.0 <= float(reframe) <= 1.0:
             raise ValueError(f"reframe is a probability in [0, 1], got {reframe}")
         self.reframe = float(reframe)
+        self.beside_other_brand = bool(beside_other_brand)
         if not 0.0 < float(test_fraction) < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.test_fraction = float(test_fraction)
@@ -685,6 +727,11 @@ class FlickrLogos32(LogoPairDataset):
     :param augment: vary *training* pairs (see :func:`augment_logo_pair`); test pairs never change.
     :param reframe: with ``augment``, the probability that a training reference is also cropped
         around its target (:func:`augment_logo_pair`), in ``[0, 1]``.
+    :param beside_other_brand: put a photograph of another brand (of the same split) beside each
+        reference, on its left or right, and shrink the composite to the working size: one photo
+        then holds a logo that is not the query's, so a searcher must match the query rather than
+        find *a* logo (test pairs keep their template images, shrunk as always where one is larger
+        than the composite; which photograph and which side are fixed by ``test_seed``).
     """
 
     def __init__(
@@ -700,12 +747,14 @@ class FlickrLogos32(LogoPairDataset):
         cache_images: bool = True,
         augment: bool = True,
         reframe: float = 0.0,
+        beside_other_brand: bool = False,
     ) -> None:
         super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
         self.augment = bool(augment)
         if not 0.0 <= float(reframe) <= 1.0:
             raise ValueError(f"reframe is a probability in [0, 1], got {reframe}")
         self.reframe = float(reframe)
+        self.beside_other_brand = bool(beside_other_brand)
         if split not in ("test", "val"):
             raise ValueError(f"split must be 'test' (P3) or 'val' (P2), got {split!r}")
         if train_split not in ("train", "trainval"):

@@ -92,7 +92,14 @@ def to_working_size(image: np.ndarray, max_side: Optional[int]) -> tuple[np.ndar
 
 
 def to_original_box(box: Sequence[float], meta: dict[str, Any]) -> np.ndarray:
-    """Map a working-size pixel box ``(x0, y0, x1, y1)`` back to the original image's pixels."""
+    """Map a working-size pixel box ``(x0, y0, x1, y1)`` back to the original image's pixels.
+
+    :raises ValueError: for a composite reference (two photographs side by side), which has no
+        original image.
+    """
+    if meta.get("composite"):
+        raise ValueError("this reference is a composite of two photographs (beside_other_brand=True): its boxes "
+                         "have no original-image pixels")
     return np.asarray(box, dtype=np.float64) / float(meta.get("working_scale", 1.0))
 
 
