@@ -803,7 +803,24 @@ def test_another_brand_beside_the_reference_keeps_the_target_and_its_pixels(fl27
             to_original_box(pair.target_box, pair.meta)
     assert sides == {True, False}  # the other photograph goes left and right
     check_reproducible(beside)
-    for seed in range(5):  # training pairs too, with the usual augmentation
-        augmented = quiet(FlickrLogos27, root=fl27_root, beside_other_brand=True, reframe=0.5)
-        pair = augmented.sample(np.random.default_rng(seed))
-        assert pair.meta["composite"] and 0 <= pair.target_box[0] < pair.target_box[2] <= pair.reference.shape[1]
+    augmented = quiet(FlickrLogos27, root=fl27_root, beside_other_brand=True, reframe=0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # training pairs too, with the usual augmentation; boxes inside the (rounded) composite
+        pair = augmented.sample(rng)
+        h, w = pair.reference.shape[:2]
+        x0, y0, x1, y1 = pair.target_box
+        assert pair.meta["composite"] and 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+def test_a_composite_shrunk_to_a_rounded_size_keeps_a_target_that_touches_its_edge(fl27_root):
+    from matchenv.datasets.photos import make_photo_pair
+
+    beside = quiet(FlickrLogos27, root=fl27_root, augment=False, beside_other_brand=True)
+    template = np.full((20, 20, 3), 90, np.uint8)
+    for width in range(200, 330):  # a reference whose composite's shrunk height rounds down
+        reference = np.full((101, width, 3), 60, np.uint8)
+        pair = make_photo_pair(template, reference, (0.0, 81.0, 20.0, 101.0), (32, 32), label="x",
+                               meta={"other_instances": np.zeros((0, 4))})
+        out = beside._beside_other_brand(pair, "test", 0, np.random.default_rng(width))
+        h, w = out.reference.shape[:2]
+        assert out.target_box[3] <= h and out.target_box[2] <= w and np.all(out.meta["beside"]["box"][2::2] <= w)

@@ -331,9 +331,13 @@ class LogoPairDataset(PhotoFilesDataset):
             reference = np.concatenate([pair.reference, image], axis=1)
             other_box = other_box + [pair.reference.shape[1], 0.0] * 2
         reference, shrink = to_working_size(reference, self.max_side)
-        meta = {**pair.meta, "composite": True, "working_scale": None, "other_instances": instances * shrink,
-                "beside": {"brand": other.brand, "image": str(other.image), "box": other_box * shrink}}
-        return make_photo_pair(pair.template, reference, target * shrink, self.query_size, label=pair.label, meta=meta)
+        # The shrunk size is rounded: keep every box inside it (as _photo_pair does).
+        limit = [reference.shape[1], reference.shape[0]] * 2
+        meta = {**pair.meta, "composite": True, "working_scale": None,
+                "other_instances": np.minimum(instances * shrink, limit),
+                "beside": {"brand": other.brand, "image": str(other.image), "box": np.minimum(other_box * shrink, limit)}}
+        return make_photo_pair(pair.template, reference, np.minimum(target * shrink, limit), self.query_size,
+                               label=pair.label, meta=meta)
 
     def __repr__(self) -> str:
         return (
