@@ -183,6 +183,14 @@ class LogoPairDataset(PhotoFilesDataset):
     num_boxes: int
     skipped: dict[str, list[str]]
 
+    def _set_variations(self, augment: bool, reframe: float, beside_other_brand: bool) -> None:
+        """Check and keep the subclasses' ``augment``, ``reframe`` and ``beside_other_brand`` arguments."""
+        if not 0.0 <= float(reframe) <= 1.0:
+            raise ValueError(f"reframe is a probability in [0, 1], got {reframe}")
+        self.augment = bool(augment)
+        self.reframe = float(reframe)
+        self.beside_other_brand = bool(beside_other_brand)
+
     def groups(self, split: str) -> tuple[LogoGroup, ...]:
         """The usable groups of ``split`` (one per training reference / test pair), sorted by image then brand."""
         return tuple(self._groups[split])
@@ -569,11 +577,7 @@ class FlickrLogos27(LogoPairDataset):
         beside_other_brand: bool = False,
     ) -> None:
         super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
-        self.augment = bool(augment)
-        if not 0.0 <= float(reframe) <= 1.0:
-            raise ValueError(f"reframe is a probability in [0, 1], got {reframe}")
-        self.reframe = float(reframe)
-        self.beside_other_brand = bool(beside_other_brand)
+        self._set_variations(augment, reframe, beside_other_brand)
         if not 0.0 < float(test_fraction) < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.test_fraction = float(test_fraction)
@@ -754,11 +758,7 @@ class FlickrLogos32(LogoPairDataset):
         beside_other_brand: bool = False,
     ) -> None:
         super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
-        self.augment = bool(augment)
-        if not 0.0 <= float(reframe) <= 1.0:
-            raise ValueError(f"reframe is a probability in [0, 1], got {reframe}")
-        self.reframe = float(reframe)
-        self.beside_other_brand = bool(beside_other_brand)
+        self._set_variations(augment, reframe, beside_other_brand)
         if split not in ("test", "val"):
             raise ValueError(f"split must be 'test' (P3) or 'val' (P2), got {split!r}")
         if train_split not in ("train", "trainval"):
