@@ -4,7 +4,9 @@
 
     searcher = TemplateSearcher.from_pretrained("flickrlogos27")
 
-Each entry names the file, what the agent was trained on, and the command that reproduces it.
+Each entry names the file, what the agent was trained on, and the command that reproduces it;
+a photograph agent may also name a box refiner file (``agents/box_refiner.py``) and its command,
+which ``from_pretrained`` applies to the agent's answers unless ``refine=False``.
 The files are inference exports of ``train/ppo_lstm.py`` checkpoints (:func:`export_for_inference`:
 the optimizer state is dropped, which makes them ~4x smaller; they load like any checkpoint).
 """
