@@ -184,8 +184,9 @@ class RefinerRuntime:
 
         self.refiner = refiner.eval()
         self.config = refiner.config
+        self.device = next(refiner.parameters()).device
         self._session = None
-        on_cpu = next(refiner.parameters()).device.type == "cpu"
+        on_cpu = self.device.type == "cpu"
         if onnx and on_cpu and onnxruntime_available():
             size, (qh, qw) = self.config.crop_size, self.config.query_size
             axes = {"queries": {0: "n"}, "crops": {0: "n"}, "deltas": {0: "n"}}
@@ -202,9 +203,8 @@ class RefinerRuntime:
             inputs = {"queries": views.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0),
                       "crops": crops.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)}
             return self._session.run(None, inputs)[0]
-        device = next(self.refiner.parameters()).device
         with torch.inference_mode():
-            return self.refiner(to_tensor(views).to(device), to_tensor(crops).to(device)).cpu().numpy()
+            return self.refiner(to_tensor(views).to(self.device), to_tensor(crops).to(self.device)).cpu().numpy()
 
 
 def refine_boxes(refiner: Union[BoxRefiner, RefinerRuntime], views: np.ndarray, images: Sequence[np.ndarray],

@@ -370,20 +370,28 @@ class TemplateSearcher:
         torch.backends.mkldnn.enabled = n > self.MKLDNN_MIN_BATCH
         try:
             with torch.inference_mode():
-                return self._refined(self._search(queries, references, windows, factors), queries, references, factors)
+                query_views = [self._view(q) for q in queries]
+                results = self._search(query_views, references, windows, factors)
+                return self._refined(results, queries, references, factors, query_views)
         finally:
             torch.backends.mkldnn.enabled = previous
 
     def _refined(self, results: list[SearchResult], queries: list[np.ndarray], references: list[np.ndarray],
-                 factors: np.ndarray) -> list[SearchResult]:
+                 factors: np.ndarray, query_views: Optional[list[np.ndarray]] = None) -> list[SearchResult]:
         """``results`` with their boxes moved by the refiner (none: ``results`` as they are).
 
         :param queries: prepared queries. :param references: prepared references at working size.
         :param factors: ``(N,)`` working-size factors (result boxes are in the pixels given).
+        :param query_views: the search's own views of the queries (:meth:`_view`), if it made them:
+            the refiner's letterboxed queries where they are the same image.
         """
         if self.refiner is None:
             return results
-        views = np.stack([letterbox(q, self.refiner.config.query_size) for q in queries])
+        size = self.refiner.config.query_size
+        if query_views is not None and self.letterbox and size == self.query_size:
+            views = np.stack(query_views)
+        else:
+            views = np.stack([letterbox(q, size) for q in queries])
         answers = np.stack([r.box for r in results]) * factors[:, None]
         refined = refine_boxes(self._refiner, views, references, answers, self.refine_steps)
         for result, box, reference, factor in zip(results, refined, references, factors):
@@ -394,12 +402,13 @@ class TemplateSearcher:
                 result.box = box / factor
         return results
 
-    def _search(self, queries, references, windows, factors) -> list[SearchResult]:
-        """The search step by step: a CNN call and a decision per window (every agent and option)."""
-        n = len(queries)
-        view = self._view
+    def _search(self, query_views, references, windows, factors) -> list[SearchResult]:
+        """The search step by step: a CNN call and a decision per window (every agent and option).
+
+        :param query_views: the prepared queries as the agent sees them (:meth:`_view`)."""
+        n = len(query_views)
         # The query (embedded once per search) and the global view, in one CNN call.
-        both = self._cnn.embed(np.stack([view(q) for q in queries] + [view(r) for r in references]))
+        both = self._cnn.embed(np.stack(list(query_views) + [self._view(r) for r in references]))
         query_emb, window_emb = both[:n], both[n:]
         similarity = np.zeros((n, 0), np.float32)
         if self.overview_size is not None:  # the sharper first look, once per search
