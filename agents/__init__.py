@@ -10,17 +10,22 @@
   (large references);
 - :mod:`agents.multiscale_look`: ``LookSearcher``, a learned multi-scale look for photographs (SiamFC-style
   correlation over a scale pyramid; not a sequential search);
-- :mod:`agents.pretrained`: the shipped agents (``TemplateSearcher.from_pretrained(name)``), proposers and looks;
+- :mod:`agents.look_agent`: ``LookAgentSearcher``, the photograph agent: the look's first look, then a
+  recurrent policy places a few windows, each compared with the query, and answers with the last;
+- :mod:`agents.pretrained`: the shipped agents (``TemplateSearcher.from_pretrained(name)``), proposers, looks
+  and photograph agents;
 - :mod:`agents.baselines`: classic matchers (NCC/SSD, MTM, BBS, DDIS, QATM, exhaustive embedding).
 """
 
 from agents.policy import PointerHead, SearchLstmPolicy
 from agents.ppo import SearchRecurrentPPO
+from agents.look_agent import LookAgentSearcher
 from agents.multiscale_look import LookSearcher
 from agents.searcher import SearchResult, TemplateSearcher
 from agents.siamese import SearchFeaturesExtractor, SiameseCNN
 
 __all__ = [
+    "LookAgentSearcher",
     "LookSearcher",
     "PointerHead",
     "SearchFeaturesExtractor",

@@ -378,6 +378,31 @@ def test_benchmark_runs_the_shipped_look_on_photograph_pairs():
     assert result["evaluated"] > 1000  # every position of every level
 
 
+def test_benchmark_runs_the_photograph_agent():
+    from agents.look_agent import LookAgentSearcher
+    from matchenv.datasets import make_dataset
+    from matchenv.geometry import iou
+
+    bench = load_script("benchmark_matchers")
+    assert bench.agent_name("look-agent:photo") == "photograph agent (look-agent:photo)"
+    assert bench.agent_name("look-agent:photo,smallest=0.05") == "photograph agent (look-agent:photo, smallest=0.05)"
+    assert bench.look_agent_spec("runs/la/look_agent.pt,largest=0.5") == ("runs/la/look_agent.pt", {"largest": 0.5})
+    with pytest.raises(ValueError, match="unknown option 'candidates'"):
+        bench.look_agent_spec("photo,candidates=2")  # the policy was trained with its own number
+    root = str(Path(__file__).parent / "fixtures" / "bbs_pairs")
+    job = dict(method="agent:look-agent:photo", dataset="TemplateTargetPairs", pairs=4, warmup=1,
+               dataset_kwargs={"path": root}, features_checkpoint=None, max_seconds_total=60.0)
+    result = bench.run_method(job)
+    assert result["method"] == "photograph agent (look-agent:photo)" and "runtime" in result["features"]
+    searcher, data = LookAgentSearcher.from_pretrained("photo"), make_dataset("TemplateTargetPairs", path=root)
+    pairs = [data.test_pair(i) for i in range(4)]
+    expected = np.mean([iou(searcher.locate(p.template, p.reference).box, p.target_box) > 0.5 for p in pairs])
+    assert result["success_rate"] == pytest.approx(expected)
+    assert result["evaluated"] > 1000  # the first look's positions, and the comparisons' cells
+    with pytest.raises(FileNotFoundError, match="neither a shipped photograph agent"):
+        bench.AgentMatcher("look-agent:no-such-agent")
+
+
 def test_look_options_set_the_target_range_searched_for():
     bench = load_script("benchmark_matchers")
     assert bench.look_spec("photo") == ("photo", {})

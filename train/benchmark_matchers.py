@@ -193,6 +193,9 @@ def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tup
 #: What ``look:<name or file>,key=value,...`` may set: :class:`~agents.multiscale_look.LookSearcher`'s target
 #: range and its second look (``candidates=1``: none; ``closer_gap=inf``: for every query).
 LOOK_OPTIONS = ("smallest", "largest", "candidates", "closer_gap")
+#: What ``look-agent:<name or file>,key=value,...`` may set: the first look's target range
+#: (:class:`~agents.look_agent.LookAgentSearcher`).
+LOOK_AGENT_OPTIONS = ("smallest", "largest")
 #: What ``coarse-to-fine:<name or file>,key=value,...`` may set: how many of the coarse look's best
 #: cells the agent searches and the similarity that accepts the first answer (``accept=none``: never;
 #: :class:`~agents.coarse_to_fine.CoarseToFineSearcher`). A shipped proposer's defaults otherwise.
@@ -245,19 +248,26 @@ def pretrained_agent_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return searcher_options(spec, AGENT_OPTIONS, "pretrained:flickrlogos27,refine=0")
 
 
+def look_agent_spec(spec: str) -> tuple[str, dict[str, float]]:
+    """What follows ``look-agent:``: the photograph agent's name or file and its :data:`LOOK_AGENT_OPTIONS`."""
+    return searcher_options(spec, LOOK_AGENT_OPTIONS, "look-agent:photo,smallest=0.05")
+
+
 def agent_name(checkpoint: str) -> str:
     """A searcher's name in the tables: "agent (pretrained:flickrlogos27)", "agent (pretrained:flickrlogos27,
     refine=0)", "agent (fl27-zoom/best.zip)", "agent (coarse-to-fine:cluttered-mnist)", "learned look
-    (look:photo)", "learned look (look:photo, smallest=0.05)"."""
-    prefix = next((p for p in ("pretrained:", "coarse-to-fine:", "look:") if checkpoint.startswith(p)), "")
+    (look:photo)", "learned look (look:photo, smallest=0.05)", "photograph agent (look-agent:photo)"."""
+    prefix = next((p for p in ("pretrained:", "coarse-to-fine:", "look-agent:", "look:") if checkpoint.startswith(p)), "")
     spec, options = checkpoint[len(prefix):], ""
-    if prefix in ("look:", "coarse-to-fine:", "pretrained:"):
-        parse = {"look:": look_spec, "coarse-to-fine:": coarse_to_fine_spec, "pretrained:": pretrained_agent_spec}[prefix]
+    if prefix in ("look:", "coarse-to-fine:", "pretrained:", "look-agent:"):
+        parse = {"look:": look_spec, "coarse-to-fine:": coarse_to_fine_spec, "pretrained:": pretrained_agent_spec,
+                 "look-agent:": look_agent_spec}[prefix]
         spec, kwargs = parse(spec)
         options = "".join(f", {key}={'none' if value is None else format(value, 'g')}" for key, value in kwargs.items())
     if not prefix or "/" in spec:  # a file: its folder and name say which run it is
         spec = "/".join(Path(spec).parts[-2:])
-    return f"{'learned look' if prefix == 'look:' else 'agent'} ({prefix}{spec}{options})"
+    kind = {"look:": "learned look", "look-agent:": "photograph agent"}.get(prefix, "agent")
+    return f"{kind} ({prefix}{spec}{options})"
 
 
 class AgentMatcher:
@@ -268,17 +278,29 @@ class AgentMatcher:
         agent it names, :class:`~agents.coarse_to_fine.CoarseToFineSearcher`; its candidates may
         follow, :func:`coarse_to_fine_spec`: ``coarse-to-fine:mixed-mnist,candidates=1``), or
         ``look:<name or look file>`` (a learned multi-scale look, :class:`~agents.multiscale_look.LookSearcher`;
-        its target range may follow, :func:`look_spec`: ``look:photo,smallest=0.05``).
+        its target range may follow, :func:`look_spec`: ``look:photo,smallest=0.05``), or
+        ``look-agent:<name or agent file>`` (the photograph agent, :class:`~agents.look_agent.LookAgentSearcher`;
+        its first look's target range may follow, :func:`look_agent_spec`).
     """
 
     def __init__(self, checkpoint: str) -> None:
         from agents.coarse_to_fine import CoarseToFineSearcher
+        from agents.look_agent import LookAgentSearcher
         from agents.multiscale_look import LookSearcher
-        from agents.pretrained import LOOKS, PROPOSERS
+        from agents.pretrained import LOOK_AGENTS, LOOKS, PROPOSERS
         from agents.searcher import TemplateSearcher
 
         self.name = agent_name(checkpoint)
         spec = checkpoint.split(":", 1)[1] if ":" in checkpoint else checkpoint
+        if checkpoint.startswith("look-agent:"):
+            spec, options = look_agent_spec(spec)
+            if spec not in LOOK_AGENTS and not Path(spec).is_file():
+                raise FileNotFoundError(f"{spec!r} is neither a shipped photograph agent ({', '.join(LOOK_AGENTS)}) "
+                                        "nor an agent file from train/look_agent.py")
+            self.searcher = (LookAgentSearcher.from_pretrained(spec, **options) if spec in LOOK_AGENTS
+                             else LookAgentSearcher.load(spec, **options))
+            self.features = f"photograph agent: {checkpoint} (look runtime: {self.searcher.runtime})"
+            return
         if checkpoint.startswith("look:"):
             spec, options = look_spec(spec)
             if spec not in LOOKS and not Path(spec).is_file():
@@ -549,7 +571,8 @@ def main() -> None:
                         help="trained checkpoint, pretrained:<name>, coarse-to-fine:<name or proposer.pt>"
                              "[,candidates=N][,accept=F|none] (the CoarseToFineSearcher options of that name), or "
                              "look:<name or look.pt>[,smallest=F][,largest=F][,candidates=N][,closer_gap=F] (the "
-                             "LookSearcher options of that name), to include (repeatable)")
+                             "LookSearcher options of that name), or look-agent:<name or look_agent.pt>"
+                             "[,smallest=F][,largest=F] (the photograph agent), to include (repeatable)")
     parser.add_argument("--features-checkpoint", default=None, help="agent checkpoint whose CNN QATM/embedding use")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time budget per method (and size)")
     parser.add_argument("--scaling", action="store_true", help="run the cost-versus-reference-size benchmark")
@@ -575,12 +598,12 @@ def main() -> None:
         (out / "results.md").write_text(f"{saved['dataset']}; {saved['machine']}\n\n{accuracy_table(saved['results'], saved['dataset'])}\n")
         return
     for agent in args.agent:
-        if agent.startswith(("look:", "pretrained:")):
+        if agent.startswith(("look:", "pretrained:", "look-agent:")):
             try:  # a bad name, option or range: one clear line here, not a worker's traceback (loads in ~1 s)
                 AgentMatcher(agent)
             except (ValueError, OSError) as err:
                 parser.error(f"--agent {agent}: {err}")
-    plain_agents = [a for a in args.agent if not a.startswith(("coarse-to-fine:", "look:"))]
+    plain_agents = [a for a in args.agent if not a.startswith(("coarse-to-fine:", "look:", "look-agent:"))]
     features_checkpoint = args.features_checkpoint or (plain_agents[0] if plain_agents else None)
     if features_checkpoint and features_checkpoint.startswith("pretrained:"):
         from agents.pretrained import pretrained_path

@@ -147,12 +147,26 @@ LOOKS: dict[str, PretrainedLook] = {
 }
 
 
-#: Agent names users may expect but that are not shipped, and why.
+#: Name -> shipped photograph agent (a sequential search on a learned look, agents/look_agent.py).
+#: ``LookAgentSearcher.from_pretrained(name)`` loads one; the file holds its look too.
+LOOK_AGENTS: dict[str, PretrainedLook] = {
+    "photo": PretrainedLook(
+        "photo_agent.pt",
+        "any query crop in any photograph (colour; targets 0.125-0.8 of the reference's shorter side): the "
+        "'photo' look's first look, then up to 6 windows chosen by a recurrent policy trained on self-supervised "
+        "pairs of FlickrLogos-27's training photographs (imitation, then policy gradient on the success reward)",
+        "python train/look_agent.py",
+    ),
+}
+
+
+#: Agent names users may expect from ``TemplateSearcher.from_pretrained`` but that live elsewhere, and why.
 NOT_SHIPPED: dict[str, str] = {
-    "photo": "no generic photograph *agent* (a sequential search) is shipped: self-supervised reinforcement "
-    "learning on this project's CPU budget did not learn to localise (about 0.01 test success; see README, "
-    "'Photographs'). For photographs use the learned look, LookSearcher.from_pretrained('photo') "
-    "(agents.multiscale_look), or 'flickrlogos27' for logos",
+    "photo": "the photograph agent is not a TemplateSearcher agent: it searches with the learned look's features "
+    "(a pixel-level siamese CNN trained from scratch by self-supervised reinforcement learning did not learn to "
+    "localise, about 0.01 test success; README 'Photographs'). Load it with "
+    "agents.look_agent.LookAgentSearcher.from_pretrained('photo'), or the learned look it searches with, "
+    "agents.multiscale_look.LookSearcher.from_pretrained('photo') (as accurate, faster); for logos use 'flickrlogos27'",
 }
 
 
@@ -211,6 +225,15 @@ def look_path(name: str) -> Path:
     :raises FileNotFoundError: if the file is missing from this installation.
     """
     return _shipped_file("look", name, LOOKS)
+
+
+def look_agent_path(name: str) -> Path:
+    """The file of the shipped photograph agent ``name`` (see :data:`LOOK_AGENTS`).
+
+    :raises ValueError: for an unknown name (the message lists the shipped ones).
+    :raises FileNotFoundError: if the file is missing from this installation.
+    """
+    return _shipped_file("photograph agent", name, LOOK_AGENTS)
 
 
 def export_for_inference(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.PathLike[str]"]) -> Path:

@@ -1,0 +1,421 @@
+"""The photograph agent: a sequential search that starts from the learned look.
+
+The design card's search for photographs. The agent looks at the whole reference once -- the
+learned look's first look (:class:`~agents.multiscale_look.LookSearcher`: the query's features
+correlated with the reference's over a pyramid of target sizes) -- and takes its best
+*candidates* (local maxima of the score maps that do not overlap). It then places up to
+``max_trials`` windows one at a time. Each window is a candidate; placing it *compares* it with
+the query at twice the look's resolution (the look's second-look comparison: an 80x80 patch
+around the candidate scored against the query drawn at 40 px, at the window's centre and two
+cells either way) at three sizes: the candidate's level and half a level smaller and larger. A
+recurrent policy (a GRU) reads what the windows so far showed and chooses the next window; the
+last window is the answer, moved onto the best-scoring cell and size of its own comparison. A
+window placed again costs nothing (its comparison is kept), so "stay" is always available.
+
+What is learned here is *where to look next and when to stop moving* -- which candidate to
+compare, given the first look's scores and the comparisons so far. The features are
+the look's (trained without labels, ``train/multiscale_look.py``); the policy is trained on
+self-supervised pairs (``train/look_agent.py``): imitation of a teacher, then policy gradient on
+the design card's sparse success reward (IoU > 0.5 of the answer) less a small cost per window
+compared, so that it learns to stop moving once its first windows settle the answer.
+
+Compared with the look's own hand-written second stage (compare the four best candidates at one
+size when they are close, then resize the best), the agent chooses among more candidates, and
+when to stop, from what it has seen: README "The photograph agent: a sequential search on the
+learned look".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.model_files import read_model_file, write_model_file
+from agents.multiscale_look import (
+    CLOSER_MARGIN,
+    CLOSER_ZOOM,
+    STRIDE,
+    LookConfig,
+    LookResult,
+    LookSearcher,
+    MultiScaleLook,
+    _box_at,
+    _inside,
+    config_dict,
+    fill_colour,
+    refine_peak,
+)
+from agents.searcher import prepare_image
+
+#: per candidate: first-look score, its gap below the best candidate's, target side (fraction of
+#: the working reference's shorter side), centre x and y (fractions of the width and height), present
+CANDIDATE_FEATURES = 6
+#: cells of one window's comparison map (the centre and CLOSER_MARGIN cells either way)
+COMPARISON_CELLS = (2 * CLOSER_MARGIN + 1) ** 2
+
+
+@dataclass(frozen=True)
+class LookAgentConfig:
+    """What the agent's policy sees and may do (saved with its weights).
+
+    :param candidates: how many of the first look's best candidates the windows may go to.
+    :param size_steps: the sizes each window is compared at, in half level steps of the look's
+        pyramid around its candidate's level (``-1``: half a level smaller, ``0``: the
+        candidate's level, ``1``: larger); the answer's size is placed among them.
+    :param max_trials: windows per search; the last one is the answer.
+    :param hidden: GRU units.
+    """
+
+    candidates: int = 8
+    size_steps: tuple[int, ...] = (-1, 0, 1)
+    max_trials: int = 6
+    hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if int(self.candidates) < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+        if len(self.size_steps) < 1 or len(set(self.size_steps)) != len(self.size_steps):
+            raise ValueError(f"size_steps must be distinct half level steps, e.g. (-1, 0, 1), got {self.size_steps}")
+        if int(self.max_trials) < 1:
+            raise ValueError(f"max_trials must be >= 1, got {self.max_trials}")
+        object.__setattr__(self, "size_steps", tuple(int(s) for s in self.size_steps))
+
+    @property
+    def windows(self) -> int:
+        """Windows the policy chooses among: one per candidate."""
+        return self.candidates
+
+    @property
+    def window_features(self) -> int:
+        """Length of one window's feature vector (:func:`window_features`)."""
+        sizes = len(self.size_steps)
+        return CANDIDATE_FEATURES + 1 + sizes + sizes * COMPARISON_CELLS
+
+
+def window_features(candidates: torch.Tensor, comparisons: torch.Tensor, seen: torch.Tensor,
+                    config: LookAgentConfig) -> torch.Tensor:
+    """What the policy knows about each window: ``(B, W, F)``.
+
+    :param candidates: ``(B, K, CANDIDATE_FEATURES)`` the first look's candidates.
+    :param comparisons: ``(B, W, S * COMPARISON_CELLS)`` every window's comparison scores at its
+        ``S`` sizes; only those of ``seen`` windows are shown (the others are zeros, never read).
+    :param seen: ``(B, W)`` bool, windows already placed.
+    :return: per window ``[its candidate's features, seen, best comparison score per size,
+        comparison scores]``, ``F = config.window_features``.
+    """
+    sizes = len(config.size_steps)
+    shown = comparisons * seen[..., None].to(comparisons.dtype)  # (B, W, sizes * cells)
+    best = shown.unflatten(-1, (sizes, COMPARISON_CELLS)).amax(dim=-1)
+    return torch.cat([candidates, seen[..., None].to(candidates.dtype), best, shown], dim=-1)
+
+
+def window_features_numpy(candidates: np.ndarray, comparisons: np.ndarray, seen: np.ndarray,
+                          config: LookAgentConfig) -> np.ndarray:
+    """:func:`window_features` of one search in numpy: ``(K, 6)``, ``(W, S * 25)``, ``(W,)`` -> ``(W, F)``."""
+    shown = comparisons * seen[:, None]
+    best = shown.reshape(len(shown), len(config.size_steps), COMPARISON_CELLS).max(axis=2)
+    return np.concatenate([candidates, seen[:, None].astype(np.float32), best, shown], axis=1)
+
+
+class LookAgentPolicy(nn.Module):
+    """Chooses the next window from what the search has seen.
+
+    A GRU cell reads, after each window, that window's features (:func:`window_features`) and
+    the trials left; each window's logit is a small MLP of its own features and the GRU state
+    (the same MLP for every window, so the choice does not depend on the candidates' order).
+    Windows of candidates the first look did not find are never chosen.
+
+    :param config: what the policy sees and may do.
+    """
+
+    def __init__(self, config: LookAgentConfig = LookAgentConfig()) -> None:
+        super().__init__()
+        self.config = config
+        features = config.window_features
+        self.cell = nn.GRUCell(features + 1, config.hidden)
+        self.score = nn.Sequential(nn.Linear(features + config.hidden, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeros: the GRU state ``(B, hidden)`` and its first input ``(B, F + 1)`` (nothing seen)."""
+        weight = self.score[0].weight
+        return (weight.new_zeros(batch, self.config.hidden), weight.new_zeros(batch, self.config.window_features + 1))
+
+    def step(self, features: torch.Tensor, valid: torch.Tensor, state: torch.Tensor,
+             last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decision: logits over the windows and the new GRU state.
+
+        :param features: ``(B, W, F)`` :func:`window_features` now.
+        :param valid: ``(B, W)`` bool, windows that may be chosen (their candidate exists).
+        :param state: ``(B, hidden)`` GRU state. :param last: ``(B, F + 1)`` the features of the
+            window placed last and the trials left (zeros before the first).
+        :return: ``(B, W)`` logits (``-inf`` where not valid) and ``(B, hidden)`` state.
+        """
+        state = self.cell(last, state)
+        joined = torch.cat([features, state[:, None, :].expand(-1, features.shape[1], -1)], dim=-1)
+        logits = self.score(joined).squeeze(-1)
+        return logits.masked_fill(~valid, float("-inf")), state
+
+
+def rollout(policy: LookAgentPolicy, candidates: torch.Tensor, comparisons: torch.Tensor, valid: torch.Tensor,
+            greedy: bool = False, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    """Searches of a batch of pairs whose every window's comparison was computed beforehand
+    (training and evaluation: the policy sees a comparison only once it placed the window).
+
+    :param candidates: ``(B, K, CANDIDATE_FEATURES)``. :param comparisons: ``(B, W, S * COMPARISON_CELLS)``.
+    :param valid: ``(B, W)`` bool. :param greedy: take the most likely window (inference) instead of sampling.
+    :return: ``actions`` ``(T, B)``, ``log_probs`` and ``entropy`` ``(T, B)``, ``logits`` ``(T, B, W)``.
+    """
+    config = policy.config
+    batch, windows = valid.shape
+    seen = torch.zeros(batch, windows, dtype=torch.bool, device=valid.device)
+    state, last = policy.initial_state(batch)
+    rows = torch.arange(batch, device=valid.device)
+    actions, log_probs, entropy, all_logits = [], [], [], []
+    for t in range(config.max_trials):
+        features = window_features(candidates, comparisons, seen, config)
+        if t > 0:  # what the last window showed: its features now that it is placed, and the trials left
+            trials_left = features.new_full((batch, 1), (config.max_trials - t) / config.max_trials)
+            last = torch.cat([features[rows, actions[-1]], trials_left], dim=-1)
+        logits, state = policy.step(features, valid, state, last)
+        log_p = torch.log_softmax(logits, dim=-1)
+        if greedy:
+            action = logits.argmax(dim=-1)
+        else:
+            action = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(-1)
+        seen = seen.clone()
+        seen[rows, action] = True
+        actions.append(action)
+        log_probs.append(log_p[rows, action])
+        entropy.append(-(log_p.exp() * log_p.masked_fill(~valid, 0.0)).sum(dim=-1))
+        all_logits.append(logits)
+    return {"actions": torch.stack(actions), "log_probs": torch.stack(log_probs), "entropy": torch.stack(entropy),
+            "logits": torch.stack(all_logits)}
+
+
+class NumpyPolicyStep:
+    """:meth:`LookAgentPolicy.step` for one search in numpy, on a snapshot of the weights: the
+    same arithmetic (equal up to float rounding) without PyTorch's per-call overhead, which is
+    most of a decision's cost at batch 1.
+
+    :param policy: the trained policy.
+    """
+
+    def __init__(self, policy: LookAgentPolicy) -> None:
+        cell, first, second = policy.cell, policy.score[0], policy.score[2]
+        as_numpy = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+        self.w_ih, self.w_hh = as_numpy(cell.weight_ih).T, as_numpy(cell.weight_hh).T
+        self.b_ih, self.b_hh = as_numpy(cell.bias_ih), as_numpy(cell.bias_hh)
+        features = policy.config.window_features
+        self.w_features, self.w_state = as_numpy(first.weight)[:, :features].T, as_numpy(first.weight)[:, features:].T
+        self.b_first = as_numpy(first.bias)
+        self.w_second, self.b_second = as_numpy(second.weight)[0], float(second.bias.detach()[0])
+        self.hidden = policy.config.hidden
+
+    def __call__(self, features: np.ndarray, valid: np.ndarray, state: np.ndarray,
+                 last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:param features: ``(W, F)``; ``valid`` ``(W,)`` bool; ``state`` ``(hidden,)``; ``last``
+        ``(F + 1,)``. :return: ``(W,)`` logits (``-inf`` where not valid) and the new state."""
+        k = self.hidden
+        gates_x, gates_h = last @ self.w_ih + self.b_ih, state @ self.w_hh + self.b_hh
+        reset = 1.0 / (1.0 + np.exp(-(gates_x[:k] + gates_h[:k])))
+        update = 1.0 / (1.0 + np.exp(-(gates_x[k:2 * k] + gates_h[k:2 * k])))
+        new = np.tanh(gates_x[2 * k:] + reset * gates_h[2 * k:])
+        state = (1.0 - update) * new + update * state
+        hidden = np.maximum(features @ self.w_features + (state @ self.w_state + self.b_first), 0.0)
+        logits = hidden @ self.w_second + self.b_second
+        return np.where(valid, logits, -np.inf), state
+
+
+# ------------------------------------------------------------------------ windows and answers
+@dataclass
+class Glance:
+    """What the agent takes from its look at the whole reference (one query and reference).
+
+    :param candidates: ``(K, CANDIDATE_FEATURES)`` float32; rows past the first look's candidates are zeros.
+    :param places: ``(K, 3)`` each candidate's ``(centre x, centre y, target side)``, working pixels.
+    :param count: how many candidates the first look found (``<= K``).
+    :param aspect: the query's width / height.
+    :param working: the reference at working size; ``factor``: working pixels per given pixel.
+    :param level_sides: ``(L,)`` the pyramid's target sides, pixels of the reference as given;
+        ``level_scores``: ``(L,)`` each level's best first-look score; ``positions``: positions scored.
+    :param kernel: the query's kernel for the comparisons; ``fill``: the working reference's mean colour.
+    """
+
+    candidates: np.ndarray
+    places: np.ndarray
+    count: int
+    aspect: float
+    working: np.ndarray
+    factor: float
+    level_sides: np.ndarray
+    level_scores: np.ndarray
+    positions: int
+    kernel: Any
+    fill: np.ndarray
+
+
+def glance(searcher: LookSearcher, query: np.ndarray, reference: np.ndarray, count: int) -> Glance:
+    """The first look at the whole reference and its best ``count`` candidates (best first).
+
+    :param searcher: the look (its first look and comparisons); it finds up to ``searcher.candidates``.
+    :param query: prepared ``(h, w, 3)`` uint8 RGB query. :param reference: the reference as given.
+    """
+    maps, sides, scales, factor, working = searcher._score_maps(query, reference)
+    peaks = searcher._peaks(query, maps, sides, scales)[:count]
+    height, width = working.shape[:2]
+    short = min(height, width)
+    candidates = np.zeros((count, CANDIDATE_FEATURES), np.float32)
+    places = np.zeros((count, 3))
+    places[:] = (width / 2, height / 2, short * searcher.config.smallest)  # never chosen: not valid
+    for k, (score, level, row, col) in enumerate(peaks):
+        centre_x, centre_y = searcher._centre(scales, level, row, col)
+        places[k] = (centre_x, centre_y, sides[level])
+        candidates[k] = (score, peaks[0][0] - score, sides[level] / short, centre_x / width, centre_y / height, 1.0)
+    return Glance(candidates, places, len(peaks), query.shape[1] / query.shape[0], working, factor,
+                  sides / factor, np.array([float(m.max()) for m in maps]), int(sum(m.size for m in maps)),
+                  searcher._closer_kernel(query), fill_colour(working))
+
+
+def compare(searcher: LookSearcher, seen: Glance, windows: Sequence[int], config: LookAgentConfig) -> np.ndarray:
+    """``(len(windows), S * COMPARISON_CELLS)`` float32: each window compared with the query at its
+    ``S`` sizes (:attr:`LookAgentConfig.size_steps`), in one call of the look's network."""
+    half_step = math.sqrt(searcher.config.level_step)
+    places = [(seen.places[k, 0], seen.places[k, 1], seen.places[k, 2] * half_step ** step)
+              for k in windows for step in config.size_steps]
+    scores = searcher._closer_scores(seen.kernel, seen.working, seen.fill, places)
+    return scores.reshape(len(windows), -1).astype(np.float32)
+
+
+def answer_box(searcher: LookSearcher, seen: Glance, window: int, comparison: np.ndarray,
+               config: LookAgentConfig) -> np.ndarray:
+    """The answer at ``window`` (working pixels, clipped to the reference): its size placed
+    among the compared sizes by the parabola through their best scores (the end size when the
+    best is at an end), its centre on the best cell of the nearest size's map, placed between
+    cells likewise (:func:`~agents.multiscale_look.refine_peak`)."""
+    maps = comparison.reshape(len(config.size_steps), 2 * CLOSER_MARGIN + 1, 2 * CLOSER_MARGIN + 1)
+    best = maps.max(axis=(1, 2))
+    at = int(np.argmax(best))
+    step = float(config.size_steps[at])
+    if 0 < at < len(best) - 1:
+        step += refine_peak(float(best[at - 1]), float(best[at]), float(best[at + 1]))
+    score_map = maps[at]
+    row, col = np.unravel_index(int(np.argmax(score_map)), score_map.shape)
+    last = score_map.shape[0] - 1
+    d_row = refine_peak(*score_map[row - 1:row + 2, col].tolist()) if 0 < row < last else 0.0
+    d_col = refine_peak(*score_map[row, col - 1:col + 2].tolist()) if 0 < col < last else 0.0
+    centre_x, centre_y, side = seen.places[window]
+    half_step = math.sqrt(searcher.config.level_step)
+    # a comparison cell is STRIDE pixels of a patch scaled so the window's side is the closer side
+    cell = STRIDE * side * half_step ** config.size_steps[at] / (CLOSER_ZOOM * searcher.config.side)
+    box = _box_at(centre_x + (col + d_col - CLOSER_MARGIN) * cell, centre_y + (row + d_row - CLOSER_MARGIN) * cell,
+                  side * half_step ** step, seen.aspect)
+    return _inside(box, seen.working)
+
+
+# ------------------------------------------------------------------------------- files
+def save_look_agent_file(path: Union[str, Path], policy: LookAgentPolicy, look: MultiScaleLook,
+                         info: Optional[dict[str, Any]] = None) -> Path:
+    """Write an agent (its policy, and the look it searches with, so the file stands alone) to ``path``."""
+    return write_model_file(path, {"kind": "look-agent", "config": asdict(policy.config) | {"size_steps": list(policy.config.size_steps)},
+                                   "state_dict": policy.state_dict(), "look_config": config_dict(look.config),
+                                   "look_state_dict": look.state_dict(), "info": info or {}})
+
+
+def load_look_agent_file(path: Union[str, Path]) -> tuple[LookAgentPolicy, MultiScaleLook, dict[str, Any]]:
+    """The policy, its look and ``info`` from a file written by :func:`save_look_agent_file`."""
+    saved = read_model_file(path, "photograph agent", "train/look_agent.py",
+                            {"kind", "config", "state_dict", "look_config", "look_state_dict", "info"})
+    if saved["kind"] != "look-agent":
+        raise ValueError(f"{path} is a {saved['kind']!r} file, not a photograph agent written by train/look_agent.py")
+    policy = LookAgentPolicy(LookAgentConfig(**saved["config"]))
+    policy.load_state_dict(saved["state_dict"])
+    look = MultiScaleLook(LookConfig(**saved["look_config"]))
+    look.load_state_dict(saved["look_state_dict"])
+    return policy.eval(), look.eval(), saved["info"]
+
+
+# ------------------------------------------------------------------------------- inference
+class LookAgentSearcher(LookSearcher):
+    """Find a query in a photograph with a trained photograph agent (module docstring).
+
+        searcher = LookAgentSearcher.from_pretrained("photo", channel_order="bgr")   # cv2.imread gives BGR
+        result = searcher.locate(query, reference)      # any sizes
+        x0, y0, x1, y1 = result.box                     # pixels of the reference as given
+        result.path                                     # the windows placed, in order (grid boxes)
+
+    :param policy: the trained policy. :param look: the look it was trained with.
+    :param channel_order: ``"rgb"`` or ``"bgr"``. :param threads: ONNX Runtime threads (default:
+        ``torch.get_num_threads()``). :param smallest: / :param largest: the first look's target
+        range (:class:`~agents.multiscale_look.LookSearcher`; the policy was trained with the look's own).
+    """
+
+    def __init__(self, policy: LookAgentPolicy, look: MultiScaleLook, channel_order: str = "rgb",
+                 threads: Optional[int] = None, smallest: Optional[float] = None, largest: Optional[float] = None) -> None:
+        self.policy = policy.eval()
+        self.agent_config = policy.config
+        self._step = NumpyPolicyStep(policy)
+        super().__init__(look, channel_order=channel_order, threads=threads, smallest=smallest, largest=largest,
+                         candidates=policy.config.candidates)
+        # the comparison's usual call: one window at every size
+        kernel = self._runtime.kernel(np.zeros((2 * look.config.canvas,) * 2 + (3,), np.uint8),
+                                      np.ones((2 * look.config.kernel_cells,) * 2, np.float32))
+        size = CLOSER_ZOOM * look.config.canvas + 2 * CLOSER_MARGIN * STRIDE
+        self._runtime.scores(np.zeros((len(self.agent_config.size_steps), size, size, 3), np.uint8), kernel)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], **kwargs) -> "LookAgentSearcher":
+        """Load an agent file written by ``train/look_agent.py``."""
+        policy, look, _ = load_look_agent_file(path)
+        return cls(policy, look, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs) -> "LookAgentSearcher":
+        """Load an agent shipped with matchenv: see :data:`agents.pretrained.LOOK_AGENTS`."""
+        from agents.pretrained import look_agent_path
+
+        return cls.load(look_agent_path(name), **kwargs)
+
+    def locate(self, query: np.ndarray, reference: np.ndarray) -> LookResult:
+        """Find ``query`` (``(h, w, 3)`` or grayscale uint8, any size) in ``reference``.
+
+        :return: a :class:`~agents.multiscale_look.LookResult`: the answer (the last window, moved
+            by its comparison) in pixels of ``reference`` as given, clipped to it; ``path`` the
+            windows placed (the candidates' boxes at their level, in pixels of ``reference``),
+            then the answer; ``scores`` each one's best comparison score (clipped to ``[0, 1]``);
+            ``positions`` the first look's positions and the comparisons' cells.
+        """
+        query = prepare_image(query, 3, self.channel_order, "query")
+        self._warn_if_smaller_than_searched(query, reference)
+        config = self.agent_config
+        seen_view = glance(self, query, reference, config.candidates)
+        valid = np.arange(config.candidates) < seen_view.count
+        comparisons = np.zeros((config.candidates, len(config.size_steps) * COMPARISON_CELLS), np.float32)
+        seen = np.zeros(config.candidates, bool)
+        state = np.zeros(config.hidden, np.float32)
+        last = np.zeros(config.window_features + 1, np.float32)
+        placed: list[int] = []
+        for t in range(config.max_trials):
+            features = window_features_numpy(seen_view.candidates, comparisons, seen, config)
+            if t > 0:
+                last = np.append(features[placed[-1]], np.float32((config.max_trials - t) / config.max_trials))
+            logits, state = self._step(features, valid, state, last)
+            window = int(np.argmax(logits))
+            if not seen[window]:
+                comparisons[window] = compare(self, seen_view, [window], config)[0]
+                seen[window] = True
+            placed.append(window)
+        answer = placed[-1]
+        box = answer_box(self, seen_view, answer, comparisons[answer], config) / seen_view.factor
+        grid = np.stack([_box_at(*seen_view.places[k], seen_view.aspect) for k in placed]) / seen_view.factor
+        best = comparisons.max(axis=1)
+        scores = np.clip(np.append(best[placed], best[answer]), 0.0, 1.0)
+        compared = int(seen.sum()) * len(config.size_steps) * COMPARISON_CELLS
+        return LookResult(box=_inside(box, reference), path=np.concatenate([_inside(grid, reference), _inside(box, reference)[None]]),
+                          scores=scores, level_sides=seen_view.level_sides, level_scores=seen_view.level_scores,
+                          positions=seen_view.positions + compared)
