@@ -209,6 +209,22 @@ def test_boxes_are_in_pixels_of_the_reference_as_given(shipped):
     assert iou(big / 2, small) > 0.8
 
 
+def test_ordinary_photograph_sizes_work(shipped):
+    # The sizes: a reference of about 1000 px and a query of a few hundred; the answer
+    # comes back in the pixels given.
+    import cv2
+
+    pair = fixture_pairs(1, seed=4, appearance=None, reference_appearance=None)[0]
+    scale = 1000 / max(pair.reference.shape[:2])
+    reference = cv2.resize(pair.reference, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    target = pair.target_box * scale
+    x0, y0, x1, y1 = (int(round(v)) for v in target)
+    query = reference[y0:y1, x0:x1]
+    assert max(reference.shape[:2]) == 1000 and max(query.shape[:2]) >= 100
+    result = shipped.locate(query, reference)
+    assert iou(result.box, target) > 0.5
+
+
 def test_bgr_input_gives_the_rgb_answer(shipped):
     pair = fixture_pairs(1, seed=3)[0]
     bgr = LookAgentSearcher.from_pretrained("photo", threads=1, channel_order="bgr")

@@ -128,8 +128,9 @@ PROPOSERS: dict[str, PretrainedProposer] = {
 
 @dataclass(frozen=True)
 class PretrainedLook:
-    """A shipped learned multi-scale look (:class:`~agents.multiscale_look.LookSearcher`): its file
-    in this folder, what it is for, how it was trained."""
+    """A shipped learned multi-scale look (:class:`~agents.multiscale_look.LookSearcher`) or
+    photograph agent (:class:`~agents.look_agent.LookAgentSearcher`): its file in this folder,
+    what it is for, how it was trained."""
 
     filename: str
     description: str
