@@ -362,11 +362,10 @@ class LookAgentSearcher(LookSearcher):
         self._step = NumpyPolicyStep(policy)
         super().__init__(look, channel_order=channel_order, threads=threads, smallest=smallest, largest=largest,
                          candidates=policy.config.candidates)
-        # the comparison's usual call: one window at every size
-        kernel = self._runtime.kernel(np.zeros((2 * look.config.canvas,) * 2 + (3,), np.uint8),
-                                      np.ones((2 * look.config.kernel_cells,) * 2, np.float32))
-        size = CLOSER_ZOOM * look.config.canvas + 2 * CLOSER_MARGIN * STRIDE
-        self._runtime.scores(np.zeros((len(self.agent_config.size_steps), size, size, 3), np.uint8), kernel)
+
+    def _closer_batches(self) -> set[int]:
+        """The comparison's one call: a window at every size (never the look's candidates at once)."""
+        return {len(self.agent_config.size_steps)}
 
     @classmethod
     def load(cls, path: Union[str, Path], **kwargs) -> "LookAgentSearcher":
@@ -411,11 +410,11 @@ class LookAgentSearcher(LookSearcher):
                 seen[window] = True
             placed.append(window)
         answer = placed[-1]
-        box = answer_box(self, seen_view, answer, comparisons[answer], config) / seen_view.factor
+        box = _inside(answer_box(self, seen_view, answer, comparisons[answer], config) / seen_view.factor, reference)
         grid = np.stack([_box_at(*seen_view.places[k], seen_view.aspect) for k in placed]) / seen_view.factor
         best = comparisons.max(axis=1)
         scores = np.clip(np.append(best[placed], best[answer]), 0.0, 1.0)
         compared = int(seen.sum()) * len(config.size_steps) * COMPARISON_CELLS
-        return LookResult(box=_inside(box, reference), path=np.concatenate([_inside(grid, reference), _inside(box, reference)[None]]),
+        return LookResult(box=box, path=np.concatenate([_inside(grid, reference), box[None]]),
                           scores=scores, level_sides=seen_view.level_sides, level_scores=seen_view.level_scores,
                           positions=seen_view.positions + compared)

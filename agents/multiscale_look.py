@@ -726,12 +726,13 @@ class LookSearcher:
         self.channel_order = channel_order
         self.refine = bool(refine)
         self._runtime = _LookRuntime(look, torch.get_num_threads() if threads is None else int(threads))
-        if self.candidates > 1:  # build the second look's usual sessions now, not inside the first queries
+        batches = self._closer_batches()
+        if batches:  # build the second look's usual sessions now, not inside the first queries
             closer = self._closer_config()
             size = closer.canvas + 2 * CLOSER_MARGIN * STRIDE
             kernel = self._runtime.kernel(np.zeros((closer.canvas, closer.canvas, 3), np.uint8),
                                           np.ones((closer.kernel_cells, closer.kernel_cells), np.float32))
-            for count in {self.candidates, 3}:  # the candidates, and the three sizes of the answer
+            for count in batches:
                 self._runtime.scores(np.zeros((count, size, size, 3), np.uint8), kernel)
         self._warned_small = False
         #: where the look runs: "onnxruntime" or "torch"
@@ -897,6 +898,12 @@ class LookSearcher:
         else:
             shift = -1.0 if smaller > larger else 1.0
         return _box_at(centre_x, centre_y, side * half_step ** shift, aspect)
+
+    def _closer_batches(self) -> set[int]:
+        """How many patches the second look's calls take (each count has its own session, built
+        when the searcher is): the candidates, and the three sizes of the answer; none without
+        a second look."""
+        return {self.candidates, 3} if self.candidates > 1 else set()
 
     def _closer_config(self) -> LookConfig:
         """The look's configuration for the second look: the query drawn :data:`CLOSER_ZOOM` times larger."""

@@ -53,6 +53,7 @@ from agents.look_agent import (
     rollout,
     save_look_agent_file,
 )
+from agents.model_files import write_model_file
 from agents.multiscale_look import LookSearcher
 from agents.searcher import prepare_image
 from matchenv.datasets import make_dataset
@@ -122,9 +123,7 @@ def cached_tables(path: Path, key: dict, make) -> dict[str, torch.Tensor]:
         if saved.get("key") == key:
             return saved["tables"]
     tables = make()
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"key": key, "tables": tables}, tmp)
-    tmp.replace(path)
+    write_model_file(path, {"key": key, "tables": tables})
     return tables
 
 
@@ -229,11 +228,13 @@ def main() -> None:
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
     step, history = 0, []
     generator = torch.Generator().manual_seed(args.seed)
+    # what a checkpoint must have been written with to be resumed (not where it runs or from what)
+    run_args = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "threads")}
     if args.resume:
         if not Path(args.resume).is_file():
             parser.error(f"--resume {args.resume}: no such file (a run writes last.pt in its --out-dir every --eval-every steps)")
         state = torch.load(args.resume, map_location="cpu", weights_only=True)
-        if state.get("args") != {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "threads")}:
+        if state.get("args") != run_args:
             parser.error(f"--resume {args.resume} was written by a run with other flags ({state.get('args')}): "
                          "pass the same flags as that run")
         policy.load_state_dict(state["state_dict"])
@@ -276,11 +277,9 @@ def main() -> None:
             history.append(result)
             bar.write(f"step {step + 1}: test success {result['success_rate']:.3f}, mean IoU {result['mean_iou']:.3f}, "
                       f"windows compared {result['windows_compared']:.2f}")
-            tmp = out / ".last.pt.tmp"
-            torch.save({"args": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "threads")},
-                        "state_dict": policy.state_dict(), "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(), "step": step + 1, "history": history}, tmp)
-            tmp.replace(out / "last.pt")
+            write_model_file(out / "last.pt", {"args": run_args, "state_dict": policy.state_dict(),
+                                               "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                                               "step": step + 1, "history": history})
     minutes = (time.perf_counter() - started) / 60
 
     # 4. the saved agent, searching for real on the same test pairs
