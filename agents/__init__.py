@@ -12,6 +12,9 @@
   correlation over a scale pyramid; not a sequential search);
 - :mod:`agents.look_agent`: ``LookAgentSearcher``, the photograph agent: the look's first look, then a
   recurrent policy places a few windows, each compared with the query, and answers with the last;
+- :mod:`agents.photo_search`, :mod:`agents.photo_search_net`, :mod:`agents.efficientnet_lite`:
+  ``PhotoSearcher``, the photograph search for real pairs: a first look with ImageNet-initialised
+  features, then windows compared by a verifier, chosen by a recurrent policy;
 - :mod:`agents.pretrained`: the shipped agents (``TemplateSearcher.from_pretrained(name)``), proposers, looks
   and photograph agents;
 - :mod:`agents.baselines`: classic matchers (NCC/SSD, MTM, BBS, DDIS, QATM, exhaustive embedding).
@@ -21,12 +24,14 @@ from agents.policy import PointerHead, SearchLstmPolicy
 from agents.ppo import SearchRecurrentPPO
 from agents.look_agent import LookAgentSearcher
 from agents.multiscale_look import LookSearcher
+from agents.photo_search import PhotoSearcher
 from agents.searcher import SearchResult, TemplateSearcher
 from agents.siamese import SearchFeaturesExtractor, SiameseCNN
 
 __all__ = [
     "LookAgentSearcher",
     "LookSearcher",
+    "PhotoSearcher",
     "PointerHead",
     "SearchFeaturesExtractor",
     "SearchLstmPolicy",

@@ -26,7 +26,9 @@ ENV_IDS.update({f"TemplateSearch-{name}-v0": {"dataset": name} for name in ("Tra
 #: Registered ids whose data is found on disk or downloaded on first use (FlickrLogos-27: ~100 MB).
 #: Other photograph datasets need a path: ``gym.make("TemplateSearch-v0", dataset="ManifestPairs",
 #: dataset_kwargs={"path": "pairs.csv"})``.
-DOWNLOAD_ENV_IDS: dict[str, dict] = {"TemplateSearch-FlickrLogos27-v0": {"dataset": "FlickrLogos27"}}
+#: KTM (real template/target pairs) is for evaluation only: ``split="test"``.
+DOWNLOAD_ENV_IDS: dict[str, dict] = {"TemplateSearch-FlickrLogos27-v0": {"dataset": "FlickrLogos27"},
+                                     "TemplateSearch-KTM-v0": {"dataset": "KTM"}}
 
 
 def _register_envs() -> None:

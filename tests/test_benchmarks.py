@@ -49,9 +49,9 @@ def test_matcher_benchmark_success_matches_an_independent_count():
 
 def test_matcher_table_lists_published_numbers():
     bench = load_script("benchmark_matchers")
-    rows = [dict(method="ncc", success_rate=0.9, mean_iou=0.8, median_ms=0.1, mean_ms=0.25, evaluated=10, pairs=5)]
+    rows = [dict(method="ncc", success_rate=0.9, auc=0.7, mean_iou=0.8, median_ms=0.1, mean_ms=0.25, evaluated=10, pairs=5)]
     table = bench.accuracy_table(rows, "ClutteredMNIST")
-    assert "| ncc | 0.900 | 0.80 | 0.10 | 0.25 | 10 | 5 |" in table and "published: BBS | 0.11" in table
+    assert "| ncc | 0.900 | 0.700 | 0.80 | 0.10 | 0.25 | 10 | 5 |" in table and "published: BBS | 0.11" in table
     header, rule = table.splitlines()[:2]
     assert "mean ms / query" in header and all(line.count("|") == header.count("|") for line in table.splitlines())
 
@@ -297,7 +297,7 @@ def test_a_method_slower_than_its_budget_is_stopped_and_reported(monkeypatch):
     assert result["pairs"] == 0 and result["method"] == "ncc"
     finished = {"method": "ssd", "pairs": 5, "success_rate": 0.8, "mean_iou": 0.7, "median_ms": 0.1, "evaluated": 1089}
     table = bench.accuracy_table([result, finished], "TranslatedMNIST")
-    assert "| ncc | - | - | no query finished in 0 s | | | 0 |" in table
+    assert "| ncc | - | - | - | no query finished in 0 s | | | 0 |" in table
     assert table.index("| ssd |") < table.index("| ncc |")
 
 
@@ -538,3 +538,35 @@ def test_pretrained_agent_options_set_the_refiner_steps():
     assert "box refiner: 1 step(s)" in shipped.features and "box refiner" not in plain.features
     with pytest.raises(ValueError, match="refine must be 0"):
         bench.AgentMatcher("pretrained:flickrlogos27,refine=-1")
+
+
+def test_ktm_benchmark_reports_auc_and_compares_a_slow_method_on_its_own_pairs(tmp_path):
+    import json
+    import subprocess
+
+    root = str(Path(__file__).parent / "fixtures" / "ktm_pairs")
+    run = subprocess.run([sys.executable, str(TRAIN / "benchmark_matchers.py"), "--dataset", "KTM",
+                          "--dataset-kwargs", json.dumps({"path": root}), "--pairs", "4", "--warmup", "0",
+                          "--methods", "ncc,ssd", "--every", "ssd=2", "--agent", "photo-search:photo",
+                          "--max-seconds", "30", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    results = {r["key"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
+    assert results["ssd"]["pair_indices"] == [0, 2] and results["ncc"]["pair_indices"] == [0, 1, 2, 3]
+    for r in results.values():
+        assert len(r["ious"]) == r["pairs"] and 0.0 <= r["auc"] <= 1.0
+        # the AUC is the mean success over IoU thresholds 0, 0.05, ..., 0.95
+        assert r["auc"] == pytest.approx(np.mean([np.mean(np.array(r["ious"]) > t) for t in np.arange(0, 1, 0.05)]))
+    assert "agent:photo-search:photo" in results
+    table = (tmp_path / "results.md").read_text()
+    assert "| AUC |" in table and "published: DDIS (colour) | | 0.63" in table
+    assert "On the 2 pairs that ssd answered:" in table
+
+
+def test_subset_table_is_empty_when_every_method_answered_the_same_pairs():
+    bench = load_script("benchmark_matchers")
+    same = [{"method": m, "pairs": 2, "pair_indices": [0, 1], "ious": [0.6, 0.2]} for m in ("a", "b")]
+    assert bench.subset_table(same) == ""
+    fewer = same + [{"method": "slow", "pairs": 1, "pair_indices": [1], "ious": [0.9]}]
+    text = bench.subset_table(fewer)
+    assert "On the 1 pairs that slow answered:" in text and "| slow | 1.000 |" in text and "| a | 0.000 |" in text

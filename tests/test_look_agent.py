@@ -249,8 +249,8 @@ def test_shipped_agent_is_small_and_records_how_it_was_made():
     assert set(LOOK_AGENTS) == {"photo"} and policy.config == LookAgentConfig()
 
 
-def test_template_searcher_points_to_the_photograph_agent():
-    with pytest.raises(ValueError, match=r"LookAgentSearcher\.from_pretrained\('photo'\)"):
+def test_template_searcher_points_to_the_photograph_searcher():
+    with pytest.raises(ValueError, match=r"PhotoSearcher\.from_pretrained\('photo'\)"):
         TemplateSearcher.from_pretrained("photo")
     with pytest.raises(ValueError, match="no pretrained photograph agent 'logos'; shipped: photo"):
         look_agent_path("logos")

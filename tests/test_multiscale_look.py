@@ -558,8 +558,8 @@ def test_shipped_look_is_small_and_records_how_it_was_made():
     assert set(LOOKS) == {"photo"}
 
 
-def test_template_searcher_points_to_the_look_for_photo():
-    with pytest.raises(ValueError, match="LookSearcher.from_pretrained"):
+def test_template_searcher_points_to_the_photograph_searcher_for_photo():
+    with pytest.raises(ValueError, match="PhotoSearcher.from_pretrained"):
         TemplateSearcher.from_pretrained("photo")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matchenv.datasets import DATASETS, FlickrLogos27, FlickrLogos32, ManifestPairs, TemplateTargetPairs, make_dataset
+from matchenv.datasets import DATASETS, KTM, FlickrLogos27, FlickrLogos32, ManifestPairs, TemplateTargetPairs, make_dataset
 from matchenv.datasets import logos, pair_files
 from matchenv.datasets.logos import read_flickrlogos27_annotations
 from matchenv.datasets.photos import (
@@ -60,8 +60,11 @@ def check_pair(pair, dataset, split: str) -> None:
     if dataset.max_side is not None:
         assert max(pair.reference.shape[:2]) <= dataset.max_side
     assert pair.template.dtype == np.uint8 and pair.template.ndim == 3 and pair.template.shape[2] == 3
-    # The nominal window is photos.nominal_window: the template's aspect, sized by the reference.
-    assert pair.window_size == pytest.approx(nominal_window(pair.template.shape, pair.reference.shape))
+    # The nominal window is photos.nominal_window (the template's aspect, sized by the reference),
+    # or for real pairs of two views (KTM) the template's own size.
+    expected = (pair.template.shape[:2] if dataset.template_sized_window
+                else nominal_window(pair.template.shape, pair.reference.shape))
+    assert pair.window_size == pytest.approx(expected)
     h, w = pair.reference.shape[:2]
     box = pair.target_box
     assert box.shape == (4,) and box.dtype == np.float64
@@ -824,3 +827,65 @@ def test_a_composite_shrunk_to_a_rounded_size_keeps_a_target_that_touches_its_ed
         out = beside._beside_other_brand(pair, "test", 0, np.random.default_rng(width))
         h, w = out.reference.shape[:2]
         assert out.target_box[3] <= h and out.target_box[2] <= w and np.all(out.meta["beside"]["box"][2::2] <= w)
+
+
+# ============================================================================ KTM
+
+
+KTM_DIR = FIXTURES / "ktm_pairs"
+
+
+def test_ktm_pairs_follow_the_sorted_names_rule_also_where_the_target_is_named_frm1():
+    ktm = make_dataset("KTM", path=str(KTM_DIR))
+    assert isinstance(ktm, KTM) and DATASETS["KTM"] is KTM
+    assert [s.name for s in ktm.pairs("test")] == ["pair0025", "pair0026", "pair0085", "pair0086"]
+    for i, ((k, seq, f, g, (tx, ty, tw, th), (gx, gy, gw, gh), _), odd) in enumerate(fx.KTM_PAIRS):
+        spec, pair = ktm.pairs("test")[i], ktm.test_pair(i)
+        assert spec.template.name == f"pair{k:04d}_frm1_{seq}_{f:04d}.jpg"  # the earlier frame
+        assert spec.reference.name == f"pair{k:04d}_{'frm1' if odd else 'frm2'}_{seq}_{g:04d}.jpg"
+        np.testing.assert_allclose(pair.target_box, [gx, gy, gx + gw, gy + gh])  # 1-based files, 0-based boxes
+        np.testing.assert_allclose(pair.meta["template_box"], [tx, ty, tx + tw, ty + th])
+        assert pair.template.shape[:2] == (th, tw)
+        # frames as given (no working-size shrink) and a window of the template's own size
+        assert pair.reference.shape[:2] == (fx.HEIGHT, fx.WIDTH) and pair.meta["working_scale"] == 1.0
+        assert pair.window_size == (th, tw)
+        check_pair(pair, ktm, "test")
+
+
+def test_ktm_public_set_is_found_in_a_checkout_or_through_the_environment_or_explains_how(monkeypatch, tmp_path):
+    monkeypatch.delenv(pair_files.KTM_ENV, raising=False)
+    monkeypatch.setenv("MATCHENV_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DatasetFilesError, match="downloading is disabled") as err:
+        KTM()  # offline test session, nothing cached
+    for hint in ("KTM", "path=", pair_files.KTM_ENV, pair_files.KTM_URLS[0], "KTMdata"):
+        assert hint in str(err.value)
+    checkout = tmp_path / "Deep-DIM"
+    shutil.copytree(KTM_DIR, checkout / "KTMdata")
+    assert KTM(checkout).path == checkout / "KTMdata"
+    monkeypatch.setenv(pair_files.KTM_ENV, str(checkout))
+    assert KTM().test_size == 4
+
+
+def test_ktm_downloads_the_authors_archive_and_keeps_only_the_pair_files(monkeypatch, tmp_path):
+    monkeypatch.delenv(pair_files.KTM_ENV, raising=False)
+    monkeypatch.setenv("MATCHENV_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "deep-dim.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr(f"{pair_files.KTM_SOURCE.archive_data.parent.as_posix()}/DIM.py", "# code, not data\n")
+        for file in sorted(KTM_DIR.iterdir()):
+            zipped.write(file, f"{pair_files.KTM_SOURCE.archive_data.as_posix()}/{file.name}")
+    monkeypatch.setattr(pair_files, "KTM_URLS", (archive.as_uri(),))
+    ktm = KTM(download=True)
+    assert ktm.path == tmp_path / "cache" / "ktm" and ktm.test_size == 4
+    assert sorted(f.name for f in ktm.path.iterdir()) == sorted(f.name for f in KTM_DIR.iterdir())
+
+
+def test_pairs_with_two_target_frames_are_still_an_error(tmp_path):
+    folder = shutil.copytree(KTM_DIR, tmp_path / "three_frames")
+    shutil.copy(folder / "pair0026_frm2_Bike_0040.jpg", folder / "pair0026_frm2_Bike_0041.jpg")
+    with pytest.raises(DatasetFilesError, match="pair0026 needs exactly one target frame.*found 2"):
+        KTM(folder)
+    (folder / "pair0026_frm2_Bike_0041.jpg").unlink()
+    (folder / "pair0025_frm1_Basketball_0352.jpg").unlink()
+    with pytest.raises(DatasetFilesError, match="pair0025 needs exactly two frames, template and target.*found 1"):
+        KTM(folder)

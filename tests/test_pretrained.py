@@ -23,7 +23,7 @@ def test_every_shipped_agent_loads(name):
 def test_unknown_name_lists_the_shipped_agents():
     with pytest.raises(ValueError, match="cluttered-mnist"):
         TemplateSearcher.from_pretrained("imagenet")
-    with pytest.raises(ValueError, match=r"not a TemplateSearcher agent.*LookAgentSearcher\.from_pretrained\('photo'\)"):
+    with pytest.raises(ValueError, match=r"not a TemplateSearcher agent.*PhotoSearcher\.from_pretrained\('photo'\)"):
         TemplateSearcher.from_pretrained("photo")
 
 

@@ -166,3 +166,17 @@ def test_bad_dataset_arguments_are_clear_errors(tmp_path):
     assert proc.returncode == 2 and "valid names" in proc.stderr
     proc = train("--dataset", "ManifestPairs", "--dataset-kwargs", "[1, 2]", "--out-dir", str(tmp_path))
     assert proc.returncode == 2 and "JSON object" in proc.stderr
+
+
+def test_ktm_is_refused_for_training_and_taken_for_evaluation(tmp_path):
+    ktm = ROOT / "tests" / "fixtures" / "ktm_pairs"
+    for flags in (["--dataset", "KTM"], ["--env-id", "TemplateSearch-KTM-v0"]):
+        proc = train(*flags, "--out-dir", str(tmp_path))
+        assert proc.returncode == 2 and "evaluation and model selection only" in proc.stderr
+    manifest = ROOT / "tests" / "fixtures" / "manifest" / "pairs.csv"
+    proc = train("--dataset", "ManifestPairs", "--dataset-kwargs", json.dumps({"path": str(manifest)}),
+                 "--eval-dataset", "KTM", "--eval-dataset-kwargs", json.dumps({"path": str(ktm)}),
+                 *TINY[2:], "--out-dir", str(tmp_path / "run"))
+    check_ok(proc)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_pairs"] == 4  # KTM's fixture, not the manifest's test pairs

@@ -64,6 +64,11 @@ PUBLISHED = {
     # The prototype was measured on FlickrLogos-32 (on request only); FL-27 is the public stand-in.
     "FlickrLogos27": {"prototype agent (FL-32)": (0.39, 6), "MTM (FL-32)": (0.28, 230), "BBS (FL-32)": (0.36, 2400)},
 }
+#: Published AUCs (success curve over IoU thresholds 0, 0.05, ..., 0.95; Gao & Spratling 2021, Table).
+PUBLISHED_AUC = {
+    "KTM": {"NCC (colour)": 0.42, "ZNCC (colour)": 0.48, "BBS (colour)": 0.44, "DDIS (colour)": 0.63,
+            "QATM (deep)": 0.64, "Deep-DIM (deep, VGG19, seconds per pair)": 0.71},
+}
 CLASSIC_METHODS = ["ncc", "ssd", "mtm", "bbs", "ddis"]
 FEATURE_METHODS = ["qatm", "embedding-exhaustive"]
 #: Controls: answers that look at no image (what a dataset's layout alone gives).
@@ -172,6 +177,8 @@ def make_method(name: str, features_checkpoint: Optional[str], data: "PairDatase
         return AgentMatcher(name.split(":", 1)[1])
     if name in FEATURE_METHODS:
         return make_matcher(name, checkpoint=features_checkpoint)
+    if name == "qatm-imagenet":
+        return make_matcher(name)
     if name == "ncc-multiscale" and scale_range is not None:
         return make_matcher(name, scales=scale_grid(scale_range))
     if name == "centre-box":  # never unfitted: its size comes from the training pairs
@@ -196,6 +203,9 @@ LOOK_OPTIONS = ("smallest", "largest", "candidates", "closer_gap")
 #: What ``look-agent:<name or file>,key=value,...`` may set: the first look's target range
 #: (:class:`~agents.look_agent.LookAgentSearcher`).
 LOOK_AGENT_OPTIONS = ("smallest", "largest")
+#: What ``photo-search:<name or file>,key=value,...`` may set: the most windows compared
+#: (:class:`~agents.photo_search.PhotoSearcher`).
+PHOTO_SEARCH_OPTIONS = ("windows",)
 #: What ``coarse-to-fine:<name or file>,key=value,...`` may set: how many of the coarse look's best
 #: cells the agent searches and the similarity that accepts the first answer (``accept=none``: never;
 #: :class:`~agents.coarse_to_fine.CoarseToFineSearcher`). A shipped proposer's defaults otherwise.
@@ -206,7 +216,7 @@ COARSE_TO_FINE_OPTIONS = ("candidates", "accept")
 #: moves each answer (``refine=0``: the search's own answers; agents/box_refiner.py).
 AGENT_OPTIONS = ("refine",)
 #: Options that are whole numbers (the others are numbers).
-WHOLE_NUMBER_OPTIONS = ("candidates", "refine")
+WHOLE_NUMBER_OPTIONS = ("candidates", "refine", "windows")
 
 
 def searcher_options(spec: str, allowed: Sequence[str], example: str) -> tuple[str, dict[str, Any]]:
@@ -253,20 +263,26 @@ def look_agent_spec(spec: str) -> tuple[str, dict[str, float]]:
     return searcher_options(spec, LOOK_AGENT_OPTIONS, "look-agent:photo,smallest=0.05")
 
 
+def photo_search_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """What follows ``photo-search:``: the searcher's name or file and its :data:`PHOTO_SEARCH_OPTIONS`."""
+    return searcher_options(spec, PHOTO_SEARCH_OPTIONS, "photo-search:photo,windows=2")
+
+
 def agent_name(checkpoint: str) -> str:
     """A searcher's name in the tables: "agent (pretrained:flickrlogos27)", "agent (pretrained:flickrlogos27,
     refine=0)", "agent (fl27-zoom/best.zip)", "agent (coarse-to-fine:cluttered-mnist)", "learned look
     (look:photo)", "learned look (look:photo, smallest=0.05)", "photograph agent (look-agent:photo)"."""
-    prefix = next((p for p in ("pretrained:", "coarse-to-fine:", "look-agent:", "look:") if checkpoint.startswith(p)), "")
+    prefix = next((p for p in ("pretrained:", "coarse-to-fine:", "look-agent:", "look:", "photo-search:")
+                   if checkpoint.startswith(p)), "")
     spec, options = checkpoint[len(prefix):], ""
-    if prefix in ("look:", "coarse-to-fine:", "pretrained:", "look-agent:"):
+    if prefix:
         parse = {"look:": look_spec, "coarse-to-fine:": coarse_to_fine_spec, "pretrained:": pretrained_agent_spec,
-                 "look-agent:": look_agent_spec}[prefix]
+                 "look-agent:": look_agent_spec, "photo-search:": photo_search_spec}[prefix]
         spec, kwargs = parse(spec)
         options = "".join(f", {key}={'none' if value is None else format(value, 'g')}" for key, value in kwargs.items())
     if not prefix or "/" in spec:  # a file: its folder and name say which run it is
         spec = "/".join(Path(spec).parts[-2:])
-    kind = {"look:": "learned look", "look-agent:": "photograph agent"}.get(prefix, "agent")
+    kind = {"look:": "learned look", "look-agent:": "photograph agent", "photo-search:": "photograph search"}.get(prefix, "agent")
     return f"{kind} ({prefix}{spec}{options})"
 
 
@@ -292,6 +308,19 @@ class AgentMatcher:
 
         self.name = agent_name(checkpoint)
         spec = checkpoint.split(":", 1)[1] if ":" in checkpoint else checkpoint
+        if checkpoint.startswith("photo-search:"):
+            from agents.photo_search import PhotoSearcher
+            from agents.pretrained import PHOTO_SEARCHERS
+
+            spec, options = photo_search_spec(spec)
+            if spec not in PHOTO_SEARCHERS and not Path(spec).is_file():
+                raise FileNotFoundError(f"{spec!r} is neither a shipped photograph searcher ({', '.join(PHOTO_SEARCHERS)}) "
+                                        "nor a file from train/photo_search.py")
+            self.searcher = (PhotoSearcher.from_pretrained(spec, **options) if spec in PHOTO_SEARCHERS
+                             else PhotoSearcher.load(spec, **options))
+            self.features = (f"photograph search: {checkpoint} (runtime: {self.searcher.runtime.name}, "
+                             f"policy: {self.searcher.policy})")
+            return
         if checkpoint.startswith("look-agent:"):
             spec, options = look_agent_spec(spec)
             if spec not in LOOK_AGENTS and not Path(spec).is_file():
@@ -334,7 +363,7 @@ class AgentMatcher:
 
         result = self.searcher.locate(query, reference)
         # a look scores every position of its grid; an agent looks at its windows (a coarse-to-fine
-        # searcher: over all the crops it searched)
+        # searcher: over all the crops it searched); the photograph search scores positions and windows
         evaluated = getattr(result, "positions", None) or getattr(result, "windows", None) or len(result.path)
         return MatchResult(box=result.box, score=result.score, evaluated=evaluated)
 
@@ -378,6 +407,7 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from matchenv.geometry import iou
+    from matchenv.metrics import success_auc, success_rate
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -389,9 +419,13 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
         method.locate(pair.matcher_query, pair.reference)
         if time.perf_counter() > warmup_deadline:
             break
-    times, ious, evaluated = [], [], []
+    times, ious, evaluated, answered = [], [], [], []
     deadline = time.perf_counter() + job["max_seconds_total"]
-    for pair in pairs:
+    every = max(int(job.get("every", 1)), 1)  # a slow method answers every k-th pair (see --every)
+    for index, pair in enumerate(pairs):
+        if index % every:
+            continue
+        answered.append(job.get("first_pair", 0) + index)
         start = time.perf_counter()
         result = method.locate(pair.matcher_query, pair.reference)
         times.append(time.perf_counter() - start)
@@ -404,13 +438,18 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
         "method": getattr(method, "name", job["method"]),
         "key": job["method"],
         "pairs": len(times),
-        "success_rate": float(np.mean(ious_arr > 0.5)),
+        "success_rate": success_rate(ious_arr),
+        "auc": success_auc(ious_arr),
         "mean_iou": float(np.mean(ious_arr)),
         "median_ms": 1000 * statistics.median(times),
         # searches whose cost varies per query (a look's second look runs on some) differ here
         "mean_ms": 1000 * statistics.fmean(times),
         "evaluated": int(statistics.median(evaluated)),
         "features": getattr(method, "features", None),
+        # per answered pair (test indices), so that methods can be compared on a common subset
+        "pair_indices": answered[: len(times)],
+        "ious": [float(v) for v in ious_arr],
+        "ms": [1000 * t for t in times],
     }
 
 
@@ -436,24 +475,51 @@ def in_own_process(job: dict[str, Any]) -> dict[str, Any]:
     name = job["method"]
     if name.startswith("agent:"):
         name = agent_name(name.split(":", 1)[1])
-    return {"method": name, "key": job["method"], "pairs": 0, "success_rate": float("nan"), "mean_iou": float("nan"),
-            "median_ms": float("nan"), "mean_ms": float("nan"), "evaluated": 0, "features": None,
-            "timed_out_after_s": limit}
+    return {"method": name, "key": job["method"], "pairs": 0, "success_rate": float("nan"), "auc": float("nan"),
+            "mean_iou": float("nan"), "median_ms": float("nan"), "mean_ms": float("nan"), "evaluated": 0,
+            "features": None, "timed_out_after_s": limit, "pair_indices": [], "ious": [], "ms": []}
 
 
 def accuracy_table(results: list[dict], dataset: str) -> str:
     # the mean beside the median: a method whose cost varies by query (the look's second look runs
     # on some queries only) has a median that hides it
-    lines = ["| method | success (IoU>0.5) | mean IoU | median ms / query | mean ms / query | windows or positions evaluated | pairs |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | success (IoU>0.5) | AUC | mean IoU | median ms / query | mean ms / query | windows or positions evaluated | pairs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: -r["success_rate"] if r["pairs"] else 1.0):
         if not r["pairs"]:  # stopped before its first query finished (see in_own_process)
-            lines.append(f"| {r['method']} | - | - | no query finished in {r['timed_out_after_s']:.0f} s | | | 0 |")
+            lines.append(f"| {r['method']} | - | - | - | no query finished in {r['timed_out_after_s']:.0f} s | | | 0 |")
             continue
-        lines.append(f"| {r['method']} | {r['success_rate']:.3f} | {r['mean_iou']:.2f} | {r['median_ms']:.2f} | "
-                     f"{r.get('mean_ms', float('nan')):.2f} | {r['evaluated']} | {r['pairs']} |")
+        lines.append(f"| {r['method']} | {r['success_rate']:.3f} | {r.get('auc', float('nan')):.3f} | {r['mean_iou']:.2f} | "
+                     f"{r['median_ms']:.2f} | {r.get('mean_ms', float('nan')):.2f} | {r['evaluated']} | {r['pairs']} |")
     for name, (success, ms) in PUBLISHED.get(dataset, {}).items():
-        lines.append(f"| published: {name} | {success:.2f} | | {ms} | | | |")
+        lines.append(f"| published: {name} | {success:.2f} | | | {ms} | | | |")
+    for name, auc in PUBLISHED_AUC.get(dataset, {}).items():
+        lines.append(f"| published: {name} | | {auc:.2f} | | | | | |")
+    return "\n".join(lines)
+
+
+def subset_table(results: list[dict]) -> str:
+    """Every method on the pairs that the method answering fewest pairs answered (a slow method run
+    with ``--every``, or stopped by ``--max-seconds``), so that it is compared on equal terms; ``""``
+    when every method answered the same pairs."""
+    from matchenv.metrics import success_auc, success_rate
+
+    answered = [r for r in results if r["pairs"] and r.get("pair_indices")]
+    if not answered:
+        return ""
+    fewest = min(answered, key=lambda r: r["pairs"])
+    common = set(fewest["pair_indices"])
+    if all(set(r["pair_indices"]) == common for r in answered):
+        return ""
+    lines = [f"On the {len(common)} pairs that {fewest['method']} answered:", "",
+             "| method | success (IoU>0.5) | AUC | pairs |", "|---|---:|---:|---:|"]
+    rows = []
+    for r in answered:
+        ious = [v for i, v in zip(r["pair_indices"], r["ious"]) if i in common]
+        if len(ious) == len(common):  # a method stopped earlier has no answer on some of them
+            rows.append((success_rate(ious), success_auc(ious), r["method"], len(ious)))
+    for success, auc, name, n in sorted(rows, key=lambda row: (-row[0], -row[1])):
+        lines.append(f"| {name} | {success:.3f} | {auc:.3f} | {n} |")
     return "\n".join(lines)
 
 
@@ -572,7 +638,11 @@ def main() -> None:
                              "[,candidates=N][,accept=F|none] (the CoarseToFineSearcher options of that name), or "
                              "look:<name or look.pt>[,smallest=F][,largest=F][,candidates=N][,closer_gap=F] (the "
                              "LookSearcher options of that name), or look-agent:<name or look_agent.pt>"
-                             "[,smallest=F][,largest=F] (the photograph agent), to include (repeatable)")
+                             "[,smallest=F][,largest=F] (the photograph agent), or photo-search:<name or "
+                             "photo_search.pt>[,windows=N] (the photograph searcher), to include (repeatable)")
+    parser.add_argument("--every", action="append", default=[], metavar="METHOD=K",
+                        help="a slow method answers every K-th pair only (e.g. ddis=4: pairs 0, 4, 8, ...); the "
+                             "outputs then add a table of every method on those pairs (repeatable)")
     parser.add_argument("--features-checkpoint", default=None, help="agent checkpoint whose CNN QATM/embedding use")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time budget per method (and size)")
     parser.add_argument("--scaling", action="store_true", help="run the cost-versus-reference-size benchmark")
@@ -584,6 +654,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.first_pair < 0:
         parser.error(f"--first-pair must be >= 0 (an index into the test split), got {args.first_pair}")
+    every: dict[str, int] = {}
+    for item in args.every:
+        method, _, k = item.partition("=")
+        if not method or not k.isdigit() or int(k) < 1:
+            parser.error(f"--every takes METHOD=K with K a whole number >= 1 (e.g. ddis=4), got {item!r}")
+        every[method] = int(k)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -595,15 +671,17 @@ def main() -> None:
         saved = json.loads((out / "results.json").read_text())
         plot_accuracy(saved["results"], out / "accuracy_vs_time.png", f"{saved['dataset']}: success vs time per query",
                       saved["dataset"])
-        (out / "results.md").write_text(f"{saved['dataset']}; {saved['machine']}\n\n{accuracy_table(saved['results'], saved['dataset'])}\n")
+        subset = subset_table(saved["results"])
+        (out / "results.md").write_text(f"{saved['dataset']}; {saved['machine']}\n\n{accuracy_table(saved['results'], saved['dataset'])}\n"
+                                        + (f"\n{subset}\n" if subset else ""))
         return
     for agent in args.agent:
-        if agent.startswith(("look:", "pretrained:", "look-agent:")):
+        if agent.startswith(("look:", "pretrained:", "look-agent:", "photo-search:")):
             try:  # a bad name, option or range: one clear line here, not a worker's traceback (loads in ~1 s)
                 AgentMatcher(agent)
             except (ValueError, OSError) as err:
                 parser.error(f"--agent {agent}: {err}")
-    plain_agents = [a for a in args.agent if not a.startswith(("coarse-to-fine:", "look:", "look-agent:"))]
+    plain_agents = [a for a in args.agent if not a.startswith(("coarse-to-fine:", "look:", "look-agent:", "photo-search:"))]
     features_checkpoint = args.features_checkpoint or (plain_agents[0] if plain_agents else None)
     if features_checkpoint and features_checkpoint.startswith("pretrained:"):
         from agents.pretrained import pretrained_path
@@ -631,7 +709,7 @@ def main() -> None:
         results = []
         for method in methods:
             job = dict(method=method, dataset=args.dataset, pairs=args.pairs, first_pair=args.first_pair, warmup=args.warmup,
-                       dataset_kwargs=extra,
+                       dataset_kwargs=extra, every=every.get(method, 1),
                        features_checkpoint=features_checkpoint, max_seconds_total=args.max_seconds)
             result = in_own_process(job)
             if not result["pairs"]:
@@ -643,6 +721,9 @@ def main() -> None:
         gauge["end"] = speed_gauge_ms()
         setting = f"{machine}; {gauge_note(gauge)}"
         table = accuracy_table(results, args.dataset)
+        subset = subset_table(results)
+        if subset:
+            table = f"{table}\n\n{subset}"
         print(f"\n{args.dataset}, test pairs {args.first_pair}-{args.first_pair + args.pairs - 1}; {setting}\n\n{table}")
         (out / "results.json").write_text(json.dumps({"dataset": args.dataset, "first_pair": args.first_pair, "machine": machine, "speed_gauge_ms": gauge,
                                                       "speed_gauge": SPEED_GAUGE, "results": results}, indent=2))

@@ -56,7 +56,7 @@ from agents.look_agent import (
 from agents.model_files import write_model_file
 from agents.multiscale_look import LookSearcher
 from agents.searcher import prepare_image
-from matchenv.datasets import make_dataset
+from matchenv.datasets import EVALUATION_ONLY, make_dataset
 from matchenv.datasets.base import PairDataset
 from matchenv.datasets.logos import find_flickrlogos27
 from matchenv.geometry import iou
@@ -204,6 +204,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.dataset in EVALUATION_ONLY:
+        parser.error(f"--dataset {args.dataset} is for evaluation and model selection only, never for training")
     if args.dataset == "SelfSupervisedPhotos":
         dataset_kwargs.setdefault("images", args.images or str(find_flickrlogos27() / "flickr_logos_27_dataset_images"))
         dataset_kwargs.setdefault("test_size", args.eval_first + args.eval_pairs)

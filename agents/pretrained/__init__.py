@@ -161,13 +161,25 @@ LOOK_AGENTS: dict[str, PretrainedLook] = {
 }
 
 
+#: Name -> shipped photograph searcher (agents/photo_search.py: a first look with ImageNet-initialised
+#: features, then windows compared by a verifier). ``PhotoSearcher.from_pretrained(name)`` loads one.
+PHOTO_SEARCHERS: dict[str, PretrainedLook] = {
+    "photo": PretrainedLook(
+        "photo_search.pt",
+        "a template cut from one photograph found in another photograph of the same scene (colour; the "
+        "target about the template's size): trained without labels on two-view pairs of BSDS500's and "
+        "FlickrLogos-27's training photographs, checkpoints chosen on KTM's real pairs",
+        "python train/photo_search.py --images <BSDS500 folder>/images --seed 1",
+    ),
+}
+
+
 #: Agent names users may expect from ``TemplateSearcher.from_pretrained`` but that live elsewhere, and why.
 NOT_SHIPPED: dict[str, str] = {
-    "photo": "the photograph agent is not a TemplateSearcher agent: it searches with the learned look's features "
-    "(a pixel-level siamese CNN trained from scratch by self-supervised reinforcement learning did not learn to "
-    "localise, about 0.01 test success; README 'Photographs'). Load it with "
-    "agents.look_agent.LookAgentSearcher.from_pretrained('photo'), or the learned look it searches with, "
-    "agents.multiscale_look.LookSearcher.from_pretrained('photo') (as accurate, faster); for logos use 'flickrlogos27'",
+    "photo": "the photograph searcher is not a TemplateSearcher agent: it compares windows with ImageNet-initialised "
+    "features (a pixel-level siamese CNN trained from scratch by self-supervised reinforcement learning did not learn "
+    "to localise, about 0.01 test success). Load it with agents.photo_search.PhotoSearcher.from_pretrained('photo'); "
+    "for logos use 'flickrlogos27'",
 }
 
 
@@ -235,6 +247,15 @@ def look_agent_path(name: str) -> Path:
     :raises FileNotFoundError: if the file is missing from this installation.
     """
     return _shipped_file("photograph agent", name, LOOK_AGENTS)
+
+
+def photo_search_path(name: str) -> Path:
+    """The file of the shipped photograph searcher ``name`` (see :data:`PHOTO_SEARCHERS`).
+
+    :raises ValueError: for an unknown name (the message lists the shipped ones).
+    :raises FileNotFoundError: if the file is missing from this installation.
+    """
+    return _shipped_file("photograph searcher", name, PHOTO_SEARCHERS)
 
 
 def export_for_inference(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.PathLike[str]"]) -> Path:

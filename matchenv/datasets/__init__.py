@@ -12,19 +12,26 @@ from matchenv.datasets.appearance import AppearanceChange
 from matchenv.datasets.base import PairDataset, PairListDataset, SearchPair
 from matchenv.datasets.logos import FlickrLogos27, FlickrLogos32
 from matchenv.datasets.noisy_mnist import ClutteredMNIST, MixedMNIST, NoisyMNIST, TranslatedMNIST
-from matchenv.datasets.pair_files import ManifestPairs, TemplateTargetPairs
+from matchenv.datasets.pair_files import KTM, ManifestPairs, TemplateTargetPairs
 from matchenv.datasets.self_supervised import SelfSupervisedPhotos
+from matchenv.datasets.two_views import TwoViewPhotos, ViewChange
 
 DATASETS: dict[str, type[PairDataset]] = {
     "TranslatedMNIST": TranslatedMNIST,
     "ClutteredMNIST": ClutteredMNIST,
     "MixedMNIST": MixedMNIST,
     "SelfSupervisedPhotos": SelfSupervisedPhotos,
+    "TwoViewPhotos": TwoViewPhotos,
     "FlickrLogos27": FlickrLogos27,
     "FlickrLogos32": FlickrLogos32,
     "TemplateTargetPairs": TemplateTargetPairs,
+    "KTM": KTM,
     "ManifestPairs": ManifestPairs,
 }
+
+
+#: Datasets to evaluate and choose models on, never to train on (real pairs kept for judging).
+EVALUATION_ONLY: tuple[str, ...] = ("KTM",)
 
 
 def make_dataset(name: str, **kwargs: Any) -> PairDataset:
@@ -45,9 +52,11 @@ def make_dataset(name: str, **kwargs: Any) -> PairDataset:
 __all__ = [
     "AppearanceChange",
     "DATASETS",
+    "EVALUATION_ONLY",
     "ClutteredMNIST",
     "FlickrLogos27",
     "FlickrLogos32",
+    "KTM",
     "ManifestPairs",
     "MixedMNIST",
     "NoisyMNIST",
@@ -57,5 +66,7 @@ __all__ = [
     "SelfSupervisedPhotos",
     "TemplateTargetPairs",
     "TranslatedMNIST",
+    "TwoViewPhotos",
+    "ViewChange",
     "make_dataset",
 ]

@@ -36,6 +36,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from typing import Optional
 import numpy as np
 
 from matchenv.datasets.appearance import AppearanceChange
-from matchenv.datasets.base import SPLITS, SearchPair
+from matchenv.datasets.base import SPLITS, SearchPair, check_split
 from matchenv.datasets.downloads import fetch, find_data_folder, safe_extract_tar
 from matchenv.datasets.mnist_files import default_cache_dir
 from matchenv.datasets.photos import (
@@ -53,6 +54,7 @@ from matchenv.datasets.photos import (
     DEFAULT_MIN_TARGET_SIDE,
     DEFAULT_PHOTO_QUERY_SIZE,
     DEFAULT_PHOTO_SCALE_RANGE,
+    AnnotationWarning,
     DatasetFilesError,
     PathLike,
     PhotoFilesDataset,
@@ -614,6 +616,21 @@ class FlickrLogos27(LogoPairDataset):
         for group in groups:
             split[side[group.image.name]].append(group)
         return split
+
+
+def flickrlogos27_photos(split: str = "train", root: Optional[PathLike] = None, download: Optional[bool] = None,
+                         test_seed: int = 0) -> list[Path]:
+    """The photographs of one side of :class:`FlickrLogos27`'s train/test split (sorted), e.g. to
+    train a photograph searcher without labels on the ``train`` side and keep the logo benchmark's
+    test photographs unseen.
+
+    :raises DatasetFilesError: if FlickrLogos-27 is not found (see :func:`find_flickrlogos27`).
+    """
+    check_split(split)
+    with warnings.catch_warnings():  # the annotations it skips do not matter for the photographs
+        warnings.simplefilter("ignore", AnnotationWarning)
+        dataset = FlickrLogos27(root=root, download=download, test_seed=test_seed, augment=False)
+    return sorted({group.image for group in dataset.groups(split)})
 
 
 # ============================================================================= FlickrLogos-32

@@ -47,6 +47,9 @@ from matchenv.datasets.photos import (
     xywh_to_xyxy,
 )
 
+#: Window scales around a template-sized nominal window (real pairs: the target's side is
+#: 0.8-1.2x the template's in 80% of KTM's pairs, 0.24-2.2x at the extremes).
+TEMPLATE_SIZED_SCALE_RANGE = (0.5, 2.0)
 #: Image file extensions recognised in a pair folder (lower case, without the dot).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
 
@@ -157,6 +160,33 @@ class ListedPairsDataset(PhotoFilesDataset):
 # may itself contain underscores ("_(\d+)\." anchors the frame number at the end).
 _BBS_NAME = re.compile(r"^pair(?P<k>\d+)_frm(?P<frm>[12])_(?P<seq>.+?)_(?P<frame>\d+)\.(?P<ext>[A-Za-z]+)$")
 
+@dataclass(frozen=True)
+class PairSetSource:
+    """Where a public set of template/target pairs in the BBS file format is found or fetched.
+
+    :param dataset: the dataset's name, for messages.
+    :param urls_attr: name of the module constant listing the archive URLs, tried in order (read
+        when called, so that tests can point it at local ``file://`` archives).
+    :param env_var: environment variable naming a folder that holds the pair files.
+    :param cache_name: sub-folder of :func:`~matchenv.datasets.mnist_files.default_cache_dir`
+        where the pair files are kept, flat, once downloaded.
+    :param archive_data: where the archive keeps the pairs, relative to the folder it is unpacked in.
+    """
+
+    dataset: str
+    urls_attr: str
+    env_var: str
+    cache_name: str
+    archive_data: Path
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(globals()[self.urls_attr])
+
+    def cache_dir(self) -> Path:
+        return default_cache_dir() / self.cache_name
+
+
 #: The public release of the BBS paper (MATLAB code and the 105 pairs in ``.../data/``), tried in
 #: order. A module constant so that tests can point it at local ``file://`` archives.
 BBS_PAIRS_URLS: tuple[str, ...] = (
@@ -167,11 +197,20 @@ BBS_PAIRS_URLS: tuple[str, ...] = (
 BBS_PAIRS_ENV = "MATCHENV_BBS_PAIRS"
 #: Where the release keeps the pairs, relative to the folder it is unpacked in.
 BBS_RELEASE_DATA = Path("BBS_code_and_data_release_v1.0") / "data"
+BBS_SOURCE = PairSetSource("TemplateTargetPairs", "BBS_PAIRS_URLS", BBS_PAIRS_ENV, "bbs_pairs", BBS_RELEASE_DATA)
+
+#: The KTM set as published with Deep-DIM (Gao & Spratling, 2021): the authors' repository at a
+#: fixed commit, whose ``KTMdata/`` folder holds the 200 pairs (research use; no licence file).
+KTM_COMMIT = "d200a923b86af1ae9fd33c4197663698b7d4fda2"
+KTM_URLS: tuple[str, ...] = (f"https://github.com/iminfine/Deep-DIM/archive/{KTM_COMMIT}.zip",)
+#: Environment variable naming a folder that holds the KTM pair files.
+KTM_ENV = "MATCHENV_KTM"
+KTM_SOURCE = PairSetSource("KTM", "KTM_URLS", KTM_ENV, "ktm", Path(f"Deep-DIM-{KTM_COMMIT}") / "KTMdata")
 
 
 def bbs_pairs_cache_dir() -> Path:
     """``<default_cache_dir()>/bbs_pairs``: the pair files, flat, once downloaded."""
-    return default_cache_dir() / "bbs_pairs"
+    return BBS_SOURCE.cache_dir()
 
 
 def find_bbs_pairs(root: Optional[PathLike] = None, download: Optional[bool] = None) -> Path:
@@ -189,67 +228,85 @@ def find_bbs_pairs(root: Optional[PathLike] = None, download: Optional[bool] = N
 
     :raises DatasetFilesError: if no source has the pairs; the message lists the ways to provide them.
     """
-    cache = bbs_pairs_cache_dir()
+    return find_pair_set(BBS_SOURCE, root, download)
+
+
+def find_pair_set(source: PairSetSource, root: Optional[PathLike] = None, download: Optional[bool] = None) -> Path:
+    """The folder holding ``source``'s pair files: ``root``, ``$<source.env_var>``, the cache, or a
+    download (see :func:`find_bbs_pairs`, which is this for the BBS set).
+
+    :raises DatasetFilesError: if no source has the pairs; the message lists the ways to provide them.
+    """
+    cache = source.cache_dir()
     return find_data_folder(
-        root=root, root_origin="the path argument", env_var=BBS_PAIRS_ENV, required=_bbs_required,
-        cached=lambda: cache if _has_bbs_files(cache) else None, download_into_cache=lambda: download_bbs_pairs(cache),
-        download=download, help_text=lambda why: _bbs_help(cache, f"The pairs were not found and {why}."),
+        root=root, root_origin="the path argument", env_var=source.env_var,
+        required=lambda folder, origin: _pairs_required(source, folder, origin),
+        cached=lambda: cache if _has_pair_files(cache) else None,
+        download_into_cache=lambda: download_pair_set(source, cache),
+        download=download, help_text=lambda why: _pairs_help(source, cache, f"The pairs were not found and {why}."),
     )
 
 
-def _bbs_help(cache: Path, why: str) -> str:
+def _pairs_help(source: PairSetSource, cache: Path, why: str) -> str:
     return (
-        f"TemplateTargetPairs: {why} Provide them in one of three ways: (1) pass path=<folder with the pair*_frm* "
-        f"files>; (2) set {BBS_PAIRS_ENV}=<that folder>; (3) let matchenv download {BBS_PAIRS_URLS[0]} into the "
+        f"{source.dataset}: {why} Provide them in one of three ways: (1) pass path=<folder with the pair*_frm* "
+        f"files>; (2) set {source.env_var}=<that folder>; (3) let matchenv download {source.urls[0]} into the "
         f"cache {cache} (download=True, or unset MATCHENV_OFFLINE), or unzip it yourself and copy "
-        f"{BBS_RELEASE_DATA.as_posix()}/* there."
+        f"{source.archive_data.as_posix()}/* there."
     )
 
 
-def _has_bbs_files(folder: Path) -> bool:
+def _has_pair_files(folder: Path) -> bool:
     return folder.is_dir() and any(_BBS_NAME.match(f.name) for f in folder.iterdir())
 
 
-def _bbs_required(root: Path, origin: str) -> Path:
+def _pairs_required(source: PairSetSource, root: Path, origin: str) -> Path:
     root = root.expanduser()
     if not root.is_dir():
-        raise DatasetFilesError(f"TemplateTargetPairs: pair folder {root} (from {origin}) does not exist or is not a folder")
-    for candidate in (root, root / "data", root / BBS_RELEASE_DATA):
-        if _has_bbs_files(candidate):
+        raise DatasetFilesError(f"{source.dataset}: pair folder {root} (from {origin}) does not exist or is not a folder")
+    for candidate in (root, root / "data", root / source.archive_data.name, root / source.archive_data):
+        if _has_pair_files(candidate):
             return candidate
     raise DatasetFilesError(
-        f"TemplateTargetPairs: no pair files in {root} (from {origin}), nor in its data/ or "
-        f"{BBS_RELEASE_DATA.as_posix()}/: expected names like pair0001_frm1_<seq>_<frame>.jpg, "
-        "pair0001_frm1_<seq>_<frame>.txt and pair0001_frm2_<seq>_<frame>.jpg"
+        f"{source.dataset}: no pair files in {root} (from {origin}), nor in its data/, "
+        f"{source.archive_data.name}/ or {source.archive_data.as_posix()}/: expected names like "
+        "pair0001_frm1_<seq>_<frame>.jpg, pair0001_frm1_<seq>_<frame>.txt and pair0001_frm2_<seq>_<frame>.jpg"
     )
 
 
 def download_bbs_pairs(cache: Optional[PathLike] = None, urls: Optional[Sequence[str]] = None) -> Path:
-    """Download the BBS release and keep its pair files (flat) in ``cache``; return ``cache``.
+    """Download the BBS release and keep its pair files (flat) in ``cache``; return ``cache``
+    (:func:`download_pair_set` for the BBS set; ``cache`` defaults to :func:`bbs_pairs_cache_dir`)."""
+    return download_pair_set(BBS_SOURCE, cache, urls)
+
+
+def download_pair_set(source: PairSetSource, cache: Optional[PathLike] = None,
+                      urls: Optional[Sequence[str]] = None) -> Path:
+    """Download ``source``'s archive and keep its pair files (flat) in ``cache``; return ``cache``.
 
     The archive is written next to the cache and unpacked into a temporary folder that replaces the
     cache only when complete, so an interrupted download never looks like data. Only files named
     like pair files are kept, each by its base name, so no archive member can land elsewhere.
 
-    :param cache: destination; default :func:`bbs_pairs_cache_dir`.
-    :param urls: tried in order until one gives an archive with pair files; default
-        :data:`BBS_PAIRS_URLS` (read when called, so tests can patch it).
+    :param cache: destination; default ``source.cache_dir()``.
+    :param urls: tried in order until one gives an archive with pair files; default ``source.urls``.
     :raises OSError: if no URL gives a usable archive; the message names each URL's problem.
     """
-    cache = Path(cache) if cache is not None else bbs_pairs_cache_dir()
-    urls = tuple(urls) if urls is not None else BBS_PAIRS_URLS
+    cache = Path(cache) if cache is not None else source.cache_dir()
+    urls = tuple(urls) if urls is not None else source.urls
     cache.parent.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
+    prefix = f".{source.cache_name}."
     for url in urls:
-        fd, part = tempfile.mkstemp(prefix=".bbs_pairs.", suffix=".zip.part", dir=cache.parent)
+        fd, part = tempfile.mkstemp(prefix=prefix, suffix=".zip.part", dir=cache.parent)
         archive = Path(part)
-        work = Path(tempfile.mkdtemp(prefix=".bbs_pairs.extract-", dir=cache.parent))
+        work = Path(tempfile.mkdtemp(prefix=f"{prefix}extract-", dir=cache.parent))
         try:
             with os.fdopen(fd, "wb") as out:
-                fetch(url, out, "BBS pairs")
+                fetch(url, out, f"{source.dataset} pairs")
             if not extract_zip_files(archive, work, lambda name: bool(_BBS_NAME.match(name))):
                 raise ValueError("the archive has no pair files (pair0001_frm1_<seq>_<frame>.jpg, ...)")
-            if not _has_bbs_files(cache):  # else another process completed the same download meanwhile
+            if not _has_pair_files(cache):  # else another process completed the same download meanwhile
                 if cache.exists():  # an incomplete earlier copy
                     shutil.rmtree(cache)
                 os.replace(work, cache)
@@ -259,7 +316,7 @@ def download_bbs_pairs(cache: Optional[PathLike] = None, urls: Optional[Sequence
         finally:
             archive.unlink(missing_ok=True)
             shutil.rmtree(work, ignore_errors=True)
-    raise OSError("; ".join(failures) or "no URL to download the BBS pairs from")
+    raise OSError("; ".join(failures) or f"no URL to download the {source.dataset} pairs from")
 
 
 def read_bbs_box(path: PathLike) -> np.ndarray:
@@ -317,6 +374,9 @@ class TemplateTargetPairs(ListedPairsDataset):
         ``MATCHENV_OFFLINE=1``).
     """
 
+    #: Where the public set is found or fetched when ``path`` is not given.
+    source: PairSetSource = BBS_SOURCE
+
     def __init__(
         self,
         path: Optional[PathLike] = None,
@@ -329,7 +389,7 @@ class TemplateTargetPairs(ListedPairsDataset):
         download: Optional[bool] = None,
     ) -> None:
         super().__init__(query_size, max_side, scale_range, test_seed, min_target_side, cache_images)
-        self.path = find_bbs_pairs(path, download)
+        self.path = find_pair_set(self.source, path, download)
         skipped = SkippedItems()
         specs = []
         for spec in self._discover():
@@ -356,21 +416,22 @@ class TemplateTargetPairs(ListedPairsDataset):
         return [self._pair_spec(k, files[k]) for k in sorted(files)]
 
     def _pair_spec(self, k: int, entries: list[tuple[re.Match, Path]]) -> PairSpec:
+        # The pairing rule that serves BBS and KTM alike: two frames per pair, the template frame
+        # first in (frm, frame number) order (frm1 before frm2; where both are named frm1, as in
+        # three KTM pairs, the earlier frame), and each frame's box file the one with its frame number.
         name = f"pair{k:04d}"
-        images = {
-            frm: [(m, f) for m, f in entries if m["frm"] == frm and m["ext"].lower() in IMAGE_EXTENSIONS]
-            for frm in "12"
-        }
+        images = sorted(((m, f) for m, f in entries if m["ext"].lower() in IMAGE_EXTENSIONS),
+                        key=lambda mf: (mf[0]["frm"], int(mf[0]["frame"])))
         boxes = [(m, f) for m, f in entries if m["ext"].lower() == "txt"]
-        for frm, role in (("1", "template"), ("2", "target")):
-            if len(images[frm]) != 1:
-                found = ", ".join(f.name for _, f in images[frm]) or "none"
-                raise DatasetFilesError(
-                    f"{self.name}: {name} needs exactly one {role} frame {name}_frm{frm}_<seq>_<frame>.jpg "
-                    f"in {self.path}, "
-                    f"found {len(images[frm])} ({found})"
-                )
-        (m1, template_image), (m2, target_image) = images["1"][0], images["2"][0]
+        targets = [(m, f) for m, f in images if m["frm"] == "2"]
+        if len(targets) > 1 or len(images) != 2:
+            listed, role = (targets, "one target frame") if len(targets) > 1 else (images, "two frames, template and target,")
+            found = ", ".join(f.name for _, f in listed) or "none"
+            raise DatasetFilesError(
+                f"{self.name}: {name} needs exactly {role} {name}_frm<1|2>_<seq>_<frame>.jpg "
+                f"in {self.path}, found {len(listed)} ({found})"
+            )
+        (m1, template_image), (m2, target_image) = images
         f, g = int(m1["frame"]), int(m2["frame"])
         if f == g:
             raise ValueError(
@@ -382,15 +443,55 @@ class TemplateTargetPairs(ListedPairsDataset):
             found = [file for m, file in boxes if int(m["frame"]) == frame and (m["frm"] == "1" or role == "target")]
             if len(found) != 1:
                 what = "missing" if not found else f"ambiguous ({', '.join(p.name for p in found)})"
-                raise DatasetFilesError(f"{self.name}: {name}'s {role} box file {names} is {what} in {self.path}")
+                also = " (frm2 in the name is accepted too)" if role == "target" else ""
+                raise DatasetFilesError(f"{self.name}: {name}'s {role} box file {names} is {what} in {self.path}{also}")
             return found[0]
 
-        seq = m1["seq"]
-        template_txt = box_file(f, "template", f"{name}_frm1_{seq}_{m1['frame']}.txt")
+        template_txt = box_file(f, "template", f"{name}_frm1_{m1['seq']}_{m1['frame']}.txt")
         target_txt = box_file(g, "target", f"{name}_frm1_{m2['seq']}_{m2['frame']}.txt")
         return PairSpec(
             name, target_image, read_bbs_box(target_txt), template_image, read_bbs_box(template_txt), label=None
         )
+
+
+class KTM(TemplateTargetPairs):
+    """KTM: 200 real template/target pairs from 40 tracking videos (Gao & Spratling, "Robust
+    Template Matching via Hierarchical Convolutional Features from a Shape Biased CNN", 2021).
+
+    Each pair is a template (an object's box in one frame) and the same object 30 frames later,
+    moved, turned, deformed, partly occluded or lit differently: the template matching users meet.
+    The files follow the BBS format (:class:`TemplateTargetPairs`, whose pairing rule also serves
+    KTM's three pairs whose target frame is named ``frm1``); boxes are 1-based ``x,y,w,h``.
+
+    An **evaluation set**: use it to measure and to choose, never to train on. By default frames
+    are used as given (``max_side=None``; 320x240 to 640x480) and the agent's nominal window is
+    the template's own size (the target's side is 0.8-1.2x the template's in 80% of the pairs).
+
+    The set is found with :func:`find_pair_set`: ``path``, ``$MATCHENV_KTM``, the cache, or a
+    download of the authors' repository (:data:`KTM_URLS`, 7.6 MB of pairs kept; research use).
+
+    :param path: the folder with the pair files (or a Deep-DIM checkout holding them in ``KTMdata/``).
+    :param max_side: working size (longest side); ``None``: frames as given.
+    :param scale_range: window scales the agent may choose around the template's size.
+    Other parameters as :class:`TemplateTargetPairs`.
+    """
+
+    source = KTM_SOURCE
+    template_sized_window = True
+    window_fraction = None  # the window is the template's size, not a fraction of the reference
+
+    def __init__(
+        self,
+        path: Optional[PathLike] = None,
+        query_size: tuple[int, int] = DEFAULT_PHOTO_QUERY_SIZE,
+        max_side: Optional[int] = None,
+        scale_range: tuple[float, float] = TEMPLATE_SIZED_SCALE_RANGE,
+        test_seed: int = 0,
+        min_target_side: float = 0.0,
+        cache_images: bool = True,
+        download: Optional[bool] = None,
+    ) -> None:
+        super().__init__(path, query_size, max_side, scale_range, test_seed, min_target_side, cache_images, download)
 
 
 # ============================================================================= user manifest

@@ -162,6 +162,7 @@ def make_photo_pair(
     label: Any = None,
     meta: Optional[dict[str, Any]] = None,
     distractor_boxes: Optional[np.ndarray] = None,
+    template_sized_window: bool = False,
 ) -> SearchPair:
     """A :class:`SearchPair` for photographs: query = ``template`` letterboxed to ``query_size``.
 
@@ -172,6 +173,8 @@ def make_photo_pair(
     :param template: ``(h, w, 3)`` uint8 crop (working pixels of its source image).
     :param reference: ``(H, W, 3)`` uint8 reference at working size.
     :param target_box: ``(x0, y0, x1, y1)`` in ``reference`` pixels.
+    :param template_sized_window: the nominal window is the template's own size (real pairs of two
+        views of one scene), not :func:`nominal_window` (a query that says nothing of the target's size).
     """
     fit = min(1.0, reference.shape[0] / template.shape[0], reference.shape[1] / template.shape[1])
     if fit < 1.0:
@@ -185,7 +188,8 @@ def make_photo_pair(
         label=label,
         meta=dict(meta or {}),
         template=template,
-        window_size=nominal_window(template.shape, reference.shape),
+        window_size=(tuple(float(v) for v in template.shape[:2]) if template_sized_window
+                     else nominal_window(template.shape, reference.shape)),
     )
 
 
@@ -200,6 +204,8 @@ class PhotoPairDataset(PairDataset):
     channels = 3
     letterbox = True
     window_fraction = WINDOW_FRACTION
+    #: Whether a pair's nominal window is its template's size (see :func:`make_photo_pair`).
+    template_sized_window = False
 
     def __init__(
         self,
@@ -416,4 +422,5 @@ class PhotoFilesDataset(PhotoPairDataset):
                 "other_instances": others,
             }
         )
-        return make_photo_pair(template, reference, target, self.query_size, label=label, meta=meta)
+        return make_photo_pair(template, reference, target, self.query_size, label=label, meta=meta,
+                               template_sized_window=self.template_sized_window)

@@ -112,12 +112,7 @@ class SelfSupervisedPhotos(PhotoPairDataset):
         self.region_side = _positive_range(region_side, "region_side", upper=1.0)
         self.aspect_range = _positive_range(aspect_range, "aspect_range")
         self.template_scale = _positive_range(template_scale, "template_scale")
-        reach = (self.scale_range[0] * WINDOW_FRACTION, self.scale_range[1] * WINDOW_FRACTION)
-        if not (reach[0] - 1e-9 <= self.region_side[0] and self.region_side[1] <= reach[1] + 1e-9):
-            raise ValueError(
-                f"region_side={region_side} makes targets the agent cannot size with scale_range={scale_range} "
-                f"(windows of {reach[0]:g} to {reach[1]:g} of the shorter side): keep region_side inside that"
-            )
+        self.check_reach()
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         if int(test_size) < 1:
@@ -139,6 +134,19 @@ class SelfSupervisedPhotos(PhotoPairDataset):
         self.train_indices, self.test_indices = self._split()
 
     # ------------------------------------------------------------------ construction
+    def check_reach(self) -> None:
+        """Every target size must be one the agent's windows can take: ``region_side`` inside
+        ``scale_range`` times the nominal window's :data:`WINDOW_FRACTION`.
+
+        :raises ValueError: naming both ranges.
+        """
+        reach = (self.scale_range[0] * WINDOW_FRACTION, self.scale_range[1] * WINDOW_FRACTION)
+        if not (reach[0] - 1e-9 <= self.region_side[0] and self.region_side[1] <= reach[1] + 1e-9):
+            raise ValueError(
+                f"region_side={self.region_side} makes targets the agent cannot size with scale_range={self.scale_range} "
+                f"(windows of {reach[0]:g} to {reach[1]:g} of the shorter side): keep region_side inside that"
+            )
+
     def _drop_small(self, sources: list[ImageSource], keys: list[str]) -> tuple[list[ImageSource], list[str]]:
         """Keep the images whose shorter side is at least :data:`MIN_IMAGE_SIDE` at working size."""
         kept_sources, kept_keys, small = [], [], []
@@ -157,12 +165,12 @@ class SelfSupervisedPhotos(PhotoPairDataset):
         where = f" after shrinking to max_side={self.max_side}" if self.max_side is not None else ""
         if not kept_sources:
             raise ValueError(
-                f"SelfSupervisedPhotos: all {len(sources)} images have a shorter side under {MIN_IMAGE_SIDE} px{where}, "
+                f"{self.name}: all {len(sources)} images have a shorter side under {MIN_IMAGE_SIDE} px{where}, "
                 f"too small to search in (e.g. {', '.join(small[:3])}); use larger images"
             )
         if small:
             warnings.warn(
-                f"SelfSupervisedPhotos: skipped {len(small)} of {len(sources)} images whose shorter side is under "
+                f"{self.name}: skipped {len(small)} of {len(sources)} images whose shorter side is under "
                 f"{MIN_IMAGE_SIDE} px{where}: {', '.join(small[:5])}{', ...' if len(small) > 5 else ''}",
                 stacklevel=3,
             )
