@@ -26,7 +26,8 @@ from render_multiscale_look import PANEL, boxed, label
 
 
 def cosine_panel(searcher: PhotoSearcher, template: np.ndarray, reference: np.ndarray, factor: float) -> np.ndarray:
-    """The first look's cosine map as a heat map over the reference, ``PANEL`` pixels high."""
+    """The first look's cosine map as a heat map over the reference, ``PANEL`` pixels high: each
+    position drawn at the centre of the window it scores (black where no window is centred)."""
     look = searcher.first_look(template, reference)
     small = lambda image: resized(image, (max(int(round(image.shape[0] * look.scale)), 1),  # noqa: E731
                                           max(int(round(image.shape[1] * look.scale)), 1)))
@@ -36,7 +37,15 @@ def cosine_panel(searcher: PhotoSearcher, template: np.ndarray, reference: np.nd
     heat = np.clip((scores - scores.min()) / max(float(np.ptp(scores)), 1e-6) * 255, 0, 255).astype(np.uint8)
     heat = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
     height, width = reference.shape[:2]
-    return cv2.resize(heat, (int(round(width * factor)), int(round(height * factor))), interpolation=cv2.INTER_NEAREST)
+    cell = searcher.net.look.stride / look.scale  # reference pixels per position
+    canvas = np.zeros((height, width, 3), np.uint8)
+    top, left = template.shape[0] // 2, template.shape[1] // 2
+    h = min(int(round(scores.shape[0] * cell)), height - top)
+    w = min(int(round(scores.shape[1] * cell)), width - left)
+    canvas[top:top + h, left:left + w] = cv2.resize(heat, (int(round(scores.shape[1] * cell)),
+                                                           int(round(scores.shape[0] * cell))),
+                                                    interpolation=cv2.INTER_NEAREST)[:h, :w]
+    return cv2.resize(canvas, (int(round(width * factor)), int(round(height * factor))), interpolation=cv2.INTER_NEAREST)
 
 
 def main() -> None:
@@ -59,9 +68,9 @@ def main() -> None:
                       + [(pair.target_box, (0, 255, 0), 2), (result.box, (255, 0, 0), 2)], factor)
         found = numbered(found, result.candidates, list(range(1, len(result.candidates) + 1)), (255, 255, 255), factor)
         rows.append(frame_strip([
-            label(query_panel, f"template {i}"),
+            label(query_panel, f"{i}"),
             label(found, f"{result.windows} compared; IoU {iou(result.box, pair.target_box):.2f}; score {result.score:.2f}"),
-            label(cosine_panel(searcher, pair.template, pair.reference, factor), "first look: cosine map")]))
+            label(cosine_panel(searcher, pair.template, pair.reference, factor), "first look: cosine map (at window centres)")]))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     print(save_frames([np.concatenate(rows)], args.out))

@@ -570,3 +570,20 @@ def test_subset_table_is_empty_when_every_method_answered_the_same_pairs():
     fewer = same + [{"method": "slow", "pairs": 1, "pair_indices": [1], "ious": [0.9]}]
     text = bench.subset_table(fewer)
     assert "On the 1 pairs that slow answered:" in text and "| slow | 1.000 |" in text and "| a | 0.000 |" in text
+
+
+def test_a_worker_reports_each_answer_as_it_goes_and_a_stopped_method_keeps_them():
+    import queue
+
+    bench = load_script("benchmark_matchers")
+    job = dict(method="ncc", dataset="TranslatedMNIST", pairs=4, warmup=0, dataset_kwargs={},
+               features_checkpoint=None, max_seconds_total=60.0)
+    progress = queue.Queue()
+    result = bench.run_method(job, progress)
+    messages = [progress.get_nowait() for _ in range(progress.qsize())]
+    assert messages[0][:2] == ("start", "ncc") and [m[0] for m in messages[1:]] == ["pair"] * 4
+    rows = [m[1:] for m in messages[1:]]
+    assert bench.method_result(job, "ncc", result["features"], rows) == result
+    stopped = bench.method_result(job, "bbs", None, rows[:2]) | {"stopped_after_s": 130.0}
+    table = bench.accuracy_table([stopped], "TranslatedMNIST")
+    assert "| bbs (stopped after 130 s) |" in table and "| 2 |" in table

@@ -15,9 +15,10 @@ What is measured, and how it is kept fair:
   is the **median** over the timed queries of one ``locate(query, reference)`` call (the table
   and the JSON also have the mean, which differs where a method's cost varies between queries);
 * "evaluated" is the number of windows or positions a method scores per query (median);
-* a method times queries until ``--max-seconds`` have passed; a worker still running two minutes
-  after that (one query slower than the whole budget) is stopped and reported as "no query
-  finished";
+* a method warms up and times queries until ``--max-seconds`` have passed (the warm-up stops at a
+  tenth of it); a worker still running two minutes after that (one query slower than the whole
+  budget) is stopped and reported as "no query finished"; a slow method can answer every k-th pair
+  only (``--every bbs=20``), and the outputs then compare every method on those pairs too;
 * a **speed gauge** (:func:`speed_gauge_ms`: a fixed OpenCV NCC, one thread, in a fresh
   process) is timed at the start and at the end of the run and written with the results: on a
   shared machine the same method's time moves by up to 40% between runs, so times from
@@ -401,60 +402,77 @@ def scaling_kwargs(dataset: str, size: int, extra: dict) -> dict:
     return canvas_kwargs(size, default_clutter_density(DATASETS[dataset]), extra)
 
 
-def run_method(job: dict[str, Any]) -> dict[str, Any]:
-    """Worker: time one method on the pairs (runs in a fresh process, single-threaded)."""
+def run_method(job: dict[str, Any], progress: Optional[Any] = None) -> dict[str, Any]:
+    """Worker: time one method on the pairs (runs in a fresh process, single-threaded).
+
+    :param progress: a queue that receives ``("start", name, features)`` once the method is built and
+        ``("pair", test index, IoU, seconds, evaluated)`` after every timed query, so that the
+        caller keeps the answers of a worker it has to stop (:func:`in_own_process`).
+    """
     import cv2
     import torch
 
     from matchenv.geometry import iou
-    from matchenv.metrics import success_auc, success_rate
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     pairs, data = make_pairs(job["dataset"], job["pairs"], job["dataset_kwargs"], job.get("first_pair", 0))
     method = make_method(job["method"], job["features_checkpoint"], data)
+    name, features = getattr(method, "name", job["method"]), getattr(method, "features", None)
+    if progress is not None:
+        progress.put(("start", name, features))
     # Photograph pairs: every method gets the template at its natural size (agents letterbox it).
-    warmup_deadline = time.perf_counter() + job["max_seconds_total"] / 10  # slow methods (BBS, DDIS) warm up once
+    # The warm-up counts in the budget, so a worker ends about one query after max_seconds_total.
+    started = time.perf_counter()
     for pair in pairs[: job["warmup"]]:
         method.locate(pair.matcher_query, pair.reference)
-        if time.perf_counter() > warmup_deadline:
+        if time.perf_counter() > started + job["max_seconds_total"] / 10:  # slow methods (BBS, DDIS) warm up once
             break
-    times, ious, evaluated, answered = [], [], [], []
-    deadline = time.perf_counter() + job["max_seconds_total"]
+    rows = []
+    deadline = started + job["max_seconds_total"]
     every = max(int(job.get("every", 1)), 1)  # a slow method answers every k-th pair (see --every)
     for index, pair in enumerate(pairs):
         if index % every:
             continue
-        answered.append(job.get("first_pair", 0) + index)
         start = time.perf_counter()
         result = method.locate(pair.matcher_query, pair.reference)
-        times.append(time.perf_counter() - start)
-        ious.append(iou(result.box, pair.target_box))
-        evaluated.append(result.evaluated)
+        row = (job.get("first_pair", 0) + index, iou(result.box, pair.target_box), time.perf_counter() - start,
+               result.evaluated)
+        rows.append(row)
+        if progress is not None:
+            progress.put(("pair", *row))
         if time.perf_counter() > deadline:
             break
-    ious_arr = np.asarray(ious)
+    return method_result(job, name, features, rows)
+
+
+def method_result(job: dict[str, Any], name: str, features: Optional[str], rows: list[tuple]) -> dict[str, Any]:
+    """One method's line of the results from its answered pairs ``(test index, IoU, seconds, evaluated)``."""
+    from matchenv.metrics import success_auc, success_rate
+
+    indices, ious, times, evaluated = (list(column) for column in zip(*rows))
     return {
-        "method": getattr(method, "name", job["method"]),
+        "method": name,
         "key": job["method"],
-        "pairs": len(times),
-        "success_rate": success_rate(ious_arr),
-        "auc": success_auc(ious_arr),
-        "mean_iou": float(np.mean(ious_arr)),
+        "pairs": len(rows),
+        "success_rate": success_rate(ious),
+        "auc": success_auc(ious),
+        "mean_iou": float(np.mean(ious)),
         "median_ms": 1000 * statistics.median(times),
         # searches whose cost varies per query (a look's second look runs on some) differ here
         "mean_ms": 1000 * statistics.fmean(times),
         "evaluated": int(statistics.median(evaluated)),
-        "features": getattr(method, "features", None),
+        "features": features,
         # per answered pair (test indices), so that methods can be compared on a common subset
-        "pair_indices": answered[: len(times)],
-        "ious": [float(v) for v in ious_arr],
+        "pair_indices": [int(i) for i in indices],
+        "ious": [float(v) for v in ious],
         "ms": [1000 * t for t in times],
     }
 
 
 #: seconds a worker may run beyond its method's ``max_seconds_total`` (loading data, warm-up)
-#: before it is stopped: a method whose single query outlasts that is reported as not finished.
+#: before it is stopped: a method whose single query outlasts that keeps the pairs it answered
+#: (or is reported as not finished).
 GRACE_SECONDS = 120.0
 
 
@@ -465,13 +483,52 @@ def in_fresh_process(worker, job: dict[str, Any], timeout: Optional[float] = Non
         return pool.apply_async(worker, (job,)).get(timeout=timeout)
 
 
-def in_own_process(job: dict[str, Any]) -> dict[str, Any]:
-    """:func:`run_method` in a fresh process, stopped after ``max_seconds_total`` + :data:`GRACE_SECONDS`."""
-    limit = job["max_seconds_total"] + GRACE_SECONDS
+def _reporting_worker(job: dict[str, Any], progress: Any) -> None:
+    """:func:`run_method` sending its answers, its result (``("done", result)``) or its error (``("error", text)``)."""
+    import traceback
+
     try:
-        return in_fresh_process(run_method, job, timeout=limit)
-    except mp.TimeoutError:
-        pass
+        progress.put(("done", run_method(job, progress)))
+    except Exception:  # noqa: BLE001  (the parent raises it with the worker's traceback)
+        progress.put(("error", traceback.format_exc()))
+
+
+def in_own_process(job: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_method` in a fresh process, stopped after ``max_seconds_total`` + :data:`GRACE_SECONDS`;
+    a stopped method keeps the pairs it answered (``stopped_after_s`` says it was stopped).
+
+    :raises RuntimeError: with the worker's traceback, if the method fails.
+    """
+    import queue
+
+    limit = job["max_seconds_total"] + GRACE_SECONDS
+    context = mp.get_context("spawn")
+    progress = context.Queue()
+    process = context.Process(target=_reporting_worker, args=(job, progress), daemon=True)
+    process.start()
+    ends = time.monotonic() + limit
+    name, features, rows = None, None, []
+    try:
+        while time.monotonic() < ends:
+            try:
+                message = progress.get(timeout=min(1.0, max(ends - time.monotonic(), 0.01)))
+            except queue.Empty:
+                if not process.is_alive():
+                    raise RuntimeError(f"the worker of {job['method']} died (exit code {process.exitcode})") from None
+                continue
+            if message[0] == "start":
+                name, features = message[1], message[2]
+            elif message[0] == "pair":
+                rows.append(message[1:])
+            elif message[0] == "done":
+                return message[1]
+            else:
+                raise RuntimeError(f"{job['method']} failed in its worker:\n{message[1]}")
+    finally:
+        process.terminate()
+        process.join()
+    if rows:
+        return method_result(job, name, features, rows) | {"stopped_after_s": limit}
     name = job["method"]
     if name.startswith("agent:"):
         name = agent_name(name.split(":", 1)[1])
@@ -489,7 +546,8 @@ def accuracy_table(results: list[dict], dataset: str) -> str:
         if not r["pairs"]:  # stopped before its first query finished (see in_own_process)
             lines.append(f"| {r['method']} | - | - | - | no query finished in {r['timed_out_after_s']:.0f} s | | | 0 |")
             continue
-        lines.append(f"| {r['method']} | {r['success_rate']:.3f} | {r.get('auc', float('nan')):.3f} | {r['mean_iou']:.2f} | "
+        name = r["method"] + (f" (stopped after {r['stopped_after_s']:.0f} s)" if r.get("stopped_after_s") else "")
+        lines.append(f"| {name} | {r['success_rate']:.3f} | {r.get('auc', float('nan')):.3f} | {r['mean_iou']:.2f} | "
                      f"{r['median_ms']:.2f} | {r.get('mean_ms', float('nan')):.2f} | {r['evaluated']} | {r['pairs']} |")
     for name, (success, ms) in PUBLISHED.get(dataset, {}).items():
         lines.append(f"| published: {name} | {success:.2f} | | | {ms} | | | |")

