@@ -1,5 +1,13 @@
 """matchenv: template matching learned as a search.
 
+Find a query in a reference with any shipped model or baseline (one result type, :class:`Match`)::
+
+    import matchenv
+
+    match = matchenv.locate(query, reference, model="photo")     # RGB uint8 arrays
+    print(match.box, match.score, match.found)                   # box: (x0, y0, x1, y1) pixels
+    matchenv.list_models()                                        # every name load() takes
+
 Importing the package registers the Gymnasium environments::
 
     import gymnasium as gym
@@ -15,6 +23,8 @@ from gymnasium.envs.registration import register, registry
 
 from matchenv.datasets import DATASETS, make_dataset
 from matchenv.envs import TemplateSearchEnv
+from matchenv.match import Match
+from matchenv.models import ModelInfo, Searcher, list_models, load, locate
 
 __version__ = "0.1.0"
 
@@ -39,4 +49,17 @@ def _register_envs() -> None:
 
 _register_envs()
 
-__all__ = ["DATASETS", "DOWNLOAD_ENV_IDS", "ENV_IDS", "TemplateSearchEnv", "__version__", "make_dataset"]
+__all__ = [
+    "DATASETS",
+    "DOWNLOAD_ENV_IDS",
+    "ENV_IDS",
+    "Match",
+    "ModelInfo",
+    "Searcher",
+    "TemplateSearchEnv",
+    "__version__",
+    "list_models",
+    "load",
+    "locate",
+    "make_dataset",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -348,3 +349,28 @@ def test_real_mnist() -> None:
     with np.load(mf.bundled_mnist_path()) as npz:
         np.testing.assert_array_equal(train.images[npz["train_indices"]], npz["train_images"])
         np.testing.assert_array_equal(test.labels[npz["test_indices"]], npz["test_labels"])
+
+
+def test_a_failed_download_is_not_retried_by_the_next_process_and_logs_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(mf, "MNIST_MIRRORS", ((tmp_path / "dead").as_uri() + "/",))
+    monkeypatch.delenv("MATCHENV_OFFLINE")
+    with caplog.at_level(logging.WARNING, logger="matchenv.datasets"):
+        assert mf.load_mnist("train").source.startswith("bundled subset")
+    assert len(caplog.records) == 1 and "the download failed" in caplog.records[0].getMessage()
+    mf._clear_caches()  # as a new process would start
+    caplog.clear()
+    fetched = []
+    monkeypatch.setattr(mf, "_download_file", lambda *args: fetched.append(args))
+    with caplog.at_level(logging.WARNING, logger="matchenv.datasets"):
+        assert mf.load_mnist("train").source.startswith("bundled subset")
+    assert fetched == []  # no second attempt
+    assert len(caplog.records) == 1 and "a download failed" in caplog.records[0].getMessage()
+    # after the retry interval it tries again
+    marker = tmp_path / "cache" / ".mnist-download-failed"
+    old = marker.stat().st_mtime - mf.RETRY_DOWNLOAD_AFTER_S - 1
+    os.utime(marker, (old, old))
+    mf._clear_caches()
+    mf.load_mnist("train")
+    assert fetched  # tried (the stub fetched nothing, so the bundled subset still serves)

@@ -180,3 +180,17 @@ def test_ktm_is_refused_for_training_and_taken_for_evaluation(tmp_path):
     check_ok(proc)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_pairs"] == 4  # KTM's fixture, not the manifest's test pairs
+
+
+def test_learn_shows_a_progress_bar():
+    """SB3's progress bar needs tqdm and rich: both are install requirements."""
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents import SearchRecurrentPPO
+
+    venv = DummyVecEnv([lambda: gym.make("TemplateSearch-TranslatedMNIST-v0")])
+    model = SearchRecurrentPPO("SearchLstmPolicy", venv, n_steps=16, batch_size=16, n_epochs=1, device="cpu", seed=0,
+                               policy_kwargs=dict(lstm_hidden_size=16))
+    model.learn(total_timesteps=16, progress_bar=True)
+    assert model.num_timesteps == 16

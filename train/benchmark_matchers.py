@@ -176,6 +176,8 @@ def make_method(name: str, features_checkpoint: Optional[str], data: "PairDatase
     scale_range = data.scale_range
     if name.startswith("agent:"):
         return AgentMatcher(name.split(":", 1)[1])
+    if name.startswith("load:"):
+        return LoadedModel(name.split(":", 1)[1])
     if name in FEATURE_METHODS:
         return make_matcher(name, checkpoint=features_checkpoint)
     if name == "qatm-imagenet":
@@ -285,6 +287,24 @@ def agent_name(checkpoint: str) -> str:
         spec = "/".join(Path(spec).parts[-2:])
     kind = {"look:": "learned look", "look-agent:": "photograph agent", "photo-search:": "photograph search"}.get(prefix, "agent")
     return f"{kind} ({prefix}{spec}{options})"
+
+
+class LoadedModel:
+    """``load:<name>``: any model as a user gets it, ``matchenv.load(name)`` (one thread), behind the
+    matcher interface; with ``train/compare_speed.py`` it times the public API against the class it wraps."""
+
+    def __init__(self, name: str) -> None:
+        import matchenv
+
+        self.searcher = matchenv.load(name)
+        self.name = f"matchenv.load({name!r})"
+        self.features = f"{self.searcher.kind} through matchenv.load"
+
+    def locate(self, query: np.ndarray, reference: np.ndarray):
+        from agents.baselines.base import MatchResult
+
+        match = self.searcher.locate(query, reference)
+        return MatchResult(box=match.box, score=match.score, evaluated=match.evaluated)
 
 
 class AgentMatcher:

@@ -286,7 +286,7 @@ class _Source:
 _lock = threading.RLock()
 _digits_cache: dict[tuple[Any, ...], MNISTDigits] = {}
 _resolved_cache: dict[tuple[Any, ...], _Source] = {}
-_download_failed = False
+_download_failed: Union[bool, str] = False  # False, or why the download failed
 _warned_bundled = False
 
 
@@ -361,20 +361,22 @@ def _resolve_uncached(
         logger.info("Using MNIST from the cache %s", folder)
         return _Source(folder.resolve(), files)
 
+    why = "downloading is disabled (download=False or MATCHENV_OFFLINE=1)"
     if allow_download:
-        if _try_download(cache):
-            folder, files, _ = _find_mnist_folder(cache)
-            if folder is not None:
-                return _Source(folder.resolve(), files)
+        failed_before = _recent_failure(cache)
+        if failed_before is not None:  # no network here a moment ago: do not wait on timeouts again
+            why = failed_before
+        else:
+            error = _try_download(cache)
+            if error is None:
+                folder, files, _ = _find_mnist_folder(cache)
+                if folder is not None:
+                    return _Source(folder.resolve(), files)
+            why = f"the download failed ({error})"
 
     global _warned_bundled
-    if not _warned_bundled:
+    if not _warned_bundled:  # one line per process
         _warned_bundled = True
-        why = (
-            "the download failed"
-            if allow_download
-            else "downloading is disabled (download=False or MATCHENV_OFFLINE=1)"
-        )
         logger.warning(
             "MNIST not found locally and %s: using the small bundled MNIST subset (3,000 train / 1,000 test "
             "digits) instead of the full 60,000 / 10,000. To use full MNIST, set MATCHENV_DATA or pass "
@@ -515,16 +517,41 @@ def _load_bundled(path: Path, split: str) -> MNISTDigits:
 # ----------------------------------------------------------------------------- download
 
 
-def _try_download(cache: Path) -> bool:
-    """Download the missing MNIST files into ``cache``; ``False`` (and a log) on any failure.
+#: how long a failed MNIST download keeps later processes from trying again (seconds)
+RETRY_DOWNLOAD_AFTER_S = 24 * 3600
 
-    A failure is remembered for the process: with no network, every environment of a vector
-    env would otherwise wait for the timeouts again.
+
+def _failure_marker(cache: Path) -> Path:
+    # next to the MNIST folder, not in it: that folder holds only verified IDX files
+    return cache.parent / ".mnist-download-failed"
+
+
+def _recent_failure(cache: Path) -> Optional[str]:
+    """Why not to download now: a download from this machine failed less than
+    :data:`RETRY_DOWNLOAD_AFTER_S` ago (its marker file says when and why); ``None``: try."""
+    marker = _failure_marker(cache)
+    try:
+        age = time.time() - marker.stat().st_mtime
+        reason = marker.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if age >= RETRY_DOWNLOAD_AFTER_S:
+        return None
+    return (f"a download failed {age / 3600:.1f} h ago ({reason}); it is retried after "
+            f"{RETRY_DOWNLOAD_AFTER_S // 3600} h, or now if you delete {marker}")
+
+
+def _try_download(cache: Path) -> Optional[str]:
+    """Download the missing MNIST files into ``cache``: ``None`` on success, else what went wrong.
+
+    A failure is remembered for the process and, in a marker file, for
+    :data:`RETRY_DOWNLOAD_AFTER_S`: with no network, every environment of a vector env and every
+    new process would otherwise wait for the timeouts again.
     """
     global _download_failed
     if _download_failed:
         logger.debug("Not retrying the MNIST download: it already failed in this process")
-        return False
+        return _download_failed
     try:
         cache.mkdir(parents=True, exist_ok=True)
         present = _find_in(cache)
@@ -532,10 +559,14 @@ def _try_download(cache: Path) -> bool:
             if name not in present:
                 _download_file(name, cache)
     except (OSError, http.client.HTTPException, ValueError) as err:
-        _download_failed = True
-        logger.warning("Could not download MNIST into %s: %s", cache, err)
-        return False
-    return True
+        _download_failed = str(err) or type(err).__name__
+        try:
+            _failure_marker(cache).write_text(_download_failed, encoding="utf-8")
+        except OSError:  # a read-only cache: the process flag still stops retries here
+            pass
+        return _download_failed
+    _failure_marker(cache).unlink(missing_ok=True)
+    return None
 
 
 def _download_file(name: str, folder: Path) -> Path:
