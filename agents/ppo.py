@@ -11,6 +11,7 @@ observations reach the policy: the action and value computations never see them.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
@@ -106,6 +107,31 @@ class SearchRecurrentPPO(RecurrentPPO):
         self.aux_margin = float(aux_margin)
         self.match_iou = float(match_iou)
         super().__init__(policy, env, **kwargs)
+
+    @classmethod
+    def load(cls, path: Any, env: Any = None, device: Union[th.device, str] = "auto",
+             custom_objects: Optional[dict[str, Any]] = None, **kwargs: Any) -> "SearchRecurrentPPO":
+        """SB3's ``load``, without unpickling anything from the file: its pickled fields are decoded by
+        :func:`agents.safe_checkpoint.safe_custom_objects` (spaces, schedules and this project's classes
+        only; a file that needs more is refused, naming the field) and handed to SB3 as ``custom_objects``.
+
+        :param custom_objects: values that replace the file's own (as in SB3).
+        """
+        from agents.safe_checkpoint import safe_custom_objects
+
+        if isinstance(path, (str, os.PathLike)):
+            path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(f"{path} is a folder: pass a checkpoint file (e.g. {path / 'best.zip'})")
+            if not path.exists() and path.with_suffix(".zip").exists():  # SB3 accepts the name without .zip
+                path = path.with_suffix(".zip")
+            objects = safe_custom_objects(path)
+        else:  # a file object: read it once, decode, then hand SB3 the bytes
+            raw = path.read()
+            objects = safe_custom_objects(io.BytesIO(raw))
+            path = io.BytesIO(raw)
+        objects.update(custom_objects or {})
+        return super().load(path, env=env, device=device, custom_objects=objects, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
