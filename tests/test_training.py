@@ -7,6 +7,7 @@ inherited by the subprocesses.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -64,9 +65,12 @@ def test_resume_continues_ppo_without_redoing_imitation(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)  # leave the shared run untouched
     before = json.loads((run / "state.json").read_text())
+    log_before = (run / "tb" / "progress.csv").read_text().splitlines()
     proc = train(*TINY, "--out-dir", str(run), "--resume", str(run / "last.zip"), "--ppo-timesteps", "512")
     check_ok(proc)
-    assert "resumed from" in proc.stdout
+    assert "resumed from" in proc.stdout and "state.json" in proc.stdout
+    log_after = (run / "tb" / "progress.csv").read_text().splitlines()
+    assert len(log_after) > len(log_before) and log_after[1 : len(log_before)] == log_before[1:]  # appended
     summary = json.loads((run / "summary.json").read_text())
     state = json.loads((run / "state.json").read_text())
     assert summary["ppo_steps"] >= 512
@@ -182,6 +186,7 @@ def test_ktm_is_refused_for_training_and_taken_for_evaluation(tmp_path):
     assert summary["test_pairs"] == 4  # KTM's fixture, not the manifest's test pairs
 
 
+@pytest.mark.filterwarnings("ignore::tqdm.TqdmExperimentalWarning")  # SB3's rich bar is tqdm.rich
 def test_learn_shows_a_progress_bar():
     """SB3's progress bar needs tqdm and rich: both are install requirements."""
     import gymnasium as gym
@@ -194,3 +199,53 @@ def test_learn_shows_a_progress_bar():
                                policy_kwargs=dict(lstm_hidden_size=16))
     model.learn(total_timesteps=16, progress_bar=True)
     assert model.num_timesteps == 16
+
+
+def test_an_earlier_run_is_never_replaced_by_accident(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {name: (run / name).read_bytes() for name in ("best.zip", "last.zip", "state.json", "summary.json", "args.json")}
+    proc = train(*TINY, "--out-dir", str(run))
+    assert proc.returncode != 0 and "holds an earlier run" in proc.stderr and "--resume" in proc.stderr
+    assert {name: (run / name).read_bytes() for name in before} == before  # nothing touched
+    # the default folder gets a suffix instead (run in a scratch cwd: the default is relative)
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    shutil.copytree(tiny_run, work / "runs" / f"{ENV_ID}-seed0")
+    proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--no-ppo", "--imitation-steps", "96"], cwd=work,
+                          capture_output=True, text=True, timeout=90)
+    check_ok(proc)
+    assert f"writing this one to runs/{ENV_ID}-seed0-2" in proc.stdout
+    assert (work / "runs" / f"{ENV_ID}-seed0-2" / "summary.json").is_file()
+    assert (work / "runs" / f"{ENV_ID}-seed0" / "best.zip").read_bytes() == before["best.zip"]
+
+
+def test_a_live_runs_folder_is_locked_and_a_stale_lock_is_taken_over(tmp_path):
+    from agents.run_dir import LOCK_NAME, RunDir, RunDirError
+
+    first = RunDir.claim(tmp_path / "run", default="unused")
+    with pytest.raises(RunDirError, match=f"process {os.getpid()}"):
+        RunDir.claim(tmp_path / "run", default="unused", overwrite=True)
+    first.release()
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+    (tmp_path / "run" / LOCK_NAME).write_text("999999999")  # a run that died without releasing it
+    second = RunDir.claim(tmp_path / "run", default="unused")
+    assert any("no longer running" in note for note in second.notes)
+    second.release()
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, "--imitation-steps", "1000000", "--checkpoint-every", "1000000", "--eval-every", "1000000",
+            "--out-dir", str(out)]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "args.json").exists():  # training has started
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert "interrupted: saved" in stdout, stderr[-2000:]
+    assert (out / "last.zip").is_file() and json.loads((out / "state.json").read_text())["imitation_steps_done"] > 0
+    assert not (out / ".run.lock").exists()

@@ -11,7 +11,6 @@
     python train/ppo_lstm.py --dataset FlickrLogos27 --imitation-lr-final 0.1 --ppo-timesteps 100000
                                                                # the shipped FlickrLogos-27 agent (its box
                                                                # refiner: python train/box_refiner.py)
-    python train/ppo_lstm.py --dataset SelfSupervisedPhotos --dataset-kwargs '{"images": "my_photos/"}'
 
 Stage 1 (imitation, DAgger): the policy plays noisy episodes; a privileged teacher, which reads
 the target box from the environment, labels every decision with the window it should have
@@ -25,7 +24,11 @@ look-alikes (Mixed MNIST) need.
 
 Outputs in ``--out-dir``: TensorBoard logs (``tb/``), ``best.zip`` (best test success) and
 ``last.zip`` checkpoints with ``state.json`` (what ``--resume`` continues from), ``summary.json``
-and ``search_paths.png`` (the final model on a few test pairs). Ctrl-C saves a checkpoint first.
+and ``search_paths.png`` (the final model on a few test pairs). Ctrl-C or SIGTERM saves a checkpoint
+first. A folder that holds a run is never reused by accident: the default folder
+(``runs/<env or dataset>-seed<seed>``) gets a ``-2``, ``-3``, ... suffix, a given ``--out-dir`` is
+refused unless ``--resume`` or ``--overwrite``, and a lock file keeps a second run out of a folder
+a live run is writing.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
 import re
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -47,7 +52,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import Logger, configure
+from stable_baselines3.common.logger import CSVOutputFormat, Logger, configure, make_output_format
 from stable_baselines3.common.utils import set_random_seed
 from tqdm import tqdm
 
@@ -55,6 +60,7 @@ import matchenv
 from agents.imitation import DAggerTrainer, ImitationConfig
 from agents.ppo import SearchRecurrentPPO, search_config_of
 from agents.rollout import EpisodeBatch, run_episodes
+from agents.run_dir import RunDir, RunDirError, write_json_atomic
 from matchenv.datasets import EVALUATION_ONLY
 from matchenv.rendering import frame_strip, render_search, save_frames
 from matchenv.vector import make_vec_env
@@ -111,6 +117,7 @@ class Args:
     checkpoint_every: int = 50_000  # environment steps between last.zip checkpoints
     render_pairs: int = 4
     resume: str = ""  # a last.zip to continue from (its state.json says how far the run got)
+    overwrite: bool = False  # replace the run already in --out-dir (without it, a folder holding a run is refused)
 
 
 CHOICES = {"reward_mode": ["sparse", "dense"], "teacher": ["auto", "target", "search", "zoom"]}
@@ -243,11 +250,13 @@ def _sigint_deferred():
         yield  # signal handlers can only be set from the main thread
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if received:
         raise KeyboardInterrupt
 
@@ -265,14 +274,18 @@ class Checkpointer:
             model.save(tmp)
             tmp.replace(self.out_dir / f"{name}.zip")
             if name == "last":
-                (self.out_dir / "state.json").write_text(json.dumps(dataclasses.asdict(state), indent=2))
+                write_json_atomic(self.out_dir / "state.json", dataclasses.asdict(state))
 
     @staticmethod
     def load_state(checkpoint: Path) -> RunState:
         state_file = checkpoint.parent / "state.json"
         if not state_file.exists():
             raise FileNotFoundError(f"--resume needs {state_file} next to the checkpoint (written with last.zip)")
-        return RunState(**json.loads(state_file.read_text()))
+        try:
+            return RunState(**json.loads(state_file.read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ValueError(f"{state_file} is damaged ({err}): resume from a checkpoint whose folder has a whole "
+                             "state.json") from err
 
 
 def evaluate_and_log(model, evaluator, state: RunState, logger: Logger, checkpointer: Checkpointer, step: int) -> dict:
@@ -321,14 +334,48 @@ class PPOProgress(BaseCallback):
             self.bar.set_postfix(self.postfix, refresh=False)
 
 
+class AppendingCSVOutputFormat(CSVOutputFormat):
+    """SB3's CSV log continued: a resumed run appends to ``progress.csv`` (SB3's own truncates it)."""
+
+    def __init__(self, filename: Path) -> None:  # noqa: D107 (not calling super: it opens with "w+")
+        self.file = open(filename, "r+")
+        header = self.file.readline().rstrip("\n")
+        self.keys: list[str] = header.split(",") if header else []
+        self.file.seek(0, os.SEEK_END)
+        self.separator, self.quotechar = ",", '"'
+
+
+def resumed_logger(folder: Path) -> Logger:
+    """TensorBoard (a new event file beside the old ones) and ``progress.csv`` appended to."""
+    return Logger(str(folder), [make_output_format("tensorboard", str(folder)),
+                                AppendingCSVOutputFormat(folder / "progress.csv")])
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    # SIGTERM (a scheduler or `kill`) saves last.zip like Ctrl-C does
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run = RunDir.claim(args.out_dir, default=f"runs/{args.dataset or args.env_id}-seed{args.seed}",
+                           resume=args.resume, overwrite=args.overwrite)
+    except RunDirError as err:
+        sys.exit(f"error: {err}")
+    for note in run.notes:
+        print(note)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        train(args, run.path)
+    finally:
+        run.release()
+
+
+def train(args: Args, out_dir: Path) -> None:
     torch.set_num_threads(args.threads)
     set_random_seed(args.seed)
-    out_dir = Path(args.out_dir or f"runs/{args.dataset or args.env_id}-seed{args.seed}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
     env_kwargs = {"reward_mode": args.reward_mode, "max_trials": args.max_trials}
     if args.overview_size:
         env_kwargs["overview_size"] = (args.overview_size, args.overview_size)
@@ -348,7 +395,8 @@ def main() -> None:
     if args.resume:
         model = SearchRecurrentPPO.load(args.resume, env=ppo_env, **ppo_kwargs)
         state = Checkpointer.load_state(Path(args.resume))
-        print(f"resumed from {args.resume}: {state.imitation_steps_done} imitation steps, {model.num_timesteps} PPO steps")
+        print(f"resumed from {args.resume} with {Path(args.resume).parent / 'state.json'}: "
+              f"{state.imitation_steps_done} imitation steps, {model.num_timesteps} PPO steps")
     else:
         model = SearchRecurrentPPO(
             "SearchLstmPolicy", ppo_env, **ppo_kwargs,
@@ -360,7 +408,9 @@ def main() -> None:
             ),
         )
         state = RunState()
-    logger = configure(str(out_dir / "tb"), ["tensorboard", "csv"])
+    write_json_atomic(out_dir / "args.json", dataclasses.asdict(args))  # once the arguments proved usable
+    logger = (resumed_logger(out_dir / "tb") if args.resume and (out_dir / "tb" / "progress.csv").exists()
+              else configure(str(out_dir / "tb"), ["tensorboard", "csv"]))
     model.set_logger(logger)
     checkpointer = Checkpointer(out_dir)
     eval_kwargs = dict(env_kwargs)
@@ -461,7 +511,7 @@ def main() -> None:
         "evaluations": state.evaluations,
         "args": dataclasses.asdict(args),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out_dir / "summary.json", summary)
     print(f"final test success {final['success_rate']:.3f} (mean IoU {final['mean_iou']:.2f}) on {evaluator.n_pairs} pairs; "
           f"imitation {state.minutes_imitation:.1f} min, PPO {state.minutes_ppo:.1f} min")
     print(f"model: {out_dir / 'last.zip'} (best: {out_dir / 'best.zip'}); search paths: {paths_png}")
