@@ -36,21 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.look_files import config_dict
+from agents.look_images import fill_colour
+from agents.look_network import STRIDE, LookConfig, MultiScaleLook
+from agents.look_peaks import box_at, clip_to_reference, refine_peak
 from agents.model_files import read_model_file, write_model_file
-from agents.multiscale_look import (
-    CLOSER_MARGIN,
-    CLOSER_ZOOM,
-    STRIDE,
-    LookConfig,
-    LookResult,
-    LookSearcher,
-    MultiScaleLook,
-    _box_at,
-    _inside,
-    config_dict,
-    fill_colour,
-    refine_peak,
-)
+from agents.multiscale_look import CLOSER_MARGIN, CLOSER_ZOOM, LookResult, LookSearcher
 from agents.searcher import prepare_image
 
 #: per candidate: first-look score, its gap below the best candidate's, target side (fraction of
@@ -297,7 +288,7 @@ def answer_box(searcher: LookSearcher, seen: Glance, window: int, comparison: np
     """The answer at ``window`` (working pixels, clipped to the reference): its size placed
     among the compared sizes by the parabola through their best scores (the end size when the
     best is at an end), its centre on the best cell of the nearest size's map, placed between
-    cells likewise (:func:`~agents.multiscale_look.refine_peak`)."""
+    cells likewise (:func:`~agents.look_peaks.refine_peak`)."""
     maps = comparison.reshape(len(config.size_steps), 2 * CLOSER_MARGIN + 1, 2 * CLOSER_MARGIN + 1)
     best = maps.max(axis=(1, 2))
     at = int(np.argmax(best))
@@ -313,9 +304,9 @@ def answer_box(searcher: LookSearcher, seen: Glance, window: int, comparison: np
     half_step = math.sqrt(searcher.config.level_step)
     # a comparison cell is STRIDE pixels of a patch scaled so the window's side is the closer side
     cell = STRIDE * side * half_step ** config.size_steps[at] / (CLOSER_ZOOM * searcher.config.side)
-    box = _box_at(centre_x + (col + d_col - CLOSER_MARGIN) * cell, centre_y + (row + d_row - CLOSER_MARGIN) * cell,
-                  side * half_step ** step, seen.aspect)
-    return _inside(box, seen.working)
+    box = box_at(centre_x + (col + d_col - CLOSER_MARGIN) * cell, centre_y + (row + d_row - CLOSER_MARGIN) * cell,
+                 side * half_step ** step, seen.aspect)
+    return clip_to_reference(box, seen.working)
 
 
 # ------------------------------------------------------------------------------- files
@@ -410,11 +401,12 @@ class LookAgentSearcher(LookSearcher):
                 seen[window] = True
             placed.append(window)
         answer = placed[-1]
-        box = _inside(answer_box(self, seen_view, answer, comparisons[answer], config) / seen_view.factor, reference)
-        grid = np.stack([_box_at(*seen_view.places[k], seen_view.aspect) for k in placed]) / seen_view.factor
+        box = answer_box(self, seen_view, answer, comparisons[answer], config)
+        box = clip_to_reference(box / seen_view.factor, reference)
+        grid = np.stack([box_at(*seen_view.places[k], seen_view.aspect) for k in placed]) / seen_view.factor
         best = comparisons.max(axis=1)
         scores = np.clip(np.append(best[placed], best[answer]), 0.0, 1.0)
         compared = int(seen.sum()) * len(config.size_steps) * COMPARISON_CELLS
-        return LookResult(box=box, path=np.concatenate([_inside(grid, reference), box[None]]),
+        return LookResult(box=box, path=np.concatenate([clip_to_reference(grid, reference), box[None]]),
                           scores=scores, level_sides=seen_view.level_sides, level_scores=seen_view.level_scores,
                           positions=seen_view.positions + compared)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from agents.look_agent import LookAgentSearcher, glance
-from agents.multiscale_look import _box_at
+from agents.look_peaks import box_at
 from agents.searcher import prepare_image
 from matchenv.datasets.logos import find_flickrlogos27
 from matchenv.datasets.self_supervised import SelfSupervisedPhotos
@@ -48,7 +48,7 @@ def main() -> None:
         pair = data.test_pair(i)
         result = agent.locate(pair.template, pair.reference)
         seen = glance(agent, prepare_image(pair.template, 3, "rgb", "query"), pair.reference, agent.agent_config.candidates)
-        candidates = np.stack([_box_at(*seen.places[k], seen.aspect) / seen.factor for k in range(seen.count)])
+        candidates = np.stack([box_at(*seen.places[k], seen.aspect) / seen.factor for k in range(seen.count)])
         windows = result.path[:-1]
         # the windows in the order placed, each numbered once (a window placed again costs nothing)
         order = [k for k, box in enumerate(windows) if not any(np.allclose(box, w) for w in windows[:k])]

@@ -29,8 +29,10 @@ from agents.look_agent import (
     window_features,
     window_features_numpy,
 )
-from agents.multiscale_look import _box_at, _inside
-from agents.multiscale_look import CLOSER_ZOOM, STRIDE, LookSearcher, MultiScaleLook, save_look_file
+from agents.look_files import save_look_file
+from agents.look_network import STRIDE, MultiScaleLook
+from agents.look_peaks import box_at, clip_to_reference
+from agents.multiscale_look import CLOSER_ZOOM, LookSearcher
 from agents.pretrained import LOOK_AGENTS, look_agent_path
 from agents.searcher import TemplateSearcher, prepare_image
 from matchenv.datasets.self_supervised import SelfSupervisedPhotos
@@ -195,7 +197,7 @@ def test_locate_places_the_windows_the_training_rollout_would(shipped):
             actions = rollout(shipped.policy, torch.from_numpy(seen.candidates)[None], torch.from_numpy(comparisons)[None],
                               valid, greedy=True)["actions"][:, 0].tolist()
         result = shipped.locate(pair.template, pair.reference)
-        expected = np.stack([_inside(_box_at(*seen.places[k], seen.aspect), pair.reference) for k in actions])
+        expected = np.stack([clip_to_reference(box_at(*seen.places[k], seen.aspect), pair.reference) for k in actions])
         assert np.allclose(result.path[:-1], expected)
         answer = answer_box(shipped, seen, actions[-1], comparisons[actions[-1]], config)
         assert np.allclose(result.box, answer, atol=1e-3)

@@ -16,30 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents.multiscale_look import (
-    CLOSER_MARGIN,
-    STRIDE,
-    LookConfig,
-    LookSearcher,
-    MultiScaleLook,
-    _CentredFeatures,
-    _centred_pixels,
-    _level_resize,
-    _LookRuntime,
-    _row_filters,
-    _sum_rows,
-    _trimmed,
-    config_dict,
-    fill_colour,
-    level_image,
-    pyramid,
-    load_look_file,
-    patch_around,
-    refine_peak,
-    save_look_file,
-    template_canvas,
-    training_sample,
-)
+from agents.look_correlation import row_filters, sum_rows, trimmed_kernel
+from agents.look_files import config_dict, load_look_file, save_look_file
+from agents.look_images import _level_resize, fill_colour, level_image, patch_around, pyramid, template_canvas
+from agents.look_network import STRIDE, LookConfig, MultiScaleLook
+from agents.look_peaks import refine_peak
+from agents.look_runtime import LookRuntime, _CentredFeatures, _centred_pixels
+from agents.look_training import training_sample
+from agents.multiscale_look import CLOSER_MARGIN, LookSearcher
 from agents.pretrained import LOOKS, look_path
 from agents.searcher import TemplateSearcher
 from matchenv.datasets.base import SearchPair
@@ -242,7 +226,7 @@ def test_row_correlation_equals_the_plain_correlation(kernel_shape, height, widt
     torch.manual_seed(kernel_shape[0])
     features = F.normalize(torch.randn(3, 48, height, width), dim=1)
     kernel = torch.randn(1, 48, *kernel_shape) / (kernel_shape[0] * kernel_shape[1])
-    got = _sum_rows(_row_filters(features, kernel).numpy())
+    got = sum_rows(row_filters(features, kernel).numpy())
     assert got.shape == (3, height - kernel_shape[0] + 1, width - kernel_shape[1] + 1)
     assert np.allclose(got, F.conv2d(features, kernel)[:, 0].numpy(), atol=1e-5)
 
@@ -251,10 +235,10 @@ def test_trimmed_kernel_is_the_part_holding_every_nonzero_cell():
     kernel = np.zeros((1, 4, 8, 8), np.float32)
     kernel[0, 1, 2, 3] = 1.0
     kernel[0, 3, 5, 6] = -2.0
-    part = _trimmed(kernel)
+    part = trimmed_kernel(kernel)
     assert (part.top, part.left, part.side) == (2, 3, 8) and part.weights.flags.c_contiguous
     assert np.array_equal(part.weights, kernel[:, :, 2:6, 3:7])
-    part = _trimmed(np.zeros((1, 4, 8, 8), np.float32))
+    part = trimmed_kernel(np.zeros((1, 4, 8, 8), np.float32))
     assert part.weights.shape == (1, 4, 1, 1) and not part.weights.any()
 
 
@@ -267,7 +251,7 @@ def test_scores_of_a_trimmed_kernel_are_those_of_the_whole_kernel(onnx):
         pytest.importorskip("onnxruntime")
     torch.manual_seed(4)
     look = MultiScaleLook()
-    runtime = _LookRuntime(look, threads=1, onnx=onnx)
+    runtime = LookRuntime(look, threads=1, onnx=onnx)
     assert runtime.name == ("onnxruntime" if onnx else "torch")
     reference = textured(96, 120, seed=6)
     images = np.stack([reference, textured(96, 120, seed=7)])
@@ -276,7 +260,7 @@ def test_scores_of_a_trimmed_kernel_are_those_of_the_whole_kernel(onnx):
     shapes = set()
     for x0, y0, x1, y1 in [(0, 0, 40, 40), (10, 5, 90, 35), (30, 20, 42, 60), (0, 0, 96, 96)]:
         kernel = runtime.kernel(*template_canvas(reference[y0:y1, x0:x1], look.config))
-        shapes.add(_trimmed(kernel).weights.shape[2:])
+        shapes.add(trimmed_kernel(kernel).weights.shape[2:])
         expected = F.conv2d(features, torch.from_numpy(kernel))[:, 0].numpy()
         got = runtime.scores(images, kernel)
         assert got.shape == expected.shape and np.allclose(got, expected, atol=1e-4)
@@ -306,7 +290,7 @@ def test_onnx_runtime_and_pytorch_give_the_same_scores():
     reference = textured(90, 130, seed=2)
     canvas, cells = template_canvas(reference[10:40, 20:60], look.config)
     kernel = fast._runtime.kernel(canvas, cells)
-    slow = _LookRuntime(look, threads=1, onnx=False)
+    slow = LookRuntime(look, threads=1, onnx=False)
     assert np.allclose(kernel, slow.kernel(canvas, cells), atol=1e-6)
     assert np.allclose(fast._runtime.scores(reference[None], kernel), slow.scores(reference[None], kernel), atol=1e-4)
 
@@ -316,7 +300,7 @@ def test_onnx_runtime_and_pytorch_give_the_same_second_look():
     torch.manual_seed(1)
     look = MultiScaleLook()
     fast = LookSearcher(look, threads=1)
-    slow = _LookRuntime(look, threads=1, onnx=False)
+    slow = LookRuntime(look, threads=1, onnx=False)
     closer = LookConfig(side=2 * look.config.side, canvas=2 * look.config.canvas)
     canvas, cells = template_canvas(textured(50, 70, seed=3), closer)
     patches = np.stack([textured(closer.canvas + 16, closer.canvas + 16, seed=s) for s in range(3)])
@@ -331,7 +315,7 @@ def test_locate_gives_the_same_answers_with_onnx_runtime_and_with_pytorch(shippe
     pytest.importorskip("onnxruntime")
     fast = LookSearcher(shipped.look, threads=1, closer_gap=float("inf"))  # the second look every time
     slow = LookSearcher(shipped.look, threads=1, closer_gap=float("inf"))
-    slow._runtime = _LookRuntime(shipped.look, threads=1, onnx=False)
+    slow._runtime = LookRuntime(shipped.look, threads=1, onnx=False)
     assert fast.runtime == "onnxruntime" and slow._runtime.name == "torch"
     for seed in range(3):
         reference = textured(200, 260, seed=60 + seed)

@@ -16,7 +16,7 @@ photograph dataset with templates (``--dataset``, e.g. FlickrLogos-27's labelled
 
 1. data: ``--train-pairs`` pairs from the training images, seeded by ``--seed``; each becomes the
    query's canvas and ``--crop``-pixel crops of the reference at the target's level and
-   ``--level-offsets`` around it (:func:`~agents.multiscale_look.training_sample`), kept as uint8;
+   ``--level-offsets`` around it (:func:`~agents.look_training.training_sample`), kept as uint8;
 2. training: softmax cross-entropy over every position of every level of a pair (one right
    answer: the target's position at its level), Adam with one-cycle learning-rate decay; a
    checkpoint (``last.pt``, with the optimizer) after every epoch, so a crash loses one epoch;
@@ -42,8 +42,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from agents.multiscale_look import (LookConfig, LookSearcher, MultiScaleLook, config_dict, load_look_file,
-                                   save_look_file, training_sample)
+from agents.look_files import config_dict, load_look_file, save_look_file
+from agents.look_network import LookConfig, MultiScaleLook
+from agents.look_training import training_sample
+from agents.multiscale_look import LookSearcher
 from matchenv.datasets import make_dataset
 from matchenv.datasets.base import PairDataset
 from matchenv.datasets.logos import find_flickrlogos27
