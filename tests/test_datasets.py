@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
+import matchenv
 from matchenv.datasets import DATASETS, SearchPair, make_dataset
 from matchenv.geometry import iou
 
@@ -284,3 +285,46 @@ def test_large_canvases_keep_a_variants_clutter_density():
     assert canvas_kwargs(333, 8.0)["n_clutter"] == 89  # 88.7 fragments, rounded
     data = make_dataset("MixedMNIST", test_size=1, **canvas_kwargs(300, 4.0, {"n_distractors": (9, 9)}))
     assert data.test_pair(0).reference.shape[:2] == (300, 300)
+
+
+def _flaky_dataset(bad_every: int):
+    """Translated MNIST whose every ``bad_every``-th training draw fails to decode."""
+    from matchenv.datasets.base import ImageReadError
+
+    class Flaky(type(matchenv.make_dataset("TranslatedMNIST"))):
+        calls = 0
+
+        def sample(self, rng):
+            self.calls += 1
+            if self.calls % bad_every == 0:
+                raise ImageReadError(f"cannot decode image broken_{self.calls}.jpg (a truncated file)")
+            return super().sample(rng)
+
+    return Flaky()
+
+
+def test_an_unreadable_training_pair_is_skipped_counted_and_warned():
+    import gymnasium as gym
+
+    from matchenv.datasets.base import UnreadablePairWarning
+
+    dataset = _flaky_dataset(bad_every=3)
+    env = gym.make("TemplateSearch-v0", dataset=dataset)
+    with pytest.warns(UnreadablePairWarning, match="broken_3.jpg"):
+        for seed in range(4):
+            env.reset(seed=seed)
+    assert dataset.unreadable_draws == 1 and dataset.training_draws == 5  # draws 1, 2, (3 skipped), 4, 5
+
+
+def test_too_many_unreadable_pairs_stop_with_a_clear_error():
+    import warnings
+
+    from matchenv.datasets.base import UNREADABLE_GRACE, TooManyUnreadablePairs
+
+    dataset = _flaky_dataset(bad_every=2)  # half of the draws fail: the data is broken
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings(), pytest.raises(TooManyUnreadablePairs, match="could not be decoded"):
+        warnings.simplefilter("ignore")
+        for _ in range(10 * UNREADABLE_GRACE):
+            dataset.pair("train", rng)
+    assert dataset.unreadable_draws == UNREADABLE_GRACE + 1

@@ -6,6 +6,9 @@ inherited by the subprocesses.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -57,6 +60,7 @@ def test_tiny_run_summary(tiny_run):
     assert set(summary["minutes"]) == {"imitation", "ppo"}
     assert summary["evaluations"] and all(0.0 <= e["success_rate"] <= 1.0 for e in summary["evaluations"])
     assert summary["imitation_steps"] >= 768 and summary["ppo_steps"] >= 256
+    assert summary["unreadable_training_pairs"]["skipped"] == 0 and summary["unreadable_training_pairs"]["drawn"] > 0
     state = json.loads((tiny_run / "state.json").read_text())
     assert state["imitation_steps_done"] == summary["imitation_steps"]
 
@@ -249,3 +253,65 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
     assert "interrupted: saved" in stdout, stderr[-2000:]
     assert (out / "last.zip").is_file() and json.loads((out / "state.json").read_text())["imitation_steps_done"] > 0
     assert not (out / ".run.lock").exists()
+
+
+def _script_module():
+    spec = importlib.util.spec_from_file_location("ppo_lstm_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ppo_lstm_script"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resume_refuses_flags_that_change_the_task_or_network(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    proc = train(*TINY, "--out-dir", str(run), "--resume", str(run / "last.zip"), "--cnn-channels", "4,4,4,4,4",
+                 "--max-trials", "3")
+    assert proc.returncode == 2 and "--cnn-channels '4,4,4,4,4'" in proc.stderr and "--max-trials 3" in proc.stderr
+    assert json.loads((run / "args.json").read_text()) == json.loads((tiny_run / "args.json").read_text())  # untouched
+
+
+def test_resume_takes_the_runs_own_task_flags_and_continues_the_counters(tmp_path):
+    module = _script_module()
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = module.Args(max_trials=4, cnn_channels="4,8,8,8,8", out_dir=str(run))
+    (run / "args.json").write_text(json.dumps(dataclasses.asdict(saved)))
+    parser = argparse.ArgumentParser()
+    args = module._resumed_args(module.Args(resume=str(run / "last.zip")), set(), parser)
+    assert args.max_trials == 4 and args.cnn_channels == "4,8,8,8,8"
+
+
+def test_an_imitation_resume_does_not_burst_evaluations(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = json.loads((run / "state.json").read_text())
+    proc = train(*TINY, "--out-dir", str(run), "--resume", str(run / "last.zip"), "--imitation-steps",
+                 str(before["imitation_steps_done"] + 600), "--eval-every", "100000", "--checkpoint-every", "100000",
+                 "--no-ppo")
+    check_ok(proc)
+    state = json.loads((run / "state.json").read_text())
+    new = state["evaluations"][len(before["evaluations"]):]
+    assert len(new) <= 2, new  # the one at the end of imitation (and the final one), not one per iteration
+
+
+def test_render_pairs_zero_finishes(tmp_path):
+    proc = train(*TINY, "--no-ppo", "--imitation-steps", "96", "--render-pairs", "0", "--out-dir", str(tmp_path / "run"))
+    check_ok(proc)
+    assert "search paths: none" in proc.stdout and not (tmp_path / "run" / "search_paths.png").exists()
+
+
+def test_a_full_disk_stops_with_the_last_checkpoint_intact(tmp_path):
+    module = _script_module()
+    (tmp_path / "last.zip").write_bytes(b"the previous checkpoint")
+
+    class FullDisk:
+        def save(self, path):
+            Path(path).write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(module.CheckpointWriteError, match="No space left.*intact.*--resume"):
+        module.Checkpointer(tmp_path).save(FullDisk(), module.RunState())
+    assert (tmp_path / "last.zip").read_bytes() == b"the previous checkpoint"
+    assert not list(tmp_path.glob(".*.tmp.zip"))

@@ -47,6 +47,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import gymnasium as gym
 import numpy as np
@@ -121,6 +122,9 @@ class Args:
 
 
 CHOICES = {"reward_mode": ["sparse", "dense"], "teacher": ["auto", "target", "search", "zoom"]}
+#: flags that define the task or the network: a resumed run keeps the values of the run it continues
+#: (given again with another value, --resume refuses); every other flag may change on resume
+FIXED_ON_RESUME = ("env_id", "dataset", "max_trials", "overview_size", "lstm_hidden_size", "cnn_channels", "pointer")
 
 
 def teacher_for(dataset, pointer: bool = False) -> str:
@@ -168,6 +172,8 @@ def parse_args() -> Args:
             parser.add_argument(flag, type=type(field.default), default=field.default, help=help_text,
                                 choices=CHOICES.get(field.name))
     args = Args(**vars(parser.parse_args()))
+    if args.resume:
+        args = _resumed_args(args, _given_flags(parser), parser)
     env_ids = {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}
     if args.env_id not in env_ids:
         parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(env_ids)}")
@@ -195,6 +201,36 @@ def parse_args() -> Args:
     return args
 
 
+def _given_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The Args fields named on the command line (not left at their defaults)."""
+    quiet = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:  # the same flags, without defaults
+        if action.option_strings and action.dest != "help":
+            kwargs = {"action": argparse.BooleanOptionalAction} if isinstance(action, argparse.BooleanOptionalAction) else {"type": action.type}
+            quiet.add_argument(*[o for o in action.option_strings if not o.startswith("--no-")], dest=action.dest,
+                               default=argparse.SUPPRESS, **kwargs)
+    return set(vars(quiet.parse_known_args()[0]))
+
+
+def _resumed_args(args: Args, given: set[str], parser: argparse.ArgumentParser) -> Args:
+    """``args`` with the task and network flags of the run that ``--resume`` continues
+    (its ``args.json``); a different value given on the command line is an error naming it."""
+    saved_file = Path(args.resume).parent / "args.json"
+    if not saved_file.is_file():
+        print(f"note: no {saved_file} beside the checkpoint: the task and network flags are taken as given")
+        return args
+    try:
+        saved = json.loads(saved_file.read_text())
+    except json.JSONDecodeError as err:
+        parser.error(f"{saved_file} is damaged ({err}): cannot tell which task {args.resume} was trained on")
+    changed = [f"--{name.replace('_', '-')} {getattr(args, name)!r} (the run used {saved[name]!r})"
+               for name in FIXED_ON_RESUME if name in given and name in saved and getattr(args, name) != saved[name]]
+    if changed:
+        parser.error("--resume continues a run on its own task and network; these flags change them: "
+                     + "; ".join(changed) + ". Start a new run (another --out-dir) to change them.")
+    return dataclasses.replace(args, **{name: saved[name] for name in FIXED_ON_RESUME if name in saved})
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation on the fixed test split
 # ---------------------------------------------------------------------------------------------
@@ -218,8 +254,11 @@ class TestSplitEvaluator:
             ious.append(batch.final_iou)
         return {"success_rate": float(np.mean(np.concatenate(success))), "mean_iou": float(np.mean(np.concatenate(ious)))}
 
-    def render_paths(self, policy, n: int, path: Path) -> Path:
-        """Save the final frame of the policy's search on test pairs ``0..n-1`` as one PNG strip."""
+    def render_paths(self, policy, n: int, path: Path) -> Optional[Path]:
+        """Save the final frame of the policy's search on test pairs ``0..n-1`` as one PNG strip
+        (``None``, nothing written, for ``n = 0``)."""
+        if n <= 0:
+            return None
         envs = self.envs[:n]
         batch: EpisodeBatch = run_episodes(policy, envs, [{"pair_index": i} for i in range(n)])
         frames = []
@@ -261,6 +300,10 @@ def _sigint_deferred():
         raise KeyboardInterrupt
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
+
+
 class Checkpointer:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
@@ -271,10 +314,19 @@ class Checkpointer:
         # KeyboardInterrupt into a RuntimeError, which would skip the save-on-Ctrl-C handler.
         with _sigint_deferred():
             tmp = self.out_dir / f".{name}.tmp.zip"
-            model.save(tmp)
-            tmp.replace(self.out_dir / f"{name}.zip")
-            if name == "last":
-                write_json_atomic(self.out_dir / "state.json", dataclasses.asdict(state))
+            try:
+                model.save(tmp)
+                tmp.replace(self.out_dir / f"{name}.zip")
+                if name == "last":
+                    write_json_atomic(self.out_dir / "state.json", dataclasses.asdict(state))
+            except OSError as err:  # a full disk, a quota, a folder gone: stop, keeping the last good files
+                tmp.unlink(missing_ok=True)
+                kept = self.out_dir / f"{name}.zip"
+                raise CheckpointWriteError(
+                    f"could not write {kept} ({err}); "
+                    + (f"the previous {kept.name} and state.json are intact: free some space and continue with "
+                       f"--resume {self.out_dir / 'last.zip'}" if (self.out_dir / "last.zip").exists()
+                       else "no checkpoint of this run was written yet")) from err
 
     @staticmethod
     def load_state(checkpoint: Path) -> RunState:
@@ -329,6 +381,7 @@ class PPOProgress(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        self.model.logger.record("data/unreadable_training_pairs", unreadable_draws(self.training_env, [])["skipped"])
         if len(self.model.ep_success_buffer):
             self.postfix["train_success"] = f"{np.mean(self.model.ep_success_buffer):.2f}"
             self.bar.set_postfix(self.postfix, refresh=False)
@@ -351,6 +404,13 @@ def resumed_logger(folder: Path) -> Logger:
                                 AppendingCSVOutputFormat(folder / "progress.csv")])
 
 
+def unreadable_draws(vec_env, envs: list) -> dict[str, int]:
+    """Training pairs drawn and skipped as unreadable (``PairDataset.pair``) over every dataset
+    object the run's environments use (one, when they share it)."""
+    datasets = {id(d): d for d in [*vec_env.get_attr("dataset"), *(env.dataset for env in envs)]}.values()
+    return {"skipped": sum(d.unreadable_draws for d in datasets), "drawn": sum(d.training_draws for d in datasets)}
+
+
 def _terminate_as_interrupt(signum, frame) -> None:
     # SIGTERM (a scheduler or `kill`) saves last.zip like Ctrl-C does
     raise KeyboardInterrupt
@@ -369,6 +429,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         train(args, run.path)
+    except CheckpointWriteError as err:
+        sys.exit(f"error: {err}")
     finally:
         run.release()
 
@@ -421,6 +483,7 @@ def train(args: Args, out_dir: Path) -> None:
     data_source = str(getattr(dataset, "source", "") or getattr(dataset, "root", "") or dataset.name)
     print(f"{run_name}: data from {data_source}; {evaluator.n_pairs} test pairs; outputs in {out_dir}")
 
+    imitation_envs: list = []  # the imitation stage's envs, for the count of unreadable pairs
     total = (args.imitation_steps if args.imitation else 0) + (args.ppo_timesteps if args.ppo else 0)
     bar = tqdm(total=total, unit="step", dynamic_ncols=True, desc="train")
     bar.update(state.imitation_steps_done + model.num_timesteps)
@@ -429,6 +492,7 @@ def train(args: Args, out_dir: Path) -> None:
         if args.imitation and state.imitation_steps_done < args.imitation_steps:
             bar.set_description("imitation")
             envs = [gym.make(args.env_id, **env_kwargs).unwrapped for _ in range(args.imitation_envs)]
+            imitation_envs.extend(envs)
             for i, env in enumerate(envs):
                 env.reset(seed=args.seed * 100_003 + state.imitation_steps_done + i)  # fresh pairs after a resume
             for group in model.policy.optimizer.param_groups:
@@ -440,8 +504,12 @@ def train(args: Args, out_dir: Path) -> None:
                                      aux_weight=args.aux_weight, margin=args.aux_margin, gamma=args.gamma, teacher=teacher,
                                      localization_weight=args.localization_weight)
             trainer = DAggerTrainer(model.policy, envs, config, seed=args.seed + state.imitation_steps_done)
-            start, next_eval, next_ckpt = time.time(), args.eval_every, args.checkpoint_every
             done_at_start = state.imitation_steps_done
+            # after a resume, the next evaluation and checkpoint are the next multiples of their
+            # intervals, not every iteration until a count from zero catches up
+            start = time.time()
+            next_eval = (done_at_start // args.eval_every + 1) * args.eval_every
+            next_ckpt = (done_at_start // args.checkpoint_every + 1) * args.checkpoint_every
             successes: list[float] = []
             while state.imitation_steps_done < args.imitation_steps:
                 progress = state.imitation_steps_done / args.imitation_steps
@@ -457,6 +525,7 @@ def train(args: Args, out_dir: Path) -> None:
                     logger.record(f"imitation/{key}", value)
                 logger.record("imitation/success_rate_noisy", float(np.mean(batch.success)))
                 logger.record("imitation/mean_iou_noisy", float(np.mean(batch.final_iou)))
+                logger.record("data/unreadable_training_pairs", unreadable_draws(ppo_env, envs)["skipped"])
                 logger.record("imitation/steps_per_second", (state.imitation_steps_done - done_at_start) / (time.time() - start))
                 if state.imitation_steps_done >= next_ckpt:
                     next_ckpt += args.checkpoint_every
@@ -509,12 +578,13 @@ def train(args: Args, out_dir: Path) -> None:
         "imitation_steps": state.imitation_steps_done,
         "ppo_steps": int(model.num_timesteps),
         "evaluations": state.evaluations,
+        "unreadable_training_pairs": unreadable_draws(ppo_env, imitation_envs),
         "args": dataclasses.asdict(args),
     }
     write_json_atomic(out_dir / "summary.json", summary)
     print(f"final test success {final['success_rate']:.3f} (mean IoU {final['mean_iou']:.2f}) on {evaluator.n_pairs} pairs; "
           f"imitation {state.minutes_imitation:.1f} min, PPO {state.minutes_ppo:.1f} min")
-    print(f"model: {out_dir / 'last.zip'} (best: {out_dir / 'best.zip'}); search paths: {paths_png}")
+    print(f"model: {out_dir / 'last.zip'} (best: {out_dir / 'best.zip'}); search paths: {paths_png or 'none (--render-pairs 0)'}")
 
 
 if __name__ == "__main__":

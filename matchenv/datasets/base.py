@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import abc
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
 SPLITS = ("train", "test")
+#: a training draw whose image cannot be decoded is skipped (with a warning) and another drawn;
+#: once more than :data:`UNREADABLE_GRACE` draws failed, more than this fraction of all draws
+#: failing stops the run: then the data, not a few damaged files, is broken
+MAX_UNREADABLE_FRACTION = 0.01
+UNREADABLE_GRACE = 20
+
+
+class ImageReadError(ValueError):
+    """An image file is missing or cannot be decoded."""
+
+
+class UnreadablePairWarning(UserWarning):
+    """A training pair was skipped because one of its images could not be decoded."""
+
+
+class TooManyUnreadablePairs(RuntimeError):
+    """More training draws failed to decode than :data:`MAX_UNREADABLE_FRACTION` allows."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +104,36 @@ class PairDataset(abc.ABC):
     def test_pair(self, index: int) -> SearchPair:
         """Return pair ``index`` of the fixed test split (held-out images only)."""
 
+    #: training draws so far, and how many of them were skipped as unreadable (:meth:`pair`)
+    training_draws: int = 0
+    unreadable_draws: int = 0
+
     def pair(self, split: str, rng: np.random.Generator) -> SearchPair:
-        """A training pair, or a uniformly chosen test pair, drawn with ``rng``."""
+        """A training pair, or a uniformly chosen test pair, drawn with ``rng``.
+
+        A training pair whose image cannot be decoded (:class:`ImageReadError`, e.g. a truncated
+        JPEG) is skipped with an :class:`UnreadablePairWarning`, counted in
+        :attr:`unreadable_draws`, and another is drawn.
+
+        :raises TooManyUnreadablePairs: more than :data:`MAX_UNREADABLE_FRACTION` of the draws
+            failed (after :data:`UNREADABLE_GRACE` failures).
+        """
         check_split(split)
-        if split == "train":
-            return self.sample(rng)
-        return self.test_pair(int(rng.integers(self.test_size)))
+        if split != "train":
+            return self.test_pair(int(rng.integers(self.test_size)))
+        while True:
+            self.training_draws += 1
+            try:
+                return self.sample(rng)
+            except ImageReadError as err:
+                self.unreadable_draws += 1
+                warnings.warn(f"{self.name}: skipped a training pair: {err}", UnreadablePairWarning, stacklevel=2)
+                if (self.unreadable_draws > UNREADABLE_GRACE
+                        and self.unreadable_draws > MAX_UNREADABLE_FRACTION * self.training_draws):
+                    raise TooManyUnreadablePairs(
+                        f"{self.name}: {self.unreadable_draws} of {self.training_draws} training pairs could not be "
+                        f"decoded (more than {MAX_UNREADABLE_FRACTION:.0%}); the last: {err}. Check the image files "
+                        "(e.g. re-download the dataset) or remove the damaged ones from its manifest") from err
 
     def _check_test_index(self, index: int) -> int:
         if not 0 <= int(index) < self.test_size:

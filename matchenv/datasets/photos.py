@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from matchenv.datasets.base import PairDataset, SearchPair
+from matchenv.datasets.base import ImageReadError, PairDataset, SearchPair
 from matchenv.geometry import letterbox, resize_image
 
 PathLike = Union[str, os.PathLike]
@@ -53,10 +53,6 @@ DEFAULT_PHOTO_SCALE_RANGE = (0.25, 3.0)
 DEFAULT_MIN_TARGET_SIDE = 8.0
 
 _MAX_LISTED = 5  # items quoted in a warning or error before "..."
-
-
-class ImageReadError(ValueError):
-    """An image file is missing or cannot be decoded."""
 
 
 def read_image(path: PathLike) -> np.ndarray:
