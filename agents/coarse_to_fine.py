@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from agents.model_files import read_model_file, write_model_file
-from agents.searcher import SearchResult, TemplateSearcher
+from agents.searcher import MIN_QUERY_SIDE, SearchResult, TemplateSearcher
 from matchenv.geometry import resize_image
 
 
@@ -334,7 +334,13 @@ class CoarseToFineSearcher:
 
     # ------------------------------------------------------------------ public API
     def locate(self, query: np.ndarray, reference: np.ndarray) -> CoarseToFineResult:
-        """Find ``query`` in ``reference`` (images as for :meth:`TemplateSearcher.locate`)."""
+        """Find ``query`` in ``reference`` (images as for :meth:`TemplateSearcher.locate`).
+
+        :raises ValueError: besides bad images: a query under
+            :data:`~agents.searcher.MIN_QUERY_SIDE` (4) px a side, a reference smaller than the
+            query, or a reference larger than ``crop_size`` but too thin for the coarse look (the
+            message says how many pixels a side it needs: 6 for the shipped proposers).
+        """
         return self.locate_batch([query], [reference])[0]
 
     @property
@@ -356,15 +362,21 @@ class CoarseToFineSearcher:
         crops of the pairs whose first answer :attr:`accept` did not accept."""
         if len(queries) != len(references):
             raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
-        proposals = [self._proposals(self.fine.prepare(r, f"reference[{i}]"), self._query(q, f"query[{i}]"),
-                                     self.candidates)
-                     for i, (q, r) in enumerate(zip(queries, references))]
-        for i, (query, found) in enumerate(zip(queries, proposals)):
-            shape = np.shape(query)
-            if found and len(shape) >= 2 and (shape[0] > self.crop_size[0] or shape[1] > self.crop_size[1]):
-                raise ValueError(f"pair {i}: the query ({shape[1]}x{shape[0]} px) is larger than the {self.crop_size[1]}x"
+        # Checked here, before the coarse look: a query the agent cannot search for would otherwise
+        # fail inside the look's network, or in the agent with the sizes of a crop, not the reference's.
+        prepared = [(self.fine.prepare(q, f"query[{i}]", MIN_QUERY_SIDE), self.fine.prepare(r, f"reference[{i}]"))
+                    for i, (q, r) in enumerate(zip(queries, references))]
+        for i, (query, reference) in enumerate(prepared):
+            (qh, qw), (rh, rw) = query.shape[:2], reference.shape[:2]
+            if qh > rh or qw > rw:
+                raise ValueError(f"pair {i}: the reference ({rw}x{rh} px) is smaller than the query ({qw}x{qh} px); the agent "
+                                 "searches for the query at its own size, so it must fit inside the reference: pass a "
+                                 "larger reference (or shrink the query and the reference together)")
+            if (rh > self.crop_size[0] or rw > self.crop_size[1]) and (qh > self.crop_size[0] or qw > self.crop_size[1]):
+                raise ValueError(f"pair {i}: the query ({qw}x{qh} px) is larger than the {self.crop_size[1]}x"
                                  f"{self.crop_size[0]} crop the agent searches; this searcher is for queries of the "
                                  "agent's training size (use the agent alone, or shrink both images)")
+        proposals = [self._proposals(reference, self._look_query(query), self.candidates) for query, reference in prepared]
         # searched[i]: (proposal, search, similarity) of every crop searched for pair i
         searched: list[list[tuple]] = [[] for _ in queries]
         first = [(i, found[0] if found else None) for i, found in enumerate(proposals)]
@@ -420,12 +432,35 @@ class CoarseToFineSearcher:
             return None
         if query is None:
             raise ValueError("this coarse look is query-aware (it compares the reference with the query): pass the query")
-        return to_unit_range(self.proposer.shrunk_query_pixels(self.fine.prepare(query, name)))[None]
+        return self._look_query(self.fine.prepare(query, name, MIN_QUERY_SIDE))
+
+    def _look_query(self, query: np.ndarray) -> Optional[np.ndarray]:
+        """:meth:`_query` of a query the agent has prepared (``(h, w, C)`` uint8)."""
+        if not self.query_aware:
+            return None
+        return to_unit_range(self.proposer.shrunk_query_pixels(query))[None]
 
     def _cell_logits(self, reference: np.ndarray, query: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self._check_thick_enough(reference)
         image = self.proposer.shrunk(reference)
         logits = self._run(image[None], query)[0]
         return (logits, *self.proposer.cell_centres(logits.shape, image.shape[1:], reference.shape))
+
+    def _check_thick_enough(self, reference: np.ndarray) -> None:
+        """Raise a clear ``ValueError`` for a reference too thin for the coarse look: shrunk
+        ``shrink`` times, it must still cover the first convolution's kernel (with its padding),
+        else the network has no cell to give (a 5x2000 strip is 1 pixel high there)."""
+        proposer = self.proposer
+        need = proposer.kernel - 2 * proposer.padding  # input pixels the first convolution needs, each way
+        if min(proposer.input_size(reference.shape)) >= need:
+            return
+        # the smallest reference side that shrinks to `need` pixels (input_size rounds)
+        side = next(h for h in range(1, need * proposer.shrink + 2) if proposer.input_size((h, h))[0] >= need)
+        height, width = reference.shape[:2]
+        raise ValueError(f"the reference ({width}x{height} px) is too thin for the coarse look: it shrinks references "
+                         f"{proposer.shrink} times and needs at least {side} px on each side; pad the reference to "
+                         f"{side} px or more (e.g. cv2.copyMakeBorder), or search it with the agent alone "
+                         "(TemplateSearcher)")
 
     def _proposals(self, reference: np.ndarray, query: Optional[np.ndarray], count: int) -> list[Proposal]:
         """Crops around the look's ``count`` best cells, best first, each centre at least half a

@@ -42,7 +42,7 @@ from agents.look_network import STRIDE, LookConfig, MultiScaleLook
 from agents.look_peaks import box_at, clip_to_reference, refine_peak
 from agents.model_files import read_model_file, write_model_file
 from agents.multiscale_look import CLOSER_MARGIN, CLOSER_ZOOM, LookResult, LookSearcher
-from agents.searcher import prepare_image
+from agents.searcher import MIN_QUERY_SIDE, prepare_image
 
 #: per candidate: first-look score, its gap below the best candidate's, target side (fraction of
 #: the working reference's shorter side), centre x and y (fractions of the width and height), present
@@ -372,7 +372,8 @@ class LookAgentSearcher(LookSearcher):
         return cls.load(look_agent_path(name), **kwargs)
 
     def locate(self, query: np.ndarray, reference: np.ndarray) -> LookResult:
-        """Find ``query`` (``(h, w, 3)`` or grayscale uint8, any size) in ``reference``.
+        """Find ``query`` (``(h, w, 3)`` or grayscale uint8, any size from
+        :data:`~agents.searcher.MIN_QUERY_SIDE` (4) pixels a side) in ``reference`` (any size).
 
         :return: a :class:`~agents.multiscale_look.LookResult`: the answer (the last window, moved
             by its comparison) in pixels of ``reference`` as given, clipped to it; ``path`` the
@@ -380,7 +381,7 @@ class LookAgentSearcher(LookSearcher):
             then the answer; ``scores`` each one's best comparison score (clipped to ``[0, 1]``);
             ``positions`` the first look's positions and the comparisons' cells.
         """
-        query = prepare_image(query, 3, self.channel_order, "query")
+        query = prepare_image(query, 3, self.channel_order, "query", MIN_QUERY_SIDE)
         self._warn_if_smaller_than_searched(query, reference)
         config = self.agent_config
         seen_view = glance(self, query, reference, config.candidates)

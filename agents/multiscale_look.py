@@ -59,7 +59,7 @@ from agents.look_peaks import (box_at, clip_to_reference, distinct_peaks, has_cl
                                refine_peak, score_near)
 from agents.look_runtime import LookRuntime
 from agents.look_training import TrainingSample, training_sample
-from agents.searcher import SearchResult, prepare_image
+from agents.searcher import MIN_QUERY_SIDE, SearchResult, prepare_image
 from matchenv.datasets.photos import to_working_size
 
 __all__ = [
@@ -171,12 +171,16 @@ class LookSearcher:
         return cls.load(look_path(name), **kwargs)
 
     def locate(self, query: np.ndarray, reference: np.ndarray) -> LookResult:
-        """Find ``query`` (``(h, w, 3)`` or grayscale uint8, any size) in ``reference``.
+        """Find ``query`` (``(h, w, 3)`` or grayscale uint8, any size from
+        :data:`~agents.searcher.MIN_QUERY_SIDE` (4) pixels a side) in ``reference`` (any size: the
+        look searches for the target at many scales, so the query need not fit in the reference).
 
         :return: a :class:`LookResult`; its box has the query's aspect, is in pixels of
             ``reference`` as given and is clipped to it (so a box at an edge may be narrower).
+        :raises ValueError: a query under 4 px a side, or an image that is not one (a float one
+            with NaN values, for one).
         """
-        query = prepare_image(query, 3, self.channel_order, "query")
+        query = prepare_image(query, 3, self.channel_order, "query", MIN_QUERY_SIDE)
         self._warn_if_smaller_than_searched(query, reference)
         maps, sides, scales, factor, working = self._score_maps(query, reference)
         best = [float(m.max()) for m in maps]
@@ -323,7 +327,8 @@ class LookSearcher:
             the query's canvas centred at level pixel ``(4 j + canvas / 2, 4 i + canvas / 2)``),
             and ``(L,)`` the levels' target sides in pixels of ``reference`` as given.
         """
-        maps, sides, _, factor, _ = self._score_maps(prepare_image(query, 3, self.channel_order, "query"), reference)
+        query = prepare_image(query, 3, self.channel_order, "query", MIN_QUERY_SIDE)
+        maps, sides, _, factor, _ = self._score_maps(query, reference)
         return maps, sides / factor
 
     def _score_maps(self, query: np.ndarray, reference: np.ndarray):

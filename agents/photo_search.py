@@ -40,7 +40,7 @@ import torch
 
 from agents.model_files import read_model_file, write_model_file
 from agents.photo_search_net import PhotoSearchConfig, PhotoSearchNet, cosine_map
-from agents.searcher import prepare_image
+from agents.searcher import MIN_QUERY_SIDE, prepare_image
 
 #: The model file's ``kind``.
 MODEL_KIND = "photo-search"
@@ -348,11 +348,13 @@ class PhotoSearcher:
 
     # ------------------------------------------------------------------ search
     def locate(self, query: np.ndarray, reference: np.ndarray) -> PhotoSearchResult:
-        """Find ``query`` (``(h, w, 3)``, or grayscale, uint8) in ``reference`` (larger or equal).
+        """Find ``query`` (``(h, w, 3)``, or grayscale, uint8; at least
+        :data:`~agents.searcher.MIN_QUERY_SIDE` (4) pixels a side) in ``reference`` (larger or equal).
 
-        :raises ValueError: for images that are not images, or a query larger than the reference.
+        :raises ValueError: for images that are not images (a float one with NaN values, for
+            one), a query under 4 px a side, or a query larger than the reference.
         """
-        query = prepare_image(query, 3, self.channel_order, "query")
+        query = prepare_image(query, 3, self.channel_order, "query", MIN_QUERY_SIDE)
         reference = prepare_image(reference, 3, self.channel_order, "reference")
         qh, qw = query.shape[:2]
         rh, rw = reference.shape[:2]

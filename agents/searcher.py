@@ -38,8 +38,10 @@ from matchenv.geometry import crop_letterboxed, crop_window, letterbox, place_wi
 class SearchResult:
     """Where the agent found the query.
 
-    :param box: ``(4,)`` float pixel box ``(x0, y0, x1, y1)`` of the answer in the reference.
-    :param path: ``(T, 4)`` every window placed, in order (the last one is :attr:`box` by default);
+    :param box: ``(4,)`` float pixel box ``(x0, y0, x1, y1)`` of the answer in the reference
+        (always inside it: ``0 <= x0 <= x1 <= W``, likewise in y).
+    :param path: ``(T, 4)`` every window placed, in order (the last one is :attr:`box` by default;
+        clipped to the reference like :attr:`box`);
         ``T`` is ``max_trials`` unless ``stop_score`` ended the search earlier.
     :param scores: ``(T,)`` match score of each window in ``[0, 1]`` from the contrastive head
         (``1 - distance / margin``, clipped): near 1 the agent believes the window matches.
@@ -66,13 +68,49 @@ def stacked(images: Sequence[np.ndarray]) -> np.ndarray:
     return images[0][None] if len(images) == 1 else np.stack(images)
 
 
-def prepare_image(image: np.ndarray, channels: int, channel_order: str = "rgb", name: str = "image") -> np.ndarray:
+#: The smallest query side (pixels) the learned searchers take: a smaller template holds too
+#: little pattern to match (a 1x1 query is one colour, found "anywhere"), and the searchers'
+#: networks would only see it blown up to a blur. Every searcher checks it
+#: (:func:`check_query_side`), with a ``ValueError`` below it.
+MIN_QUERY_SIDE = 4
+
+
+def check_query_side(query: np.ndarray, name: str = "query", min_side: int = MIN_QUERY_SIDE) -> None:
+    """Raise a clear ``ValueError`` for a query under ``min_side`` pixels on a side.
+
+    :param query: ``(h, w, ...)`` the query (only its shape is read).
+    :param name: how the message calls it (``"query[3]"``).
+    """
+    h, w = np.shape(query)[:2]
+    if min(h, w) < min_side:
+        raise ValueError(f"{name} is {w}x{h} px, smaller than the {min_side}x{min_side} px the searchers need "
+                         f"(a template that small has too little pattern to find): crop a larger template around the "
+                         f"object, or enlarge it (e.g. cv2.resize) together with the reference")
+
+
+def non_finite_message(image: np.ndarray, name: str) -> Optional[str]:
+    """What is wrong with a float ``image`` holding NaN or infinite values (``None`` if it has
+    none): a message that says which and how to fix it. For the error path only: it reads the
+    whole image."""
+    has_nan, has_inf = bool(np.isnan(image).any()), bool(np.isinf(image).any())
+    if not (has_nan or has_inf):
+        return None
+    what = " and ".join(label for label, found in (("NaN", has_nan), ("infinite (inf)", has_inf)) if found)
+    return (f"{name} has {what} values ({image.dtype}): replace them first (e.g. np.nan_to_num(image, nan=0.0, "
+            "posinf=1.0, neginf=0.0) for floats in [0, 1]) or pass a uint8 (0-255) image")
+
+
+def prepare_image(image: np.ndarray, channels: int, channel_order: str = "rgb", name: str = "image",
+                  min_side: int = 1) -> np.ndarray:
     """Validate an image and convert it to what a network trained on RGB uint8 sees: ``(H, W, C)``
     uint8 with ``channels`` channels (1 or 3), RGB (a view, not a copy, where no conversion is needed).
 
     :param channel_order: ``"rgb"`` or ``"bgr"``: the order of ``image``'s colour channels.
     :param name: how error messages call the image (``"query[3]"``).
-    :raises TypeError, ValueError: for anything but a 2-D/3-D uint8 (or [0, 1] float) array.
+    :param min_side: the smallest side (pixels) allowed; queries pass :data:`MIN_QUERY_SIDE`
+        (the message is :func:`check_query_side`'s).
+    :raises TypeError, ValueError: for anything but a 2-D/3-D uint8 (or [0, 1] float) array, a
+        float image with NaN or infinite values, or one under ``min_side`` pixels on a side.
     """
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{name} must be a numpy array (e.g. from cv2.imread), got {type(image).__name__}")
@@ -83,11 +121,16 @@ def prepare_image(image: np.ndarray, channels: int, channel_order: str = "rgb", 
                          f"(ignored), got shape {image.shape}")
     if min(image.shape[:2]) < 1:
         raise ValueError(f"{name} is empty: shape {image.shape}")
+    check_query_side(image, name, min_side)
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.floating) and np.all((image >= 0.0) & (image <= 1.0)):  # NaN fails
             image = (image * 255.0).round().astype(np.uint8)  # floats in [0, 1]
+        elif np.issubdtype(image.dtype, np.floating) and (message := non_finite_message(image, name)):
+            raise ValueError(message)  # only looked for once the range check failed: no cost for good images
         else:
-            raise ValueError(f"{name} must be uint8 (0-255) or float in [0, 1], got {image.dtype}")
+            values = f" with values in [{image.min():g}, {image.max():g}]" if np.issubdtype(image.dtype, np.number) else ""
+            raise ValueError(f"{name} must be uint8 (0-255) or float in [0, 1], got {image.dtype}{values}: convert it "
+                             "(e.g. image.astype(np.uint8) for whole values in 0-255, image / 255.0 for floats in 0-255)")
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]
     if image.ndim == 3 and channel_order == "bgr":
@@ -97,6 +140,26 @@ def prepare_image(image: np.ndarray, channels: int, channel_order: str = "rgb", 
     if image.ndim == 2:
         image = image[:, :, None] if channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
     return image
+
+
+def inside_references(results: list[SearchResult], shapes: Sequence[tuple[int, int]]) -> list[SearchResult]:
+    """``results`` with every box (answer, path, ``refined_from``) clipped to its reference, in place.
+
+    Windows are placed inside the reference at working size, but mapping them back to the pixels
+    given divides by the working-size factor, and a reference shrunk to a row or two of working
+    pixels (a 5x3000 strip at ``max_side=320``) gives back windows taller than the reference
+    itself; the refiner's boxes likewise. Every box is clipped here, the one place answers leave
+    the searcher; the path is clipped the same way, so the answer stays one of its windows.
+
+    :param shapes: ``(H, W)`` of each reference as given.
+    """
+    for result, (height, width) in zip(results, shapes):
+        limits = np.array([width, height, width, height], dtype=np.float64)
+        result.box = np.clip(result.box, 0.0, limits)
+        result.path = np.clip(result.path, 0.0, limits)
+        if result.refined_from is not None:
+            result.refined_from = np.clip(result.refined_from, 0.0, limits)
+    return results
 
 
 class _RunningSearch:
@@ -278,9 +341,19 @@ class TemplateSearcher:
 
     @classmethod
     def load(cls, path: Union[str, Path], device: str = "cpu", **kwargs) -> "TemplateSearcher":
-        """Load a checkpoint written by ``train/ppo_lstm.py`` (``best.zip`` / ``last.zip``)."""
+        """Load a checkpoint written by ``train/ppo_lstm.py`` (``best.zip`` / ``last.zip``).
+
+        :raises ValueError: for another kind of model file (a ``.pt`` look, photograph search,
+            proposer...): the message says what it is and which loader takes it.
+        """
+        from agents.model_files import model_file_kind, wrong_kind_message
         from agents.ppo import load_trained_model
 
+        # Another of our model files would fail deep in SB3's loader ("no item named 'data'"):
+        # say what it is instead. An SB3 zip is told by its directory alone (nothing is loaded twice).
+        kind = model_file_kind(path)
+        if kind not in (None, "agent"):
+            raise ValueError(wrong_kind_message(path, kind, "search agent checkpoint", "train/ppo_lstm.py"))
         model = load_trained_model(path, device=device)
         if kwargs.get("stop_score") is not None and model.aux_weight == 0:
             raise ValueError(f"{path} was trained without the contrastive match head (aux_weight=0): its match "
@@ -321,10 +394,14 @@ class TemplateSearcher:
         """Find ``query`` in ``reference``.
 
         :param query: ``(h, w)`` grayscale or ``(h, w, 3)`` colour uint8 image (the template), in
-            the channel order given at construction (``channel_order``).
+            the channel order given at construction (``channel_order``); at least
+            :data:`MIN_QUERY_SIDE` (4) pixels a side.
         :param reference: ``(H, W)`` or ``(H, W, 3)`` uint8 image to search. For a fixed-size agent
-            it must be at least as large as the query.
-        :return: a :class:`SearchResult` with the box in pixels of ``reference`` as given.
+            it must be at least as large as the query (a scale-aware agent searches windows sized
+            relative to the reference, so any reference will do).
+        :return: a :class:`SearchResult` with the box in pixels of ``reference`` as given, inside it.
+        :raises ValueError: a query under 4 px a side, a float image with NaN or infinite values,
+            or (fixed-size agents) a query larger than the reference.
         """
         return self.locate_batch([query], [reference])[0]
 
@@ -334,14 +411,16 @@ class TemplateSearcher:
             raise ValueError(f"got {len(queries)} queries but {len(references)} references: pass one reference per query")
         if len(queries) == 0:
             return []
-        queries = [self.prepare(q, f"query[{i}]") for i, q in enumerate(queries)]
+        queries = [self.prepare(q, f"query[{i}]", MIN_QUERY_SIDE) for i, q in enumerate(queries)]
         references = [self.prepare(r, f"reference[{i}]") for i, r in enumerate(references)]
+        shapes = [r.shape[:2] for r in references]  # the pixels answers are given in (and kept inside)
         if self.scale_range is None:
             for i, (q, r) in enumerate(zip(queries, references)):
                 if q.shape[0] > r.shape[0] or q.shape[1] > r.shape[1]:
                     raise ValueError(
                         f"pair {i}: the query ({q.shape[1]}x{q.shape[0]} px) is larger than the reference "
-                        f"({r.shape[1]}x{r.shape[0]} px); the query must fit inside the image it is searched in"
+                        f"({r.shape[1]}x{r.shape[0]} px); this agent searches for the query at its own size, so the "
+                        "query must fit inside the image it is searched in: pass a larger reference (or shrink both)"
                     )
         # Photograph agents work at the training working size; boxes are mapped back at the end.
         factors = np.ones(len(references))
@@ -358,8 +437,9 @@ class TemplateSearcher:
                 overviews = stacked([resize_image(r, self.overview_size) for r in references])
             boxes, distances = self._fused(stacked(queries), stacked([self._view(r) for r in references]),
                                            stacked(references), overviews)
-            return self._refined(self._results(boxes, distances, np.full(n, self.max_trials), factors),
-                                 queries, references, factors)
+            results = self._refined(self._results(boxes, distances, np.full(n, self.max_trials), factors),
+                                    queries, references, factors)
+            return inside_references(results, shapes)
         if self.window_fraction is None:  # the query's size in working pixels
             windows = [(q.shape[0] * f, q.shape[1] * f) for q, f in zip(queries, factors)]
         else:  # photographs: the query's aspect, a size relative to the reference
@@ -372,7 +452,7 @@ class TemplateSearcher:
             with torch.inference_mode():
                 query_views = [self._view(q) for q in queries]
                 results = self._search(query_views, references, windows, factors)
-                return self._refined(results, queries, references, factors, query_views)
+                return inside_references(self._refined(results, queries, references, factors, query_views), shapes)
         finally:
             torch.backends.mkldnn.enabled = previous
 
@@ -488,7 +568,7 @@ class TemplateSearcher:
                              "pass one reference and one box per query")
         if len(queries) == 0:
             return np.zeros(0, np.float32)
-        views = [self._view(self.prepare(q, f"query[{i}]")) for i, q in enumerate(queries)]
+        views = [self._view(self.prepare(q, f"query[{i}]", MIN_QUERY_SIDE)) for i, q in enumerate(queries)]
         windows = []
         for i, (reference, box) in enumerate(zip(references, boxes)):
             reference, factor = to_working_size(self.prepare(reference, f"reference[{i}]"), self.max_side)
@@ -499,13 +579,14 @@ class TemplateSearcher:
         # An all-zero embedding (a ReLU network on a flat image) is like nothing: similarity 0.
         return (np.sum(query_emb * window_emb, axis=1) / np.maximum(norms, 1e-12)).astype(np.float32)
 
-    def prepare(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+    def prepare(self, image: np.ndarray, name: str = "image", min_side: int = 1) -> np.ndarray:
         """Validate an image and convert it to what the agent sees (:func:`prepare_image` with the
         policy's channel count and this searcher's ``channel_order``).
 
         :param name: how error messages call the image (``"query[3]"``).
+        :param min_side: the smallest side allowed (queries: :data:`MIN_QUERY_SIDE`).
         """
-        return prepare_image(image, self.channels, self.channel_order, name)
+        return prepare_image(image, self.channels, self.channel_order, name, min_side)
 
     # ------------------------------------------------------------------ internals
     def _view(self, image: np.ndarray) -> np.ndarray:

@@ -85,7 +85,9 @@ def to_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
         ``(C, H, W)`` channel-first with ``C`` in ``{1, 3}``. Channel-first is detected
         when ``ndim == 3``, ``shape[0]`` is 1 or 3 and ``shape[-1]`` is not. ``uint8`` is
         expected; ``bool`` is mapped to {0, 255}, floats with max <= 1 are treated as
-        ``[0, 1]`` intensities and other types are clipped to ``[0, 255]``.
+        ``[0, 1]`` intensities and other types are clipped to ``[0, 255]``. This is for
+        pictures, so it draws what it can rather than refuse: NaN pixels are drawn black (0)
+        and infinities clipped to 0 or 255 (the searchers and matchers refuse NaN images).
     name : str
         Used in error messages.
 
@@ -111,7 +113,9 @@ def to_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
             arr = arr.astype(np.uint8) * 255
         else:
             arr = arr.astype(np.float64)
-            if np.issubdtype(np.asarray(image).dtype, np.floating) and arr.size and np.nanmax(arr) <= 1.0:
+            # the largest finite value decides [0, 1] or [0, 255] (no NaN warning, an inf pixel does not tip it)
+            if (np.issubdtype(np.asarray(image).dtype, np.floating) and arr.size
+                    and np.max(arr, where=np.isfinite(arr), initial=0.0) <= 1.0):
                 arr = arr * 255.0
             arr = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
     if arr.ndim == 2:

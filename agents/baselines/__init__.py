@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from agents.baselines.base import Matcher, MatchResult, check_pair
+from agents.baselines.base import CostlyMatchWarning, Matcher, MatchResult, check_pair
 from agents.baselines.bbs import BBS
 from agents.baselines.ddis import DDIS
 from agents.baselines.embedding import UNTRAINED, EmbeddingSlidingWindow
@@ -84,6 +84,7 @@ __all__ = [
     "BBS",
     "DDIS",
     "CentreBox",
+    "CostlyMatchWarning",
     "DEFAULT_SCALES",
     "MATCHERS",
     "UNTRAINED",

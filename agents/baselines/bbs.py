@@ -59,6 +59,9 @@ _APP_SCALE = 255.0 * 255.0
 #: Points x windows per call of :func:`best_buddies`: small enough for its working tensors to stay
 #: in cache, large enough to amortise the per-slot overhead (measured: ~20% faster than one tile).
 _CACHE_ELEMENTS = 2**18
+#: Rough cost of one window's mutual-NN test per pair of points (``N^2`` per window), one CPU
+#: thread: 26 s for 1000x1000 and a 28x28 query (``N = 81``, the module docstring).
+SECONDS_PER_WINDOW_PAIR = 4e-9
 
 
 class BBS(ScoreMapMatcher):
@@ -71,6 +74,10 @@ class BBS(ScoreMapMatcher):
     :param stride: distance in pixels between scored window positions, in x and in y.
     :param chunk_elements: upper bound on the number of float32 elements of one working tensor
         (default ``2**23``: 32 MiB); lower it to use less memory, results do not change.
+
+    A pair expected to take more than 30 s or 1 GiB (the number of windows times the work per
+    window: :meth:`expected_cost`, the module docstring's **Cost**) gets a
+    :class:`~agents.baselines.base.CostlyMatchWarning` first, once per matcher; the scores are the same.
     """
 
     name = "bbs"
@@ -106,6 +113,7 @@ class BBS(ScoreMapMatcher):
             raise ValueError(f"the query ({w}x{h} px) is smaller than one {g}x{g} BBS patch")
         n = gy * gx
         ny, nx = (H - h) // s + 1, (W - w) // s + 1
+        self.warn_if_costly(q.shape, r.shape, *self.expected_cost(q.shape, r.shape))
 
         qt = _to_tensor(q)
         rt = _to_tensor(r)
@@ -135,6 +143,18 @@ class BBS(ScoreMapMatcher):
                         counts = best_buddies(sub, spatial, gx, g, s, (a1 - a0, b1 - b0))
                         out[i0 + a0 : i0 + a1, j0 + b0 : j0 + b1] = counts.numpy() / n
         return out
+
+    def expected_cost(self, query_shape: tuple[int, ...], reference_shape: tuple[int, ...]) -> tuple[int, float, float]:
+        """Rough cost of matching a ``query_shape`` query in a ``reference_shape`` reference
+        (``(h, w[, C])``, ``(H, W[, C])``): window positions, seconds on one CPU thread
+        (:data:`SECONDS_PER_WINDOW_PAIR` per window and pair of points), bytes of working memory
+        (the reference as float32, the float64 score map, a few tensors of ``chunk_elements``)."""
+        (h, w), (big_h, big_w) = query_shape[:2], reference_shape[:2]
+        channels = reference_shape[2] if len(reference_shape) > 2 else 1
+        n = (h // self.gamma) * (w // self.gamma)
+        windows = ((big_h - h) // self.stride + 1) * ((big_w - w) // self.stride + 1)
+        memory = 4.0 * big_h * big_w * channels + 8.0 * windows + 16.0 * self.chunk_elements
+        return windows, SECONDS_PER_WINDOW_PAIR * windows * n * n, memory
 
     def __repr__(self) -> str:
         return f"BBS(lam={self.lam}, gamma={self.gamma}, stride={self.stride})"

@@ -51,6 +51,9 @@ from agents.baselines.base import ScoreMapMatcher, check_pair
 from agents.baselines.bbs import _fit, _ranges, _to_tensor  # shared tiling / conversion helpers
 
 PATCH = 3  #: side of the dense patches the features are made of, in pixels (the paper's 3x3)
+#: Rough cost per window and template point (``|T|`` per window, the NN field included), one CPU
+#: thread: 8 s for 1000x1000 and a 28x28 query (``|T| = 676``, the module docstring).
+SECONDS_PER_WINDOW_POINT = 1.2e-8
 
 
 class DDIS(ScoreMapMatcher):
@@ -59,6 +62,10 @@ class DDIS(ScoreMapMatcher):
     :param stride: distance in pixels between scored window positions, in x and in y.
     :param chunk_elements: upper bound on the number of elements of one working tensor (default
         ``2**18``: small chunks stay in cache, the fastest setting measured); results do not depend on it.
+
+    A pair expected to take more than 30 s or 1 GiB (the number of windows times the work per
+    window: :meth:`expected_cost`, the module docstring's **Cost**) gets a
+    :class:`~agents.baselines.base.CostlyMatchWarning` first, once per matcher; the scores are the same.
     """
 
     name = "ddis"
@@ -88,6 +95,7 @@ class DDIS(ScoreMapMatcher):
         n_t = th * tw
         s = self.stride
         ny, nx = (H - h) // s + 1, (W - w) // s + 1
+        self.warn_if_costly(q.shape, r.shape, *self.expected_cost(q.shape, r.shape))
 
         nnf = nearest_neighbour_field(q, r, self.chunk_elements)  # (H - 2, W - 2) int64
         # (ny, nx, th, tw) strided view: the NN indices of each window's points, no copy yet.
@@ -122,6 +130,18 @@ class DDIS(ScoreMapMatcher):
                 scores = terms.sum(dim=1, dtype=torch.float64) / n_t
                 out[i0:i1, j0:j1] = scores.view(i1 - i0, j1 - j0).numpy()
         return out
+
+    def expected_cost(self, query_shape: tuple[int, ...], reference_shape: tuple[int, ...]) -> tuple[int, float, float]:
+        """Rough cost of matching a ``query_shape`` query in a ``reference_shape`` reference
+        (``(h, w[, C])``, ``(H, W[, C])``): window positions, seconds on one CPU thread
+        (:data:`SECONDS_PER_WINDOW_POINT` per window and template point), bytes of working memory
+        (the reference as float32, the int64 NN field, the float64 score map, the chunks)."""
+        (h, w), (big_h, big_w) = query_shape[:2], reference_shape[:2]
+        channels = reference_shape[2] if len(reference_shape) > 2 else 1
+        points = max(h - PATCH + 1, 0) * max(w - PATCH + 1, 0)
+        windows = ((big_h - h) // self.stride + 1) * ((big_w - w) // self.stride + 1)
+        memory = (4.0 * channels + 8.0) * big_h * big_w + 8.0 * windows + 32.0 * self.chunk_elements
+        return windows, SECONDS_PER_WINDOW_POINT * windows * points, memory
 
     def __repr__(self) -> str:
         return f"DDIS(stride={self.stride})"

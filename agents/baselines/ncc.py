@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from agents.baselines.base import Matcher, MatchResult, check_pair
+from agents.baselines.base import MIN_QUERY_SIDE, Matcher, MatchResult, check_pair
 from matchenv.geometry import resize_image
 
 #: ``method`` name -> (OpenCV flag, benchmark name, whether lower scores are better).
@@ -76,7 +76,7 @@ class OpenCVMatcher(Matcher):
         evaluated = 0
         for scale in self.scales if self.scales is not None else (1.0,):
             qh, qw = int(round(q.shape[0] * scale)), int(round(q.shape[1] * scale))
-            if qh > img_h or qw > img_w or min(qh, qw) < 2:
+            if qh > img_h or qw > img_w or min(qh, qw) < MIN_QUERY_SIDE:
                 continue  # the resized query does not fit (or is too small to carry a pattern)
             templ = _for_opencv(resize_image(q, (qh, qw)) if (qh, qw) != q.shape[:2] else q)
             result = cv2.matchTemplate(ref, templ, self._flag)
@@ -89,10 +89,11 @@ class OpenCVMatcher(Matcher):
             score = float(scores[y, x])
             if best is None or score > best[0]:
                 best = (score, scale, int(x), int(y), qw, qh)
-        if best is None:
+        if best is None:  # only with scales: check_pair lets through queries that fit at their own size
             raise ValueError(
-                f"no scale in {self.scales} makes the {q.shape[1]}x{q.shape[0]} query fit in the "
-                f"{img_w}x{img_h} reference"
+                f"no scale in {self.scales} makes the {q.shape[1]}x{q.shape[0]} query both fit in the {img_w}x{img_h} "
+                f"reference and keep at least {MIN_QUERY_SIDE} px a side (a smaller window has no pattern to "
+                "correlate): pass scales that keep it between those sizes, or scales=None for its own size"
             )
         score, _, x, y, w, h = best
         return MatchResult(box=np.array([x, y, x + w, y + h], dtype=np.float64), score=score, evaluated=evaluated)

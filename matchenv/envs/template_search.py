@@ -153,7 +153,12 @@ class TemplateSearchEnv(gym.Env):
         if not isinstance(dataset, PairDataset):
             raise TypeError(f"dataset must be a registered name or a PairDataset, got {type(dataset).__name__}")
         check_split(split)
-        if int(max_trials) < 1:
+        # A whole number only: int(1.7) would silently give 1 window per episode. (numpy integers
+        # pass; a float, even 6.0, and a bool do not: say max_trials=6.)
+        if isinstance(max_trials, bool) or not isinstance(max_trials, (int, np.integer)):
+            raise ValueError(f"max_trials must be a whole number of windows (an int >= 1, e.g. max_trials=6), "
+                             f"got {max_trials!r} ({type(max_trials).__name__})")
+        if max_trials < 1:
             raise ValueError(f"max_trials must be >= 1, got {max_trials}")
         if reward_mode not in REWARD_MODES:
             raise ValueError(f"unknown reward_mode {reward_mode!r}; choose one of {REWARD_MODES}")
