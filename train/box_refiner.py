@@ -27,12 +27,10 @@ Outputs in ``--out-dir``: ``refiner.pt`` (``TemplateSearcher.load(agent, refiner
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,8 +39,10 @@ from tqdm import tqdm
 
 from agents.box_refiner import (BoxRefiner, RefinerConfig, box_deltas, context_crop, refine_boxes, save_refiner_file,
                                 to_tensor)
+from agents.model_files import write_model_file
+from agents.script_args import (checkpoint_flags, checkpoint_state, command_line, dataclass_parser, json_object_arg,
+                                parse_dataclass_args, photo_dataset, restore_checkpoint, resume_checkpoint, start_run)
 from agents.searcher import TemplateSearcher
-from matchenv.datasets import make_dataset
 from matchenv.datasets.base import PairDataset
 from matchenv.geometry import iou, letterbox
 
@@ -57,18 +57,18 @@ class Args:
     train_samples: int = 40_000  # generated once from --seed (about 0.6 GB of uint8 crops at the defaults)
     shift: float = 0.25  # standard deviation of the training windows' centre offset, in window sides
     log_scale: float = 0.35  # standard deviation of their log size ratio to the target
-    crop_size: int = 64
-    context: float = 2.0
-    query_side: int = 32
-    width: int = 64
-    epochs: int = 8
-    batch_size: int = 64
+    crop_size: int = 64  # side (pixels) of the context crop the network sees (a multiple of 16)
+    context: float = 2.0  # the context crop is the window scaled by this factor around its centre
+    query_side: int = 32  # the query is letterboxed to this side (pixels)
+    width: int = 64  # channels of the network's convolutions
+    epochs: int = 8  # passes over the training samples
+    batch_size: int = 64  # samples per Adam step
     learning_rate: float = 2e-3  # peak of the one-cycle schedule
     eval_pairs: int = 161  # first N pairs of the fixed test split (all of FlickrLogos-27's)
     refine_steps: int = 1  # refinement steps at evaluation
-    seed: int = 0
+    seed: int = 0  # seeds the training samples and the batches
     threads: int = 2  # torch CPU threads for training
-    out_dir: str = "runs/box-refiner"
+    out_dir: str = "runs/box-refiner"  # where refiner.pt, last.pt and summary.json go
     resume: str = ""  # a last.pt to continue from
 
 
@@ -126,42 +126,28 @@ def evaluate(refiner: BoxRefiner, answers: dict, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    args = Args(**vars(parser.parse_args()))
+    parser = dataclass_parser(Args, __doc__)
+    args = parse_dataclass_args(parser, Args)
+    dataset_kwargs = json_object_arg(parser, "--dataset-kwargs", args.dataset_kwargs, '{"reframe": 1.0}')
+    data, _ = photo_dataset(parser, args.dataset, dataset_kwargs, "the refiner is for colour photographs")
     try:
-        config = RefinerConfig(crop_size=args.crop_size, context=args.context,
-                               query_size=(args.query_side, args.query_side), width=args.width)
-        dataset_kwargs = json.loads(args.dataset_kwargs)
-        if not isinstance(dataset_kwargs, dict):
-            raise ValueError(f"--dataset-kwargs must be a JSON object like '{{\"reframe\": 1.0}}', got {args.dataset_kwargs}")
-        data = make_dataset(args.dataset, **dataset_kwargs)
-        refiner = BoxRefiner(config)
+        refiner = BoxRefiner(RefinerConfig(crop_size=args.crop_size, context=args.context,
+                                           query_size=(args.query_side, args.query_side), width=args.width))
     except ValueError as err:
         parser.error(str(err))
-    if getattr(data, "channels", 1) != 3:
-        parser.error(f"--dataset {args.dataset} is not a photograph dataset (the refiner is for colour photographs)")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    config = refiner.config
+    out = start_run(args)
 
     optimizer = torch.optim.Adam(refiner.parameters(), lr=args.learning_rate)
     steps_per_epoch = -(-args.train_samples // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.learning_rate,
                                                    total_steps=args.epochs * steps_per_epoch, pct_start=0.1)
     start_epoch, history = 0, []
+    run_args = checkpoint_flags(args, skip=("resume", "threads", "out_dir"))
     if args.resume:
-        if not Path(args.resume).is_file():
-            parser.error(f"--resume {args.resume}: no such file (a run writes last.pt in its --out-dir after every epoch)")
-        state = torch.load(args.resume, map_location="cpu", weights_only=True)
-        if state.get("args") != {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "threads", "out_dir")}:
-            parser.error(f"--resume {args.resume} was written by a run with other flags ({state.get('args')}): "
-                         "pass the same flags as that run")
-        refiner.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        state = resume_checkpoint(parser.error, args.resume, "a run writes last.pt in its --out-dir after every epoch",
+                                  run_args)
+        restore_checkpoint(state, refiner, optimizer, schedule)
         start_epoch, history = int(state["epoch"]), list(state["history"])
         print(f"resumed from {args.resume} after epoch {start_epoch}")
 
@@ -197,16 +183,11 @@ def main() -> None:
         history.append({"epoch": epoch + 1, "loss": total / args.train_samples, "test": evaluation})
         print(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, test success {evaluation['success_rate']:.3f} "
               f"(mean IoU {evaluation['mean_iou']:.3f}; the searcher alone {before['success_rate']:.3f})", flush=True)
-        tmp = out / ".last.pt.tmp"
-        torch.save({"state_dict": refiner.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "epoch": epoch + 1, "history": history,
-                    "args": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "threads", "out_dir")}}, tmp)
-        tmp.replace(out / "last.pt")
+        write_model_file(out / "last.pt", checkpoint_state(refiner, optimizer, schedule, epoch=epoch + 1,
+                                                           history=history, args=run_args))
     train_minutes = (time.perf_counter() - started) / 60
 
-    info = {"command": " ".join(["python train/box_refiner.py"] + [
-                f"--{f.name.replace('_', '-')} {getattr(args, f.name)!r}" for f in dataclasses.fields(Args)
-                if getattr(args, f.name) != f.default and f.name not in ("resume", "out_dir", "threads")]),
+    info = {"command": command_line("train/box_refiner.py", args),
             "args": dataclasses.asdict(args), "searcher_alone": before,
             "test": history[-1]["test"] if history else None, "train_minutes": train_minutes}
     save_refiner_file(out / "refiner.pt", refiner, info)

@@ -28,13 +28,10 @@ Outputs in ``--out-dir``: ``proposer.pt`` (loads with ``CoarseToFineSearcher.loa
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import shlex
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +39,9 @@ from torch import nn
 from tqdm import tqdm
 
 from agents.coarse_to_fine import CoarseProposer, CoarseToFineSearcher, save_proposer_file, target_cell, to_unit_range
+from agents.model_files import write_model_file
+from agents.script_args import (checkpoint_state, command_line, dataclass_parser, json_object_arg, parse_dataclass_args,
+                                restore_checkpoint, resume_checkpoint, start_run)
 from agents.searcher import TemplateSearcher
 from matchenv.datasets import make_dataset
 from matchenv.datasets.noisy_mnist import canvas_kwargs
@@ -62,19 +62,19 @@ class Args:
     depth: int = 1  # 3x3 layers after its first convolution
     kernel: int = 8  # the first convolution's kernel side (shrunk-image pixels)
     stride: int = 4  # its stride: a cell is shrink * stride reference pixels
-    separable: int = 0  # 1: each 3x3 layer depthwise + 1x1 (cheaper)
+    separable: bool = False  # each 3x3 layer depthwise + 1x1 (cheaper)
     query_side: int = 0  # > 0: a query-aware look, the query shrunk to this side (0: it never sees the query)
-    epochs: int = 20
-    batch_size: int = 64
-    learning_rate: float = 3e-3
+    epochs: int = 20  # passes over the training canvases
+    batch_size: int = 64  # canvases per Adam step
+    learning_rate: float = 3e-3  # Adam, at the start of the cosine decay
     learning_rate_final: float = 0.05  # fraction of --learning-rate reached at the end (cosine decay)
     fine: str = "pretrained:cluttered-mnist"  # the agent that searches the crop (pretrained:<name> or a checkpoint)
     crop_size: int = 100  # the crop it searches: its training canvas side
     eval_canvases: str = "250,500,1000,2000"  # test canvas sides
     eval_pairs: int = 200  # first N pairs of each fixed test split
-    seed: int = 0
+    seed: int = 0  # seeds the training canvases, the network and the batches
     threads: int = 2  # torch CPU threads for training (evaluation times nothing, so threads do not matter there)
-    out_dir: str = "runs/coarse-proposer"
+    out_dir: str = "runs/coarse-proposer"  # where proposer.pt, last.pt and summary.json go
     resume: str = ""  # a last.pt to continue from
 
 
@@ -133,26 +133,18 @@ def evaluate(args: Args, searcher: CoarseToFineSearcher) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    args = Args(**vars(parser.parse_args()))
-    try:
-        json.loads(args.dataset_kwargs)
-    except json.JSONDecodeError as err:
-        parser.error(f"--dataset-kwargs {args.dataset_kwargs!r} is not JSON ({err}); e.g. '{{\"n_distractors\": [9, 9]}}'")
+    parser = dataclass_parser(Args, __doc__)
+    args = parse_dataclass_args(parser, Args)
+    json_object_arg(parser, "--dataset-kwargs", args.dataset_kwargs, '{"n_distractors": [9, 9]}')
     if args.crop_size >= args.train_canvas:
         parser.error(f"--train-canvas ({args.train_canvas}) must be larger than --crop-size ({args.crop_size}): "
                      "the proposer is for references larger than the agent's canvas")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(args)
 
     # The agent that will search the crops, loaded first so that a wrong --fine fails before training.
     fine = TemplateSearcher.from_spec(args.fine)
     proposer = CoarseProposer(channels=fine.channels, width=args.width, shrink=args.shrink, depth=args.depth,
-                              kernel=args.kernel, stride=args.stride, separable=bool(args.separable),
+                              kernel=args.kernel, stride=args.stride, separable=args.separable,
                               query_side=args.query_side)
     optimizer = torch.optim.Adam(proposer.parameters(), lr=args.learning_rate)
     steps_per_epoch = -(-args.train_pairs // args.batch_size)
@@ -160,16 +152,12 @@ def main() -> None:
                                                           eta_min=args.learning_rate * args.learning_rate_final)
     start_epoch, losses = 0, []
     if args.resume:
-        if not Path(args.resume).is_file():
-            parser.error(f"--resume {args.resume}: no such file (a run writes last.pt in its --out-dir after every epoch)")
-        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+        state = resume_checkpoint(parser.error, args.resume, "a run writes last.pt in its --out-dir after every epoch")
         if {"query_side": 0, **state.get("config", {})} != proposer.config:  # files older than query_side have none
             parser.error(f"--resume {args.resume} holds a proposer {state.get('config')}, but the flags ask for "
                          f"{proposer.config}: pass the same --shrink/--width/--depth/--kernel/--stride/--query-side "
                          "as that run")
-        proposer.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        restore_checkpoint(state, proposer, optimizer, schedule)
         start_epoch, losses = int(state["epoch"]), list(state["losses"])
         print(f"resumed from {args.resume} after epoch {start_epoch}")
 
@@ -200,10 +188,8 @@ def main() -> None:
         losses.append({"epoch": epoch + 1, "loss": total / len(labels), "train_cell_accuracy": correct / len(labels)})
         print(f"epoch {epoch + 1}: loss {losses[-1]['loss']:.3f}, best cell right on {losses[-1]['train_cell_accuracy']:.3f} "
               "of the training canvases", flush=True)
-        tmp = out / ".last.pt.tmp"
-        torch.save({"state_dict": proposer.state_dict(), "config": proposer.config, "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "epoch": epoch + 1, "losses": losses}, tmp)
-        tmp.replace(out / "last.pt")
+        write_model_file(out / "last.pt", checkpoint_state(proposer, optimizer, schedule, config=proposer.config,
+                                                           epoch=epoch + 1, losses=losses))
     train_minutes = (time.perf_counter() - started) / 60
 
     # 3. evaluation with the agent
@@ -212,9 +198,7 @@ def main() -> None:
     save_proposer_file(fine_path, proposer, (args.crop_size, args.crop_size), args.fine)
     searcher = CoarseToFineSearcher.load(fine_path, fine=fine)
     evaluation = evaluate(args, searcher)
-    info = {"command": "python train/coarse_proposer.py " + " ".join(
-                f"--{f.name.replace('_', '-')} {shlex.quote(str(getattr(args, f.name)))}" for f in dataclasses.fields(Args)
-                if getattr(args, f.name) != f.default),
+    info = {"command": command_line("train/coarse_proposer.py", args, skip=()),
             "args": dataclasses.asdict(args), "evaluation": evaluation, "train_minutes": train_minutes}
     save_proposer_file(fine_path, proposer, (args.crop_size, args.crop_size), args.fine, info)
     (out / "summary.json").write_text(json.dumps({**info, "losses": losses}, indent=2))

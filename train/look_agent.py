@@ -32,7 +32,6 @@ step, not the best evaluation), ``last.pt``, ``tables-*.pt``, ``summary.json``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -55,10 +54,11 @@ from agents.look_agent import (
 )
 from agents.model_files import write_model_file
 from agents.multiscale_look import LookSearcher
+from agents.script_args import (checkpoint_flags, checkpoint_state, command_line, dataclass_parser, json_object_arg,
+                                parse_dataclass_args, photo_dataset, require_at_least, restore_checkpoint,
+                                resume_checkpoint, start_run)
 from agents.searcher import prepare_image
-from matchenv.datasets import EVALUATION_ONLY, make_dataset
 from matchenv.datasets.base import PairDataset
-from matchenv.datasets.logos import find_flickrlogos27
 from matchenv.geometry import iou
 
 
@@ -72,21 +72,21 @@ class Args:
     images: str = ""  # SelfSupervisedPhotos' folder of photographs; "" = FlickrLogos-27's images (found or downloaded)
     train_pairs: int = 12_000  # generated once from --seed (~20 ms each: the first look and every comparison)
     eval_first: int = 400  # test pairs evaluated: eval_first .. eval_first + eval_pairs - 1 (the benchmark uses 0-99)
-    eval_pairs: int = 600
+    eval_pairs: int = 600  # how many test pairs are evaluated, from --eval-first on
     candidates: int = 8  # the first look's best candidates the windows may go to
     max_trials: int = 6  # windows per search; the last is the answer
     hidden: int = 64  # GRU units
-    imitation_steps: int = 1_000
-    pg_steps: int = 2_000
+    imitation_steps: int = 1_000  # steps (batches of searches) of imitation
+    pg_steps: int = 2_000  # steps of policy gradient after imitation
     batch_size: int = 256  # searches per step
     learning_rate: float = 3e-3  # Adam, imitation
     pg_learning_rate: float = 5e-4  # Adam, policy gradient (at 3e-3 the number of windows swung between 1 and 4)
     comparison_cost: float = 0.02  # reward lost per window compared (policy gradient): speed against success
     entropy_weight: float = 0.01  # policy gradient's entropy bonus
     eval_every: int = 500  # steps between evaluations and checkpoints
-    seed: int = 0
+    seed: int = 0  # seeds the training pairs, the policy and its searches
     threads: int = 1  # torch CPU threads (the look's comparisons run on one thread either way)
-    out_dir: str = "runs/look-agent"
+    out_dir: str = "runs/look-agent"  # where look_agent.pt, last.pt, the tables and summary.json go
     resume: str = ""  # a last.pt to continue from
 
 
@@ -184,39 +184,18 @@ def policy_gradient_loss(policy: LookAgentPolicy, out: dict[str, torch.Tensor], 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    args = Args(**vars(parser.parse_args()))
+    parser = dataclass_parser(Args, __doc__)
+    args = parse_dataclass_args(parser, Args)
     try:
         config = LookAgentConfig(candidates=args.candidates, max_trials=args.max_trials, hidden=args.hidden)
-        dataset_kwargs = json.loads(args.dataset_kwargs)
-        if not isinstance(dataset_kwargs, dict):
-            raise ValueError(f"--dataset-kwargs must be a JSON object like '{{\"test_size\": 1000}}', got {args.dataset_kwargs}")
     except ValueError as err:
         parser.error(str(err))
-    for name in ("train_pairs", "eval_pairs", "batch_size", "eval_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.eval_first < 0 or args.imitation_steps < 0 or args.pg_steps < 0 or args.comparison_cost < 0:
-        parser.error("--eval-first, --imitation-steps, --pg-steps and --comparison-cost must be >= 0")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.dataset in EVALUATION_ONLY:
-        parser.error(f"--dataset {args.dataset} is for evaluation and model selection only, never for training")
-    if args.dataset == "SelfSupervisedPhotos":
-        dataset_kwargs.setdefault("images", args.images or str(find_flickrlogos27() / "flickr_logos_27_dataset_images"))
-        dataset_kwargs.setdefault("test_size", args.eval_first + args.eval_pairs)
-    elif args.images:
-        parser.error("--images is for --dataset SelfSupervisedPhotos; pass other datasets' data in --dataset-kwargs")
-    try:
-        data = make_dataset(args.dataset, **dataset_kwargs)
-    except ValueError as err:
-        parser.error(str(err))
-    if getattr(data, "channels", 1) != 3:
-        parser.error(f"--dataset {args.dataset} is not a photograph dataset (the agent searches colour photographs)")
+    dataset_kwargs = json_object_arg(parser, "--dataset-kwargs", args.dataset_kwargs, '{"test_size": 1000}')
+    require_at_least(parser, args, 1, "train_pairs", "eval_pairs", "batch_size", "eval_every")
+    require_at_least(parser, args, 0, "eval_first", "imitation_steps", "pg_steps", "comparison_cost")
+    out = start_run(args)
+    data, dataset_kwargs = photo_dataset(parser, args.dataset, dataset_kwargs, "the agent searches colour photographs",
+                                         images=args.images, test_size=args.eval_first + args.eval_pairs)
     if args.eval_first + args.eval_pairs > data.test_size:
         parser.error(f"--eval-first + --eval-pairs ({args.eval_first + args.eval_pairs}) exceeds the dataset's "
                      f"{data.test_size} test pairs: pass a larger test_size in --dataset-kwargs")
@@ -231,16 +210,11 @@ def main() -> None:
     step, history = 0, []
     generator = torch.Generator().manual_seed(args.seed)
     # what a checkpoint must have been written with to be resumed (not where it runs or from what)
-    run_args = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "threads")}
+    run_args = checkpoint_flags(args)
     if args.resume:
-        if not Path(args.resume).is_file():
-            parser.error(f"--resume {args.resume}: no such file (a run writes last.pt in its --out-dir every --eval-every steps)")
-        state = torch.load(args.resume, map_location="cpu", weights_only=True)
-        if state.get("args") != run_args:
-            parser.error(f"--resume {args.resume} was written by a run with other flags ({state.get('args')}): "
-                         "pass the same flags as that run")
-        policy.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = resume_checkpoint(parser.error, args.resume,
+                                  "a run writes last.pt in its --out-dir every --eval-every steps", run_args)
+        restore_checkpoint(state, policy, optimizer)
         generator.set_state(state["generator"])
         step, history = int(state["step"]), list(state["history"])
         print(f"resumed from {args.resume} after step {step}")
@@ -279,15 +253,12 @@ def main() -> None:
             history.append(result)
             bar.write(f"step {step + 1}: test success {result['success_rate']:.3f}, mean IoU {result['mean_iou']:.3f}, "
                       f"windows compared {result['windows_compared']:.2f}")
-            write_model_file(out / "last.pt", {"args": run_args, "state_dict": policy.state_dict(),
-                                               "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                                               "step": step + 1, "history": history})
+            write_model_file(out / "last.pt", checkpoint_state(policy, optimizer, args=run_args, step=step + 1,
+                                                               generator=generator.get_state(), history=history))
     minutes = (time.perf_counter() - started) / 60
 
     # 4. the saved agent, searching for real on the same test pairs
-    command = "python train/look_agent.py" + "".join(
-        [f" --{f.name.replace('_', '-')} {getattr(args, f.name)}" for f in dataclasses.fields(Args)
-         if getattr(args, f.name) != f.default and f.name not in ("resume", "out_dir", "threads")])
+    command = command_line("train/look_agent.py", args)
     path = save_look_agent_file(out / "look_agent.pt", policy.eval(), searcher.look,
                                 {"command": command, "history": history})
     agent = LookAgentSearcher.load(path, threads=1)

@@ -30,12 +30,10 @@ Outputs in ``--out-dir``: ``look.pt`` (loads with ``LookSearcher.load``), ``last
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,10 +43,11 @@ from tqdm import tqdm
 from agents.look_files import config_dict, load_look_file, save_look_file
 from agents.look_network import LookConfig, MultiScaleLook
 from agents.look_training import training_sample
+from agents.model_files import write_model_file
 from agents.multiscale_look import LookSearcher
-from matchenv.datasets import make_dataset
+from agents.script_args import (checkpoint_state, command_line, dataclass_parser, json_object_arg, parse_dataclass_args,
+                                photo_dataset, restore_checkpoint, resume_checkpoint, start_run)
 from matchenv.datasets.base import PairDataset
-from matchenv.datasets.logos import find_flickrlogos27
 from matchenv.geometry import iou
 
 
@@ -64,19 +63,19 @@ class Args:
     crop: int = 80  # side of the training crops, pixels of their level
     level_offsets: str = "-2,-1,0,1,2"  # levels around the target's whose crops compete in the softmax
     channels: str = "16,48,48,48"  # the CNN's four convolutions
-    separable: int = 1  # 1: the last two convolutions depthwise-separable (faster)
-    separable_stem: int = 0  # 1: the second, strided convolution depthwise-separable too (faster, less accurate: README)
+    separable: bool = True  # the last two convolutions depthwise-separable (faster)
+    separable_stem: bool = False  # the strided second convolution depthwise-separable too (faster, less accurate)
     side: int = 20  # the query's geometric-mean side on its canvas, pixels (16 with --canvas 24: 30% less time per query, 0.07 less success)
     canvas: int = 32  # the query canvas side, pixels (a multiple of 4, >= side * sqrt(2))
-    smallest: float = 0.125  # the pyramid's smallest and largest target sides (fractions of the shorter
-    largest: float = 0.8  # side), saved with the look; they only matter for the search, not for training
-    epochs: int = 4
-    batch_size: int = 32
+    smallest: float = 0.125  # the search's smallest target side, a fraction of the shorter side (saved; training ignores it)
+    largest: float = 0.8  # the search's largest target side, a fraction of the shorter side (saved; training ignores it)
+    epochs: int = 4  # passes over the training pairs
+    batch_size: int = 32  # pairs per Adam step
     learning_rate: float = 3e-3  # peak of the one-cycle schedule
     eval_pairs: int = 100  # first N pairs of the fixed test split (the benchmark's FlickrLogos-27-derived pairs)
-    seed: int = 0
+    seed: int = 0  # seeds the training pairs, the network and the batches
     threads: int = 2  # torch CPU threads for training
-    out_dir: str = "runs/multiscale-look"
+    out_dir: str = "runs/multiscale-look"  # where look.pt, last.pt and summary.json go
     resume: str = ""  # a last.pt to continue from
 
 
@@ -116,38 +115,23 @@ def evaluate(look: MultiScaleLook, data: PairDataset, pairs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    args = Args(**vars(parser.parse_args()))
+    parser = dataclass_parser(Args, __doc__)
+    args = parse_dataclass_args(parser, Args)
     try:
-        config = LookConfig(channels=tuple(int(c) for c in args.channels.split(",")), separable=bool(args.separable),
-                            separable_stem=bool(args.separable_stem), side=args.side, canvas=args.canvas, smallest=args.smallest, largest=args.largest)
+        config = LookConfig(channels=tuple(int(c) for c in args.channels.split(",")), separable=args.separable,
+                            separable_stem=args.separable_stem, side=args.side, canvas=args.canvas,
+                            smallest=args.smallest, largest=args.largest)
         offsets = [int(o) for o in args.level_offsets.split(",")]
-        dataset_kwargs = json.loads(args.dataset_kwargs)
-        if not isinstance(dataset_kwargs, dict):
-            raise ValueError(f"--dataset-kwargs must be a JSON object like '{{\"augment\": true}}', got {args.dataset_kwargs}")
     except ValueError as err:
         parser.error(str(err))
+    dataset_kwargs = json_object_arg(parser, "--dataset-kwargs", args.dataset_kwargs, '{"augment": true}')
     if 0 not in offsets:
         parser.error(f"--level-offsets must include 0 (the target's level), got {args.level_offsets}")
     if args.crop < config.canvas + 4:
         parser.error(f"--crop ({args.crop}) must exceed --canvas ({config.canvas}) by at least one cell (4 px)")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.dataset == "SelfSupervisedPhotos":
-        dataset_kwargs.setdefault("images", args.images or str(find_flickrlogos27() / "flickr_logos_27_dataset_images"))
-        dataset_kwargs.setdefault("test_size", args.eval_pairs)
-    elif args.images:
-        parser.error("--images is for --dataset SelfSupervisedPhotos; pass other datasets' data in --dataset-kwargs")
-    try:
-        data = make_dataset(args.dataset, **dataset_kwargs)
-    except ValueError as err:
-        parser.error(str(err))
-    if getattr(data, "channels", 1) != 3:
-        parser.error(f"--dataset {args.dataset} is not a photograph dataset (the look is for colour photographs)")
+    out = start_run(args)
+    data, _ = photo_dataset(parser, args.dataset, dataset_kwargs, "the look is for colour photographs",
+                            images=args.images, test_size=args.eval_pairs)
 
     look = MultiScaleLook(config)
     if args.init:
@@ -163,9 +147,7 @@ def main() -> None:
                                                    pct_start=0.05)
     start_epoch, history = 0, []
     if args.resume:
-        if not Path(args.resume).is_file():
-            parser.error(f"--resume {args.resume}: no such file (a run writes last.pt in its --out-dir after every epoch)")
-        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+        state = resume_checkpoint(parser.error, args.resume, "a run writes last.pt in its --out-dir after every epoch")
         if state.get("epochs", args.epochs) != args.epochs:
             parser.error(f"--resume {args.resume} continues a run of {state['epochs']} epochs (its learning-rate "
                          f"schedule spans them): pass --epochs {state['epochs']}; to train a finished look further, "
@@ -178,9 +160,7 @@ def main() -> None:
             parser.error(f"--resume {args.resume} holds a look {state.get('config')}, but the flags ask for "
                          f"{dataclasses.asdict(config)}: pass the same --channels/--separable/--separable-stem/--side/--canvas "
                          "as that run")
-        look.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        restore_checkpoint(state, look, optimizer, schedule)
         start_epoch, history = int(state["epoch"]), list(state["history"])
         print(f"resumed from {args.resume} after epoch {start_epoch}")
 
@@ -214,17 +194,11 @@ def main() -> None:
                         "train_position_accuracy": correct / args.train_pairs, "test": evaluation})
         print(f"epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, test success {evaluation['success_rate']:.3f} "
               f"(mean IoU {evaluation['mean_iou']:.3f}, {args.eval_pairs} pairs)", flush=True)
-        tmp = out / ".last.pt.tmp"
-        torch.save({"state_dict": look.state_dict(), "config": config_dict(config),
-                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1,
-                    "epochs": args.epochs,
-                    "history": history}, tmp)
-        tmp.replace(out / "last.pt")
+        write_model_file(out / "last.pt", checkpoint_state(look, optimizer, schedule, config=config_dict(config),
+                                                           epoch=epoch + 1, epochs=args.epochs, history=history))
     train_minutes = (time.perf_counter() - started) / 60
 
-    info = {"command": " ".join(["python train/multiscale_look.py"] + [
-                f"--{f.name.replace('_', '-')} {getattr(args, f.name)}" for f in dataclasses.fields(Args)
-                if getattr(args, f.name) != f.default and f.name not in ("resume", "out_dir", "threads")]),
+    info = {"command": command_line("train/multiscale_look.py", args),
             "args": dataclasses.asdict(args), "test": history[-1]["test"] if history else None,
             "train_minutes": train_minutes}
     save_look_file(out / "look.pt", look, info)

@@ -44,12 +44,12 @@ Outputs in ``--out-dir``: ``photo_search.pt`` (``PhotoSearcher.load``), ``last.p
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import re
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -64,6 +64,8 @@ from tqdm import tqdm
 from agents.model_files import write_model_file
 from agents.photo_search import PhotoSearcher, resized, save_photo_search_file, verifier_size
 from agents.photo_search_net import PhotoSearchConfig, PhotoSearchNet, WindowPolicy, cosine_map
+from agents.script_args import (checkpoint_flags, command_line, dataclass_parser, json_object_arg, parse_dataclass_args,
+                                require_at_least, resume_checkpoint)
 from matchenv.datasets import make_dataset
 from matchenv.datasets.base import PairDataset, SearchPair
 from matchenv.datasets.self_supervised import find_images
@@ -89,26 +91,26 @@ class Args:
     look_batch: int = 8  # pairs per batch
     look_lr: float = 1e-4  # Adam
     temperature: float = 0.05  # of the look's and the verifier's softmax over cosine similarities
-    verifier_steps: int = 750
-    verifier_batch: int = 4
-    verifier_lr: float = 5e-5
+    verifier_steps: int = 750  # batches of the verifier stage
+    verifier_batch: int = 4  # pairs per batch
+    verifier_lr: float = 5e-5  # Adam
     negatives: int = 7  # windows per pair that are not the target (the look's candidates first, then random)
     table_pairs: int = 2000  # training pairs whose candidates and scores the found score and the policy learn from
-    imitation_steps: int = 300
-    pg_steps: int = 1000
-    policy_batch: int = 256
-    policy_lr: float = 3e-3
+    imitation_steps: int = 300  # policy stage: steps of imitating first-look order, for each window cost
+    pg_steps: int = 1000  # policy stage: steps of policy gradient after imitation, for each window cost
+    policy_batch: int = 256  # searches (on the tables) per policy step
+    policy_lr: float = 3e-3  # Adam, policy stage
     window_costs: str = "0.002,0.005,0.01,0.02"  # reward lost per window compared: one policy per cost, the best kept
     eval_every: int = 250  # steps between evaluations and checkpoints (a crash loses at most this)
-    look_blocks: int = 2  # PhotoSearchConfig's fields
-    verifier_blocks: int = 11
-    verifier_side: int = 64
-    look_min_side: float = 16.0
-    candidates: int = 8
-    look_weight: float = 0.5
-    seed: int = 0
+    look_blocks: int = 2  # EfficientNet-Lite0 blocks of the first look's features (2: stride 4, 24 channels)
+    verifier_blocks: int = 11  # EfficientNet-Lite0 blocks of the window verifier (11: stride 16, 112 channels)
+    verifier_side: int = 64  # longer side (pixels, a multiple of 16) of the query and windows as the verifier sees them
+    look_min_side: float = 16.0  # the first look runs with the query's shorter side shrunk to this many pixels (never enlarged)
+    candidates: int = 8  # local maxima of the first look that windows may be placed at
+    look_weight: float = 0.5  # weight of the first look's score beside the verifier's in a window's score
+    seed: int = 0  # seeds the pairs, the networks' training and the held-out split of the photographs
     threads: int = 2  # torch CPU threads for training (evaluations' timings are not taken here)
-    out_dir: str = "runs/photo-search"
+    out_dir: str = "runs/photo-search"  # where photo_search.pt, last.pt and summary.json go (never an earlier run's)
     resume: bool = False  # continue the run in --out-dir (same flags) from its last.pt
 
 
@@ -334,34 +336,12 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     write_model_file(path, state)
 
 
-def command_line(args: Args) -> str:
-    """The command that reproduces this run (flags that differ from the defaults)."""
-    parts = ["python train/photo_search.py"]
-    for f in dataclasses.fields(Args):
-        value = getattr(args, f.name)
-        if value == f.default or f.name in ("resume", "out_dir", "threads"):
-            continue
-        flag = f"--{f.name.replace('_', '-')}"
-        parts.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
-    return " ".join(parts)
-
-
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    comments = _field_comments()
-    for f in dataclasses.fields(Args):
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=comments.get(f.name))
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=comments.get(f.name))
-    args = Args(**vars(parser.parse_args()))
-    for name in ("eval_pairs", "look_batch", "verifier_batch", "table_pairs", "policy_batch", "eval_every", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("look_steps", "verifier_steps", "imitation_steps", "pg_steps", "negatives"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    parser = dataclass_parser(Args, __doc__)
+    args = parse_dataclass_args(parser, Args)
+    require_at_least(parser, args, 1, "eval_pairs", "look_batch", "verifier_batch", "table_pairs", "policy_batch",
+                     "eval_every", "threads")
+    require_at_least(parser, args, 0, "look_steps", "verifier_steps", "imitation_steps", "pg_steps", "negatives")
     try:
         if not window_costs(args) or min(window_costs(args)) < 0:
             raise ValueError
@@ -369,21 +349,10 @@ def parse_args() -> Args:
         parser.error(f"--window-costs must be numbers >= 0, comma-separated, got {args.window_costs!r}")
     try:
         config_of(args)
-        if not isinstance(json.loads(args.eval_dataset_kwargs), dict):
-            raise ValueError(f"--eval-dataset-kwargs must be a JSON object, got {args.eval_dataset_kwargs}")
     except ValueError as err:
         parser.error(str(err))
+    json_object_arg(parser, "--eval-dataset-kwargs", args.eval_dataset_kwargs, '{"path": "data/KTMdata"}')
     return args
-
-
-def _field_comments() -> dict[str, str]:
-    """Each Args field's comment in this file: the help text of its flag."""
-    comments = {}
-    for line in Path(__file__).read_text().splitlines():
-        match = re.match(r"^    (\w+): [^=]+= .+?  # (.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2)
-    return comments
 
 
 def window_costs(args: Args) -> list[float]:
@@ -401,16 +370,11 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
-    run_args = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "threads")}
+    run_args = checkpoint_flags(args)
     last = out / "last.pt"
     if args.resume:
-        if not last.is_file():
-            raise SystemExit(f"--resume: no {last} (a run writes it every --eval-every steps)")
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        if state["args"] != run_args:
-            changed = sorted(k for k in run_args if state["args"].get(k) != run_args[k])
-            raise SystemExit(f"--resume: {last} was written with other flags ({', '.join(changed)} differ): "
-                             "pass the same flags as that run")
+        state = resume_checkpoint(sys.exit, last, "--resume continues the run in --out-dir, whose last.pt a run writes "
+                                  "every --eval-every steps", run_args)
     else:
         if out.exists() and any(out.iterdir()):
             raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or another --out-dir "
@@ -557,7 +521,8 @@ def main() -> None:
 
     # 6. the file, and the saved searcher searching the evaluation pairs for real
     minutes = (time.perf_counter() - started) / 60
-    info = {"command": command_line(args), "policy": default_policy, "chosen_on": evaluation_name,
+    info = {"command": command_line("train/photo_search.py", args), "policy": default_policy,
+            "chosen_on": evaluation_name,
             "kept_steps": {k: v["step"] for k, v in best.items()}, "kept_policy": kept_key,
             "policies_on_tables": policies}
     path = save_photo_search_file(out / "photo_search.pt", net, info)
@@ -569,7 +534,7 @@ def main() -> None:
               f"AUC {final[policy]['auc']:.3f}", flush=True)
     progress.update(stage="done", step=0)
     checkpoint()
-    summary = {"args": dataclasses.asdict(args), "command": command_line(args), "history": history, "info": info,
+    summary = {"args": dataclasses.asdict(args), "command": info["command"], "history": history, "info": info,
                "final": final, "training_minutes": minutes, "photographs": len(photos)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {path} and {out / 'summary.json'} ({minutes:.1f} min)")

@@ -36,11 +36,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -62,6 +60,7 @@ from agents.imitation import DAggerTrainer, ImitationConfig
 from agents.ppo import SearchRecurrentPPO, search_config_of
 from agents.rollout import EpisodeBatch, run_episodes
 from agents.run_dir import RunDir, RunDirError, write_json_atomic
+from agents.script_args import dataclass_parser, json_object_arg, parse_dataclass_args
 from matchenv.datasets import EVALUATION_ONLY
 from matchenv.rendering import frame_strip, render_search, save_frames
 from matchenv.vector import make_vec_env
@@ -84,16 +83,16 @@ class Args:
     threads: int = 2  # torch CPU threads: the number of physical cores is usually best
     reward_mode: str = "sparse"  # the paper's reward; "dense" = IoU improvement per step
     # model
-    lstm_hidden_size: int = 128
+    lstm_hidden_size: int = 128  # units of the policy's LSTM
     cnn_channels: str = "8,16,32,32,32"  # output channels of the siamese CNN's five conv layers
     aux_weight: float = 0.5  # contrastive match loss weight (0: no contrastive head)
-    aux_margin: float = 1.0
+    aux_margin: float = 1.0  # contrastive margin: how far non-matching windows are pushed (embedding units)
     pointer: bool = False  # with --overview-size: the actor picks among similarity-map candidates (PointerHead)
     # stage 1: imitation (DAgger from the privileged teacher)
     imitation: bool = True  # stage 1 on/off
     imitation_steps: int = 400_000  # environment steps (windows placed)
     imitation_envs: int = 64  # episodes per DAgger batch
-    imitation_lr: float = 1e-3
+    imitation_lr: float = 1e-3  # Adam learning rate of imitation (at its start)
     imitation_lr_final: float = 1.0  # the lr at the end of imitation, as a fraction of --imitation-lr (linear decay)
     rollout_noise: float = 0.3  # std of the noise on the policy's actions while collecting
     imitation_epochs: int = 1  # gradient steps per collected batch
@@ -101,22 +100,22 @@ class Args:
     teacher: str = "auto"  # "target", "search" (visit look-alikes), "zoom" (coarse to fine), "auto": see teacher_for
     # stage 2: PPO
     ppo: bool = True  # stage 2 on/off
-    ppo_timesteps: int = 200_000
-    n_envs: int = 16
+    ppo_timesteps: int = 200_000  # environment steps (windows placed) of PPO
+    n_envs: int = 16  # parallel environments PPO collects from
     n_steps: int = 48  # per env and update: 8 episodes of 6 windows
-    batch_size: int = 256
-    n_epochs: int = 4
-    learning_rate: float = 1e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    ent_coef: float = 0.0
+    batch_size: int = 256  # PPO minibatch size
+    n_epochs: int = 4  # PPO passes over each rollout
+    learning_rate: float = 1e-4  # PPO's Adam learning rate
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 0.95  # GAE lambda (bias against variance of the advantages)
+    clip_range: float = 0.2  # PPO's clipping of the policy ratio
+    ent_coef: float = 0.0  # entropy bonus weight in PPO's loss
     ppo_log_std: float = -2.0  # exploration std exp(-2) = 0.14 action units when PPO starts after imitation
     # evaluation and checkpoints
     eval_pairs: int = 500  # first N pairs of the fixed test split
     eval_every: int = 100_000  # environment steps between evaluations
     checkpoint_every: int = 50_000  # environment steps between last.zip checkpoints
-    render_pairs: int = 4
+    render_pairs: int = 4  # test pairs drawn in search_paths.png at the end
     resume: str = ""  # a last.zip to continue from (its state.json says how far the run got)
     overwrite: bool = False  # replace the run already in --out-dir (without it, a folder holding a run is refused)
 
@@ -150,28 +149,9 @@ def window_fraction(env, pairs: int = 32) -> float:
     return float(np.mean(fractions))
 
 
-def field_comments() -> dict[str, str]:
-    """The ``# comment`` after each field of :class:`Args`: the flags' help, written once."""
-    comments = {}
-    for line in inspect.getsource(Args).splitlines():
-        match = re.match(r"\s+(\w+): \w+ = [^#]+#\s*(.+)", line)
-        if match:
-            comments[match.group(1)] = match.group(2)
-    return comments
-
-
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    comments = field_comments()
-    for field in dataclasses.fields(Args):
-        flag = "--" + field.name.replace("_", "-")
-        help_text = f"{comments.get(field.name, '')} (default: {field.default!r})".strip()
-        if field.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(field.default), default=field.default, help=help_text,
-                                choices=CHOICES.get(field.name))
-    args = Args(**vars(parser.parse_args()))
+    parser = dataclass_parser(Args, __doc__, CHOICES)
+    args = parse_dataclass_args(parser, Args)
     if args.resume:
         args = _resumed_args(args, _given_flags(parser), parser)
     env_ids = {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}
@@ -185,11 +165,7 @@ def parse_args() -> Args:
                      "train on another dataset (e.g. --dataset TwoViewPhotos --dataset-kwargs '{\"images\": ...}') "
                      "and pass --eval-dataset KTM")
     for flag, text in (("--dataset-kwargs", args.dataset_kwargs), ("--eval-dataset-kwargs", args.eval_dataset_kwargs)):
-        try:
-            if not isinstance(json.loads(text), dict):
-                raise ValueError("not a JSON object")
-        except ValueError as err:
-            parser.error(f"{flag} must be a JSON object like '{{\"root\": \"data\"}}': {err}")
+        json_object_arg(parser, flag, text)
     try:
         channels = [int(c) for c in args.cnn_channels.split(",")]
         if len(channels) != 5 or min(channels) < 1:
@@ -300,6 +276,10 @@ def _sigint_deferred():
         raise KeyboardInterrupt
 
 
+class ResumeError(RuntimeError):
+    """``--resume`` cannot continue from the file given (its ``state.json`` is missing or damaged)."""
+
+
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
 
@@ -332,12 +312,12 @@ class Checkpointer:
     def load_state(checkpoint: Path) -> RunState:
         state_file = checkpoint.parent / "state.json"
         if not state_file.exists():
-            raise FileNotFoundError(f"--resume needs {state_file} next to the checkpoint (written with last.zip)")
+            raise ResumeError(f"--resume needs {state_file} next to the checkpoint (written with last.zip)")
         try:
             return RunState(**json.loads(state_file.read_text()))
         except (json.JSONDecodeError, TypeError) as err:
-            raise ValueError(f"{state_file} is damaged ({err}): resume from a checkpoint whose folder has a whole "
-                             "state.json") from err
+            raise ResumeError(f"{state_file} is damaged ({err}): resume from a checkpoint whose folder has a whole "
+                              "state.json") from err
 
 
 def evaluate_and_log(model, evaluator, state: RunState, logger: Logger, checkpointer: Checkpointer, step: int) -> dict:
@@ -429,7 +409,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         train(args, run.path)
-    except CheckpointWriteError as err:
+    except (CheckpointWriteError, ResumeError) as err:
         sys.exit(f"error: {err}")
     finally:
         run.release()
@@ -459,6 +439,9 @@ def train(args: Args, out_dir: Path) -> None:
         state = Checkpointer.load_state(Path(args.resume))
         print(f"resumed from {args.resume} with {Path(args.resume).parent / 'state.json'}: "
               f"{state.imitation_steps_done} imitation steps, {model.num_timesteps} PPO steps")
+        if Path(args.resume).name != "last.zip":  # state.json is written with last.zip only
+            print(f"note: {Path(args.resume).name}'s weights continue with the counters, evaluations and best success "
+                  f"of last.zip's state.json (imitation steps and minutes may be ahead of these weights)")
     else:
         model = SearchRecurrentPPO(
             "SearchLstmPolicy", ppo_env, **ppo_kwargs,
