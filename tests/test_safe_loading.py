@@ -123,3 +123,28 @@ def test_a_proposer_file_pointing_to_a_poisoned_agent_runs_nothing(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="poisoned.zip"):
         CoarseToFineSearcher.load(proposer)
     assert not marker.exists()
+
+
+def _pt_loaders():
+    import matchenv
+    from agents.box_refiner import load_refiner_file
+    from agents.coarse_to_fine import CoarseToFineSearcher
+    from agents.look_agent import LookAgentSearcher
+    from agents.multiscale_look import LookSearcher
+    from agents.photo_search import PhotoSearcher
+
+    return {"LookSearcher.load": LookSearcher.load, "LookAgentSearcher.load": LookAgentSearcher.load,
+            "PhotoSearcher.load": PhotoSearcher.load, "CoarseToFineSearcher.load": CoarseToFineSearcher.load,
+            "load_refiner_file": load_refiner_file, "matchenv.load": matchenv.load}
+
+
+@pytest.mark.parametrize("loader", list(_pt_loaders()))
+def test_no_pt_loader_runs_a_pickled_payload(tmp_path, loader):
+    import torch
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pt"
+    torch.save({"kind": "photo-search", "state_dict": {}, "config": {}, "info": Payload(marker)}, path)
+    with pytest.raises(ValueError, match="model.pt"):
+        _pt_loaders()[loader](path)
+    assert not marker.exists(), "the file's payload ran"
