@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -66,6 +66,8 @@ class ModelInfo:
     :param score: what its results' ``score`` means.
     :param file: the shipped file (``None`` for baselines).
     :param command: the command that made the file (``None`` for baselines).
+    :param defaults: the options :func:`load` applies unless given (e.g. a shipped box refiner,
+        a coarse-to-fine searcher's candidates).
     """
 
     name: str
@@ -74,6 +76,7 @@ class ModelInfo:
     score: str
     file: Optional[str]
     command: Optional[str]
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def _shipped_rows() -> list[tuple[ModelInfo, Callable[..., Any]]]:
@@ -83,19 +86,24 @@ def _shipped_rows() -> list[tuple[ModelInfo, Callable[..., Any]]]:
 
     rows: list[tuple[ModelInfo, Callable[..., Any]]] = []
 
-    def add(name: str, kind: str, entry: Any, factory: Callable[..., Any]) -> None:
-        rows.append((ModelInfo(name, kind, entry.description, SCORE_MEANING[kind], entry.filename, entry.command), factory))
+    def add(name: str, kind: str, entry: Any, factory: Callable[..., Any], defaults: Optional[dict] = None) -> None:
+        rows.append((ModelInfo(name, kind, entry.description, SCORE_MEANING[kind], entry.filename, entry.command,
+                               dict(defaults or {})), factory))
+
+    from agents.photo_search import DEFAULT_FOUND_THRESHOLD
 
     for key, entry in PHOTO_SEARCHERS.items():
-        add(key, "photo-search", entry, functools.partial(_photo_search, key))
+        add(key, "photo-search", entry, functools.partial(_photo_search, key),
+            {"found_threshold": DEFAULT_FOUND_THRESHOLD, "policy": "the one the file names", "windows": "all candidates"})
     for key, entry in LOOKS.items():
         add(f"{key}-look", "look", entry, functools.partial(_look, key))
     for key, entry in LOOK_AGENTS.items():
         add(f"{key}-agent", "look-agent", entry, functools.partial(_look_agent, key))
     for key, entry in PRETRAINED.items():
-        add(key, "agent", entry, functools.partial(_agent, key))
+        add(key, "agent", entry, functools.partial(_agent, key), {"refiner": entry.refiner} if entry.refiner else None)
     for key, entry in PROPOSERS.items():
-        add(f"{key}-large", "coarse-to-fine", entry, functools.partial(_coarse_to_fine, key))
+        add(f"{key}-large", "coarse-to-fine", entry, functools.partial(_coarse_to_fine, key),
+            {"agent": key, "candidates": entry.candidates, "accept": entry.accept, "verifier": entry.verifier})
     return rows
 
 
@@ -142,7 +150,9 @@ def _baseline_rows() -> list[tuple[ModelInfo, Callable[..., Any]]]:
     from agents.baselines import MATCHERS
 
     return [(ModelInfo(key, "baseline", BASELINE_DESCRIPTIONS.get(key, "a baseline matcher"), SCORE_MEANING["baseline"],
-                       None, None), functools.partial(_baseline, key)) for key in MATCHERS]
+                       None, None, {"checkpoint": f"the shipped {_CHECKPOINT_BASELINES[key]!r} agent"}
+                       if key in _CHECKPOINT_BASELINES else {}),
+             functools.partial(_baseline, key)) for key in MATCHERS]
 
 
 def _table() -> dict[str, tuple[ModelInfo, Callable[..., Any]]]:

@@ -51,6 +51,10 @@ def test_list_models_names_every_shipped_model_and_baseline():
         else:  # a shipped file, and the command that made it
             assert (ROOT / "agents" / "pretrained" / info.file).is_file() and info.command
     assert [i.name for i in matchenv.list_models("baseline")] == list(MATCHERS)
+    by_name = {info.name: info for info in infos}
+    assert by_name["flickrlogos27"].defaults == {"refiner": PRETRAINED["flickrlogos27"].refiner}
+    assert by_name["mixed-mnist-large"].defaults["candidates"] == PROPOSERS["mixed-mnist"].candidates
+    assert "found_threshold" in by_name["photo"].defaults
     with pytest.raises(ValueError, match="unknown kind"):
         matchenv.list_models("nonsense")
 
