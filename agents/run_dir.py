@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
 #: files whose presence means a folder holds a run
 RUN_FILES = ("last.zip", "best.zip", "state.json", "summary.json", "args.json", "tb")
+#: the lock file: an OS lock (``flock``) on it marks a folder a live run is writing
 LOCK_NAME = ".run.lock"
 
 
@@ -30,14 +33,17 @@ def holds_a_run(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
 
 
-def _alive(pid: int) -> bool:
+def _lock_file(handle) -> None:
+    """An exclusive, non-blocking OS lock on ``handle`` (``OSError`` if another process holds it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class RunDir:
@@ -51,6 +57,7 @@ class RunDir:
         self.path = path
         self.notes = notes
         self._lock = path / LOCK_NAME
+        self._handle = None
 
     @classmethod
     def claim(cls, out_dir: Union[str, Path, None], default: Union[str, Path], resume: Union[str, Path, None] = None,
@@ -68,7 +75,8 @@ class RunDir:
         notes: list[str] = []
         if out_dir:
             path = Path(out_dir)
-            if holds_a_run(path) and not resume and not overwrite:
+            continues = bool(resume) and path.resolve() == Path(resume).resolve().parent
+            if holds_a_run(path) and not continues and not overwrite:
                 raise RunDirError(f"{path} holds an earlier run: pass --resume {path / 'last.zip'} to continue it, "
                                   f"--overwrite to replace it, or another --out-dir")
         elif resume:
@@ -84,35 +92,45 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path, notes)
         run._take_lock()
+        if overwrite and holds_a_run(path) and not (resume and path.resolve() == Path(resume).resolve().parent):
+            run._clear()
         return run
 
+    def _clear(self) -> None:
+        """``--overwrite``: remove the earlier run's files, so none of them passes for the new run's."""
+        for name in (*RUN_FILES, "search_paths.png"):
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        self.notes.append(f"--overwrite: removed the earlier run's files from {self.path}")
+
     def _take_lock(self) -> None:
-        for _ in range(2):
-            try:
-                fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid = int(self._lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    raise RunDirError(f"another run (process {pid}) is writing {self.path}: wait for it, or pass "
-                                      f"another --out-dir") from None
-                self.notes.append(f"took over {self._lock} from a run that is no longer running (process {pid})")
-                self._lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as lock:
-                lock.write(str(os.getpid()))
-            return
-        raise RunDirError(f"could not lock {self.path}: another run took it at the same moment")
+        # An OS lock on an open file (flock): atomic, and released by the OS when the process dies,
+        # so a crashed run leaves no lock to take over. The file's text (host and process) is for
+        # the message only.
+        self._handle = open(self._lock, "a+")
+        try:
+            _lock_file(self._handle)
+        except OSError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "unknown"
+            self._handle.close()
+            self._handle = None
+            raise RunDirError(f"another run ({holder}) is writing {self.path}: wait for it, or pass another --out-dir") \
+                from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        self._handle.flush()
 
     def release(self) -> None:
-        """Give the folder back (removes the lock if this process holds it)."""
-        try:
-            if int(self._lock.read_text().strip() or 0) == os.getpid():
-                self._lock.unlink()
-        except (OSError, ValueError):
-            pass
+        """Give the folder back. The lock file stays (removing it would let a process that opened
+        it a moment before lock a file no one else sees); the OS lock is what counts."""
+        if self._handle is not None:
+            self._handle.close()  # closing releases the OS lock
+            self._handle = None
 
     def write_json(self, name: str, contents: Any) -> Path:
         """Write ``contents`` as JSON to ``name`` in the folder atomically (a temporary file, then a rename)."""

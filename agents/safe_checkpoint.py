@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Union
@@ -69,13 +71,47 @@ class UnsafeCheckpointError(ValueError):
     """A checkpoint holds a pickled object this project does not load (loading it could run code)."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds only :data:`ALLOWED_GLOBALS` (anything else raises)."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that builds only :data:`ALLOWED_GLOBALS`, and sets state (``BUILD``) only on
+    instances of the allowed classes, never on a class or function itself (anything else raises).
+
+    Why the pure-Python unpickler: its ``BUILD`` step can be checked. With the C one, a pickle could
+    apply a "state" to an allowed *class* (``setattr`` on it) and change that class for the rest of
+    the process, e.g. every SB3 schedule's ``__call__``. The fields it reads are a few KB.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"{module}.{name} is not a class a checkpoint may hold")
         return super().find_class(module, name)
+
+    def load_build(self) -> None:
+        target = self.stack[-2]  # the object under its state (BUILD pops the state, then sets it on this)
+        if isinstance(target, type) or not isinstance(target, _allowed_instance_types()):
+            raise pickle.UnpicklingError(f"the pickle sets the state of {target!r}, which a checkpoint may not change")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+@functools.lru_cache(maxsize=1)
+def _allowed_instance_types() -> tuple[type, ...]:
+    """The classes of :data:`ALLOWED_GLOBALS` (not its functions): objects whose state BUILD may set."""
+    import importlib
+
+    found = []
+    for module, name in ALLOWED_GLOBALS:
+        try:
+            with warnings.catch_warnings():  # numpy.core is numpy._core's deprecated alias
+                warnings.simplefilter("ignore", DeprecationWarning)
+                value = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):  # a module this numpy version does not have
+            continue
+        if isinstance(value, type):
+            found.append(value)
+    return tuple(found)
 
 
 def safe_custom_objects(path: Union[str, Path, BinaryIO]) -> dict[str, Any]:
@@ -107,7 +143,8 @@ def safe_custom_objects(path: Union[str, Path, BinaryIO]) -> dict[str, Any]:
                                         "from train/ppo_lstm.py has none there. Do not load a file you do not trust.")
         try:
             objects[field] = RestrictedUnpickler(io.BytesIO(base64.b64decode(item[":serialized:"]))).load()
-        except (pickle.UnpicklingError, binascii.Error, EOFError, TypeError, ValueError, AttributeError) as err:
+        except (pickle.UnpicklingError, binascii.Error, EOFError, TypeError, ValueError, AttributeError, IndexError,
+                KeyError, MemoryError) as err:
             raise UnsafeCheckpointError(f"{name}: field {field!r} is not a plain {field.replace('_', ' ')} ({err}); "
                                         "matchenv refuses to unpickle it, because loading it could run code. "
                                         "Do not load a file you do not trust.") from err

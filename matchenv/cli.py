@@ -102,12 +102,27 @@ def _script(name: str, rest: Sequence[str]) -> int:
     if not script.is_file():
         raise CommandError(f"`matchenv {name}` runs {SCRIPTS[name]} from a source checkout, which this install lacks: "
                            "git clone the repository and pip install -e . there")
-    sys.argv = [str(script), *rest]
+    argv, sys.argv = sys.argv, [str(script), *rest]
     try:
         runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as done:  # the script's own exit code
-        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except SystemExit as done:  # the script's own exit code, or its message (sys.exit("error: ..."))
+        if done.code is None or isinstance(done.code, int):
+            return done.code or 0
+        print(done.code, file=sys.stderr)
+        return 1
+    finally:
+        sys.argv = argv
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     locate.add_argument("--json", action="store_true", help="print the result as one JSON object (box, xywh, score, "
                         "found, evaluated, path, ms)")
     locate.add_argument("--draw", metavar="OUT.png", help="also write the reference with the answer box drawn")
-    locate.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads (default 1: the docs' timings)")
+    locate.add_argument("--threads", type=_positive_int, default=1,
+                        help="torch and OpenCV threads (default 1: the docs' timings)")
     locate.set_defaults(run=_locate)
 
     models = commands.add_parser("models", help="list every shipped model and baseline",

@@ -334,6 +334,8 @@ def load(name_or_path: Union[str, Path], *, channel_order: str = "rgb", threads:
     :raises ValueError: an unknown name (the message lists the valid ones) or a file that is not a model.
     :raises FileNotFoundError: a path that does not exist.
     """
+    if threads is not None and (isinstance(threads, bool) or int(threads) != threads or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None (leave torch's and OpenCV's setting), got {threads!r}")
     table = _table()
     key = str(name_or_path)
     if key in table:

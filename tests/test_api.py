@@ -211,3 +211,14 @@ def test_console_script_is_installed():
     done = subprocess.run([str(command), "models", "--kind", "photo-search"], capture_output=True, text=True,
                           timeout=120, env=os.environ | {"MATCHENV_OFFLINE": "1"})
     assert done.returncode == 0 and done.stdout.startswith("photo "), done.stderr
+
+
+def test_front_door_prints_the_scripts_error_message(tmp_path, capsys):
+    assert cli_main(["train", "--resume", str(tmp_path / "missing.zip")]) == 2  # argparse's error
+    assert "no such checkpoint file" in capsys.readouterr().err
+    (tmp_path / "args.json").write_text("{}")  # a folder that holds a run
+    assert cli_main(["train", "--out-dir", str(tmp_path)]) == 1  # the script's sys.exit("error: ...")
+    assert "holds an earlier run" in capsys.readouterr().err
+    assert sys.argv[0] != str(ROOT / "train" / "ppo_lstm.py")  # restored
+    with pytest.raises(ValueError, match="threads"):
+        matchenv.load("ncc", threads=0)

@@ -368,9 +368,16 @@ def test_a_failed_download_is_not_retried_by_the_next_process_and_logs_one_line(
     assert fetched == []  # no second attempt
     assert len(caplog.records) == 1 and "a download failed" in caplog.records[0].getMessage()
     # after the retry interval it tries again
-    marker = tmp_path / "cache" / ".mnist-download-failed"
+    (marker,) = (tmp_path / "cache").glob(".mnist-download-failed-*")  # one per host
+    # after the retry interval it tries again
     old = marker.stat().st_mtime - mf.RETRY_DOWNLOAD_AFTER_S - 1
     os.utime(marker, (old, old))
     mf._clear_caches()
     mf.load_mnist("train")
     assert fetched  # tried (the stub fetched nothing, so the bundled subset still serves)
+    # download=True asked for explicitly: tried even right after a failure
+    marker.write_text("no network")
+    fetched.clear()
+    mf._clear_caches()
+    mf.load_mnist("train", download=True)
+    assert fetched

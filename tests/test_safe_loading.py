@@ -148,3 +148,19 @@ def test_no_pt_loader_runs_a_pickled_payload(tmp_path, loader):
     with pytest.raises(ValueError, match="model.pt"):
         _pt_loaders()[loader](path)
     assert not marker.exists(), "the file's payload ran"
+
+
+def test_a_pickle_cannot_change_an_allowed_class():
+    import io
+
+    from stable_baselines3.common.utils import ConstantSchedule
+
+    from agents.safe_checkpoint import RestrictedUnpickler
+
+    before = ConstantSchedule.__call__
+    # BUILD with state (None, {"__call__": LinearSchedule}) applied to the class ConstantSchedule itself
+    payload = (b"cstable_baselines3.common.utils\nConstantSchedule\n(N}V__call__\n"
+               b"cstable_baselines3.common.utils\nLinearSchedule\nstb.")
+    with pytest.raises(pickle.UnpicklingError, match="may not change"):
+        RestrictedUnpickler(io.BytesIO(payload)).load()
+    assert ConstantSchedule.__call__ is before

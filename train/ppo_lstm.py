@@ -153,6 +153,8 @@ def parse_args() -> Args:
     parser = dataclass_parser(Args, __doc__, CHOICES)
     args = parse_dataclass_args(parser, Args)
     if args.resume:
+        if not Path(args.resume).is_file():
+            parser.error(f"--resume {args.resume}: no such checkpoint file (a run writes last.zip in its --out-dir)")
         args = _resumed_args(args, _given_flags(parser), parser)
     env_ids = {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}
     if args.env_id not in env_ids:
@@ -294,13 +296,17 @@ class Checkpointer:
         # KeyboardInterrupt into a RuntimeError, which would skip the save-on-Ctrl-C handler.
         with _sigint_deferred():
             tmp = self.out_dir / f".{name}.tmp.zip"
-            try:
+            tmp_state = self.out_dir / ".state.json.tmp"
+            try:  # both written in full before either replaces its file: last.zip and state.json stay a pair
                 model.save(tmp)
+                if name == "last":
+                    write_json_atomic(tmp_state, dataclasses.asdict(state))
                 tmp.replace(self.out_dir / f"{name}.zip")
                 if name == "last":
-                    write_json_atomic(self.out_dir / "state.json", dataclasses.asdict(state))
+                    tmp_state.replace(self.out_dir / "state.json")
             except OSError as err:  # a full disk, a quota, a folder gone: stop, keeping the last good files
                 tmp.unlink(missing_ok=True)
+                tmp_state.unlink(missing_ok=True)
                 kept = self.out_dir / f"{name}.zip"
                 raise CheckpointWriteError(
                     f"could not write {kept} ({err}); "
@@ -391,8 +397,14 @@ def unreadable_draws(vec_env, envs: list) -> dict[str, int]:
     return {"skipped": sum(d.unreadable_draws for d in datasets), "drawn": sum(d.training_draws for d in datasets)}
 
 
+#: exit status after a SIGTERM (128 + 15, what a shell reports for a terminated process)
+TERMINATED = 143
+_terminated = []
+
+
 def _terminate_as_interrupt(signum, frame) -> None:
-    # SIGTERM (a scheduler or `kill`) saves last.zip like Ctrl-C does
+    # SIGTERM (a scheduler or `kill`) saves last.zip like Ctrl-C does, then exits TERMINATED
+    _terminated.append(signum)
     raise KeyboardInterrupt
 
 
@@ -413,6 +425,8 @@ def main() -> None:
         sys.exit(f"error: {err}")
     finally:
         run.release()
+    if _terminated:
+        sys.exit(TERMINATED)
 
 
 def train(args: Args, out_dir: Path) -> None:
@@ -435,7 +449,10 @@ def train(args: Args, out_dir: Path) -> None:
         search_config=search_config_of(gym.make(args.env_id, **env_kwargs)),
     )
     if args.resume:
-        model = SearchRecurrentPPO.load(args.resume, env=ppo_env, **ppo_kwargs)
+        try:
+            model = SearchRecurrentPPO.load(args.resume, env=ppo_env, **ppo_kwargs)
+        except (ValueError, OSError) as err:  # not a checkpoint, an unsafe one, unreadable
+            raise ResumeError(f"cannot resume from {args.resume}: {err}") from err
         state = Checkpointer.load_state(Path(args.resume))
         print(f"resumed from {args.resume} with {Path(args.resume).parent / 'state.json'}: "
               f"{state.imitation_steps_done} imitation steps, {model.num_timesteps} PPO steps")

@@ -22,6 +22,7 @@ import http.client
 import logging
 import math
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -335,10 +336,11 @@ def _resolve_source(data_dir: Optional[PathLike], download: Optional[bool]) -> _
         env_data if data_dir is None else None,
         cache.resolve(),
         allow_download,
+        download is True,
     )
     source = _resolved_cache.get(key)
     if source is None or not _still_present(source):
-        source = _resolve_uncached(data_dir, env_data, cache, allow_download)
+        source = _resolve_uncached(data_dir, env_data, cache, allow_download, retry=download is True)
         _resolved_cache[key] = source
     return source
 
@@ -349,8 +351,9 @@ def _still_present(source: _Source) -> bool:
 
 
 def _resolve_uncached(
-    data_dir: Optional[PathLike], env_data: Optional[str], cache: Path, allow_download: bool
+    data_dir: Optional[PathLike], env_data: Optional[str], cache: Path, allow_download: bool, retry: bool = False
 ) -> _Source:
+    """``retry``: download even if one failed recently (``download=True`` asked for it explicitly)."""
     if data_dir is not None:
         return _required_folder(Path(data_dir), "the data_dir argument")
     if env_data is not None:
@@ -363,7 +366,7 @@ def _resolve_uncached(
 
     why = "downloading is disabled (download=False or MATCHENV_OFFLINE=1)"
     if allow_download:
-        failed_before = _recent_failure(cache)
+        failed_before = None if retry else _recent_failure(cache)
         if failed_before is not None:  # no network here a moment ago: do not wait on timeouts again
             why = failed_before
         else:
@@ -522,8 +525,9 @@ RETRY_DOWNLOAD_AFTER_S = 24 * 3600
 
 
 def _failure_marker(cache: Path) -> Path:
-    # next to the MNIST folder, not in it: that folder holds only verified IDX files
-    return cache.parent / ".mnist-download-failed"
+    # next to the MNIST folder, not in it: that folder holds only verified IDX files; one per host,
+    # since a cache on a shared home folder is seen by machines with and without a network
+    return cache.parent / f".mnist-download-failed-{socket.gethostname()}"
 
 
 def _recent_failure(cache: Path) -> Optional[str]:
