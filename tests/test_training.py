@@ -289,11 +289,13 @@ def test_resume_takes_the_runs_own_task_flags_and_continues_the_counters(tmp_pat
     module = _script_module()
     run = tmp_path / "run"
     run.mkdir()
-    saved = module.Args(max_trials=4, cnn_channels="4,8,8,8,8", out_dir=str(run))
+    saved = module.Args(max_trials=4, cnn_channels="4,8,8,8,8", out_dir=str(run), dataset_kwargs='{"root": "x"}',
+                        learning_rate=3e-4)
     (run / "args.json").write_text(json.dumps(dataclasses.asdict(saved)))
     parser = argparse.ArgumentParser()
-    args = module._resumed_args(module.Args(resume=str(run / "last.zip")), set(), parser)
-    assert args.max_trials == 4 and args.cnn_channels == "4,8,8,8,8"
+    args = module._resumed_args(module.Args(resume=str(run / "last.zip"), learning_rate=1e-5), {"learning_rate"}, parser)
+    assert args.max_trials == 4 and args.cnn_channels == "4,8,8,8,8" and args.dataset_kwargs == '{"root": "x"}'
+    assert args.learning_rate == 1e-5  # given again: the new value
 
 
 def test_an_imitation_resume_does_not_burst_evaluations(tiny_run, tmp_path):

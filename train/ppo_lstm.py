@@ -191,22 +191,26 @@ def _given_flags(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def _resumed_args(args: Args, given: set[str], parser: argparse.ArgumentParser) -> Args:
-    """``args`` with the task and network flags of the run that ``--resume`` continues
-    (its ``args.json``); a different value given on the command line is an error naming it."""
+    """``args`` continuing the run that ``--resume`` names (its ``args.json``): every flag not given
+    on the command line takes that run's value (its dataset options, learning rates, step counts...);
+    a flag of :data:`FIXED_ON_RESUME` given with another value is an error naming it."""
     saved_file = Path(args.resume).parent / "args.json"
     if not saved_file.is_file():
         print(f"note: no {saved_file} beside the checkpoint: the task and network flags are taken as given")
         return args
     try:
         saved = json.loads(saved_file.read_text())
-    except json.JSONDecodeError as err:
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         parser.error(f"{saved_file} is damaged ({err}): cannot tell which task {args.resume} was trained on")
     changed = [f"--{name.replace('_', '-')} {getattr(args, name)!r} (the run used {saved[name]!r})"
                for name in FIXED_ON_RESUME if name in given and name in saved and getattr(args, name) != saved[name]]
     if changed:
         parser.error("--resume continues a run on its own task and network; these flags change them: "
                      + "; ".join(changed) + ". Start a new run (another --out-dir) to change them.")
-    return dataclasses.replace(args, **{name: saved[name] for name in FIXED_ON_RESUME if name in saved})
+    fields = {f.name for f in dataclasses.fields(Args)} - {"resume", "out_dir", "overwrite"}
+    return dataclasses.replace(args, **{name: saved[name] for name in fields if name in saved and name not in given})
 
 
 # ---------------------------------------------------------------------------------------------
