@@ -24,7 +24,7 @@ from matchenv.datasets.logos import find_flickrlogos27
 from matchenv.datasets.self_supervised import SelfSupervisedPhotos
 from matchenv.geometry import iou
 from matchenv.rendering import frame_strip, save_frames
-from render_multiscale_look import PANEL, boxed, heat_panel, label  # the look's picture, same folder
+from render_multiscale_look import PANEL, boxed, heat_panel, label, query_panel, stacked_rows  # the look's picture, same folder
 
 
 def numbered(panel: np.ndarray, boxes: np.ndarray, numbers: list[int], colour: tuple[int, int, int],
@@ -53,21 +53,16 @@ def main() -> None:
         # the windows in the order placed, each numbered once (a window placed again costs nothing)
         order = [k for k, box in enumerate(windows) if not any(np.allclose(box, w) for w in windows[:k])]
         factor = PANEL / pair.reference.shape[0]
-        query = pair.template
-        qf = min(PANEL / query.shape[0], 120 / query.shape[1], 4.0)
-        query_panel = cv2.resize(query, None, fx=qf, fy=qf, interpolation=cv2.INTER_NEAREST)
         found = boxed(pair.reference, [(box, (255, 255, 255), 1) for box in candidates]
                       + [(windows[k], (255, 220, 0), 1) for k in order]
                       + [(pair.target_box, (0, 255, 0), 2), (result.box, (255, 0, 0), 2)], factor)
         found = numbered(found, candidates, list(range(1, len(candidates) + 1)), (255, 255, 255), factor)
         found = numbered(found, windows[order], [n + 1 for n in range(len(order))], (255, 220, 0), factor)
         rows.append(frame_strip([
-            label(query_panel, f"query {i}"),
+            label(query_panel(pair.template), f"query {i}"),
             label(found, f"{len(order)} compared; IoU {iou(result.box, pair.target_box):.2f}"),
             label(heat_panel(agent, pair.template, pair.reference, factor), "first look: scores at its best level")]))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    print(save_frames([np.concatenate(rows)], args.out))
+    print(save_frames([stacked_rows(rows)], args.out))
 
 
 if __name__ == "__main__":

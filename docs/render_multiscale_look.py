@@ -59,6 +59,18 @@ def heat_panel(searcher: LookSearcher, query: np.ndarray, reference: np.ndarray,
     return (0.6 * coloured + 0.4 * grey[:, :, None]).astype(np.uint8)
 
 
+def query_panel(query: np.ndarray) -> np.ndarray:
+    """The query enlarged (nearest neighbour, at most 4x) to about a panel's height, at most 120 px wide."""
+    factor = min(PANEL / query.shape[0], 120 / query.shape[1], 4.0)
+    return cv2.resize(query, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+
+
+def stacked_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """``rows`` one under another, padded white to the widest, 6 px apart."""
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+
+
 def label(panel: np.ndarray, text: str) -> np.ndarray:
     band = np.full((22, panel.shape[1], 3), 255, np.uint8)
     cv2.putText(band, text, (3, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
@@ -78,20 +90,15 @@ def main() -> None:
         pair = data.test_pair(i)
         result = searcher.locate(pair.template, pair.reference)
         factor = PANEL / pair.reference.shape[0]
-        query = pair.template
-        qf = min(PANEL / query.shape[0], 120 / query.shape[1], 4.0)
-        query_panel = cv2.resize(query, None, fx=qf, fy=qf, interpolation=cv2.INTER_NEAREST)
         candidates = result.path[:-1]  # empty unless the second look ran
         found = boxed(pair.reference, [(box, (255, 220, 0), 1) for box in candidates]
                       + [(pair.target_box, (0, 255, 0), 2), (result.box, (255, 0, 0), 2)], factor)
         second = f"; 2nd look at {len(candidates)} (yellow)" if len(candidates) else "; no 2nd look"
-        rows.append(frame_strip([label(query_panel, f"query {i}"),
+        rows.append(frame_strip([label(query_panel(pair.template), f"query {i}"),
                                  label(found, f"answer (red) IoU {iou(result.box, pair.target_box):.2f}{second}"),
                                  label(heat_panel(searcher, pair.template, pair.reference, factor),
                                        "first look: scores at its best level")]))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    print(save_frames([np.concatenate(rows)], args.out))
+    print(save_frames([stacked_rows(rows)], args.out))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from matchenv.datasets import make_dataset
 from matchenv.geometry import iou
 from matchenv.rendering import frame_strip, save_frames
 from render_look_agent import numbered  # the photograph agent's picture, same folder
-from render_multiscale_look import PANEL, boxed, label
+from render_multiscale_look import PANEL, boxed, label, query_panel, stacked_rows
 
 
 def cosine_panel(searcher: PhotoSearcher, template: np.ndarray, reference: np.ndarray, factor: float) -> np.ndarray:
@@ -60,20 +60,15 @@ def main() -> None:
         pair = data.test_pair(i)
         result = searcher.locate(pair.template, pair.reference)
         factor = PANEL / pair.reference.shape[0]
-        query = pair.template
-        qf = min(PANEL / query.shape[0], 120 / query.shape[1], 4.0)
-        query_panel = cv2.resize(query, None, fx=qf, fy=qf, interpolation=cv2.INTER_NEAREST)
         found = boxed(pair.reference, [(box, (255, 255, 255), 1) for box in result.candidates]
                       + [(box, (255, 220, 0), 1) for box in result.path]
                       + [(pair.target_box, (0, 255, 0), 2), (result.box, (255, 0, 0), 2)], factor)
         found = numbered(found, result.candidates, list(range(1, len(result.candidates) + 1)), (255, 255, 255), factor)
         rows.append(frame_strip([
-            label(query_panel, f"{i}"),
+            label(query_panel(pair.template), f"{i}"),
             label(found, f"{result.windows} compared; IoU {iou(result.box, pair.target_box):.2f}; score {result.score:.2f}"),
             label(cosine_panel(searcher, pair.template, pair.reference, factor), "first look: cosine map (at window centres)")]))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    print(save_frames([np.concatenate(rows)], args.out))
+    print(save_frames([stacked_rows(rows)], args.out))
 
 
 if __name__ == "__main__":
