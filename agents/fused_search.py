@@ -4,8 +4,9 @@ At batch 1 a search of T windows is ~T CNN calls and T decisions, each a few doz
 operations; from Python every one of them costs a call's overhead (and the working set of the
 LSTM and the CNN evicts each other from the cache between calls). :class:`SearchGraph` writes
 the whole search -- the first decision on the global view, then for every trial: the decision,
-the window's placement (exactly :func:`~matchenv.envs.actions.absolute_window_center` and
-:func:`~matchenv.geometry.place_window`, in float64), the crop, the CNN -- as one PyTorch graph,
+the window's placement (the env's own :func:`~matchenv.geometry.absolute_centres`,
+:func:`~matchenv.geometry.place_windows` and :func:`~matchenv.geometry.window_locations` on float64
+tensors), the crop, the CNN -- as one PyTorch graph,
 exported to ONNX once; :class:`FusedSearch` runs it in ONNX Runtime, so a query is one call.
 
 It covers the common case of fixed-size agents (Noisy MNIST): windows of the query's size in
@@ -24,6 +25,7 @@ from torch import nn
 
 from agents.cnn_runtime import FeatureMap, on_0_255_pixels, onnx_session
 from agents.policy import PolicyStep, SearchLstmPolicy
+from matchenv.geometry import absolute_centres, place_windows, window_locations
 
 
 class SearchGraph(nn.Module):
@@ -49,13 +51,6 @@ class SearchGraph(nn.Module):
         self.max_trials = int(max_trials)
         self.window_h, self.window_w = policy.observation_space["query"].shape[1:]
 
-    def _window_sides(self, image_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For windows of the query's size (scale 1) in images of ``image_size`` ``(2,)`` float64
-        ``(W, H)``: the ``(2,)`` sides :func:`absolute_window_center` centres with and the
-        whole-pixel sides :func:`place_window` gives, both ``(w, h)``."""
-        nominal = image_size.new_tensor([float(self.window_w), float(self.window_h)])
-        return torch.minimum(nominal, image_size), torch.minimum(torch.clamp(torch.round(nominal), min=1.0), image_size)
-
     def forward(self, query, view, reference, image_size, overview: Optional[torch.Tensor] = None):
         n, channels = query.shape[0], query.shape[1]
         both = self.cnn(torch.cat([query, view], dim=0))
@@ -65,10 +60,8 @@ class SearchGraph(nn.Module):
         else:
             similarity = query_emb[:, :0]
         constants = self.step.start(query_emb, similarity)
-        # The window's geometry for both axes at once, (x, y) pairs in float64: the same
-        # arithmetic, element by element, as the step-by-step path's scalar functions.
-        centring, side = self._window_sides(image_size)
-        size_fraction = (side / image_size).to(query.dtype).expand(n, 2)
+        # Windows of the query's size (scale 1), (x, y) pairs in float64 like the env's.
+        window_wh = image_size.new_tensor([float(self.window_w), float(self.window_h)])
         location = query_emb.new_tensor([0.5, 0.5, 1.0, 1.0]).expand(n, 4)
         hidden = self.policy.lstm_actor.hidden_size
         h = query_emb.new_zeros(n, hidden)
@@ -81,13 +74,10 @@ class SearchGraph(nn.Module):
         for t in range(self.max_trials):
             trials_left = query_emb.new_full((n, 1), (self.max_trials - t) / self.max_trials)
             mean, h, c = self.step.decide(constants, window_emb, location, trials_left, h, c)
-            action = torch.clamp(mean[:, :2], -1.0, 1.0).to(torch.float64)  # (x, y)
-            centre = centring / 2 + (action + 1.0) / 2.0 * (image_size - centring)
-            corner = torch.minimum(torch.clamp(torch.round(centre - side / 2), min=0.0), image_size - side)  # (x0, y0)
-            boxes.append(torch.cat([corner, corner + side], dim=1))
-            # The env's (cx, cy) = (x0 + x1) / (2 W): with whole-pixel corners and sides,
-            # (x0 + w / 2) / W is the same division of the same exact numbers.
-            location = torch.cat([((corner + side / 2) / image_size).to(query.dtype), size_fraction], dim=1)
+            action = torch.clamp(mean[:, :2].to(torch.float64), -1.0, 1.0)  # (x, y)
+            corner, far = place_windows(absolute_centres(action, image_size, window_wh), window_wh, image_size)
+            boxes.append(torch.cat([corner, far], dim=1))
+            location = window_locations(corner, far, image_size).to(query.dtype)
             pixel = corner.to(torch.int64)
             start = (pixel[:, 1] * width_long + pixel[:, 0]).reshape(-1, 1, 1)
             index = (start + offsets).expand(-1, channels, -1)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.exported_module import ExportedModule
 from agents.look_files import config_dict
 from agents.look_images import fill_colour
 from agents.look_network import STRIDE, LookConfig, MultiScaleLook
@@ -106,14 +107,6 @@ def window_features(candidates: torch.Tensor, comparisons: torch.Tensor, seen: t
     return torch.cat([candidates, seen[..., None].to(candidates.dtype), best, shown], dim=-1)
 
 
-def window_features_numpy(candidates: np.ndarray, comparisons: np.ndarray, seen: np.ndarray,
-                          config: LookAgentConfig) -> np.ndarray:
-    """:func:`window_features` of one search in numpy: ``(K, 6)``, ``(W, S * 25)``, ``(W,)`` -> ``(W, F)``."""
-    shown = comparisons * seen[:, None]
-    best = shown.reshape(len(shown), len(config.size_steps), COMPARISON_CELLS).max(axis=2)
-    return np.concatenate([candidates, seen[:, None].astype(np.float32), best, shown], axis=1)
-
-
 class LookAgentPolicy(nn.Module):
     """Chooses the next window from what the search has seen.
 
@@ -152,6 +145,27 @@ class LookAgentPolicy(nn.Module):
         logits = self.score(joined).squeeze(-1)
         return logits.masked_fill(~valid, float("-inf")), state
 
+    def decide(self, candidates: torch.Tensor, comparisons: torch.Tensor, seen: torch.Tensor, valid: torch.Tensor,
+               state: torch.Tensor, last_window: torch.Tensor, trials_left: torch.Tensor,
+               started: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decision from what the search has seen: the one place it is written (training's
+        :func:`rollout` calls it; :class:`LookAgentSearcher` runs it exported).
+
+        :param candidates: ``(B, K, CANDIDATE_FEATURES)``; ``comparisons`` ``(B, W, S * COMPARISON_CELLS)``;
+            ``seen`` ``(B, W)`` bool, windows placed so far; ``valid`` ``(B, W)`` bool.
+        :param state: ``(B, hidden)`` GRU state (zeros before the first decision).
+        :param last_window: ``(B,)`` int64, the window placed last; ``trials_left`` ``(B, 1)``
+            float, the fraction of windows left; ``started`` ``(B, 1)`` float, 0 before the first
+            window (the GRU then reads zeros), else 1.
+        :return: ``(B, W)`` logits (``-inf`` where not valid) and the new ``(B, hidden)`` state.
+        """
+        features = window_features(candidates, comparisons, seen, self.config)
+        # What the last window showed, now that it is placed, and the trials left (a gather, not
+        # features[rows, last_window]: an exported graph would fix the rows to the example's).
+        placed = features.gather(1, last_window[:, None, None].expand(-1, 1, features.shape[2]))[:, 0]
+        last = torch.cat([placed, trials_left], dim=-1) * started
+        return self.step(features, valid, state, last)
+
 
 def rollout(policy: LookAgentPolicy, candidates: torch.Tensor, comparisons: torch.Tensor, valid: torch.Tensor,
             greedy: bool = False, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
@@ -165,15 +179,14 @@ def rollout(policy: LookAgentPolicy, candidates: torch.Tensor, comparisons: torc
     config = policy.config
     batch, windows = valid.shape
     seen = torch.zeros(batch, windows, dtype=torch.bool, device=valid.device)
-    state, last = policy.initial_state(batch)
+    state, _ = policy.initial_state(batch)
     rows = torch.arange(batch, device=valid.device)
+    last_window = torch.zeros(batch, dtype=torch.long, device=valid.device)
     actions, log_probs, entropy, all_logits = [], [], [], []
     for t in range(config.max_trials):
-        features = window_features(candidates, comparisons, seen, config)
-        if t > 0:  # what the last window showed: its features now that it is placed, and the trials left
-            trials_left = features.new_full((batch, 1), (config.max_trials - t) / config.max_trials)
-            last = torch.cat([features[rows, actions[-1]], trials_left], dim=-1)
-        logits, state = policy.step(features, valid, state, last)
+        trials_left = state.new_full((batch, 1), (config.max_trials - t) / config.max_trials)
+        logits, state = policy.decide(candidates, comparisons, seen, valid, state, last_window, trials_left,
+                                      state.new_full((batch, 1), float(t > 0)))
         log_p = torch.log_softmax(logits, dim=-1)
         if greedy:
             action = logits.argmax(dim=-1)
@@ -181,6 +194,7 @@ def rollout(policy: LookAgentPolicy, candidates: torch.Tensor, comparisons: torc
             action = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(-1)
         seen = seen.clone()
         seen[rows, action] = True
+        last_window = action
         actions.append(action)
         log_probs.append(log_p[rows, action])
         entropy.append(-(log_p.exp() * log_p.masked_fill(~valid, 0.0)).sum(dim=-1))
@@ -189,38 +203,15 @@ def rollout(policy: LookAgentPolicy, candidates: torch.Tensor, comparisons: torc
             "logits": torch.stack(all_logits)}
 
 
-class NumpyPolicyStep:
-    """:meth:`LookAgentPolicy.step` for one search in numpy, on a snapshot of the weights: the
-    same arithmetic (equal up to float rounding) without PyTorch's per-call overhead, which is
-    most of a decision's cost at batch 1.
-
-    :param policy: the trained policy.
-    """
+class LookDecision(nn.Module):
+    """:meth:`LookAgentPolicy.decide` as a module's forward (what export takes)."""
 
     def __init__(self, policy: LookAgentPolicy) -> None:
-        cell, first, second = policy.cell, policy.score[0], policy.score[2]
-        as_numpy = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
-        self.w_ih, self.w_hh = as_numpy(cell.weight_ih).T, as_numpy(cell.weight_hh).T
-        self.b_ih, self.b_hh = as_numpy(cell.bias_ih), as_numpy(cell.bias_hh)
-        features = policy.config.window_features
-        self.w_features, self.w_state = as_numpy(first.weight)[:, :features].T, as_numpy(first.weight)[:, features:].T
-        self.b_first = as_numpy(first.bias)
-        self.w_second, self.b_second = as_numpy(second.weight)[0], float(second.bias.detach()[0])
-        self.hidden = policy.config.hidden
+        super().__init__()
+        self.policy = policy
 
-    def __call__(self, features: np.ndarray, valid: np.ndarray, state: np.ndarray,
-                 last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:param features: ``(W, F)``; ``valid`` ``(W,)`` bool; ``state`` ``(hidden,)``; ``last``
-        ``(F + 1,)``. :return: ``(W,)`` logits (``-inf`` where not valid) and the new state."""
-        k = self.hidden
-        gates_x, gates_h = last @ self.w_ih + self.b_ih, state @ self.w_hh + self.b_hh
-        reset = 1.0 / (1.0 + np.exp(-(gates_x[:k] + gates_h[:k])))
-        update = 1.0 / (1.0 + np.exp(-(gates_x[k:2 * k] + gates_h[k:2 * k])))
-        new = np.tanh(gates_x[2 * k:] + reset * gates_h[2 * k:])
-        state = (1.0 - update) * new + update * state
-        hidden = np.maximum(features @ self.w_features + (state @ self.w_state + self.b_first), 0.0)
-        logits = hidden @ self.w_second + self.b_second
-        return np.where(valid, logits, -np.inf), state
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.policy.decide(*inputs)
 
 
 # ------------------------------------------------------------------------ windows and answers
@@ -350,9 +341,18 @@ class LookAgentSearcher(LookSearcher):
                  threads: Optional[int] = None, smallest: Optional[float] = None, largest: Optional[float] = None) -> None:
         self.policy = policy.eval()
         self.agent_config = policy.config
-        self._step = NumpyPolicyStep(policy)
         super().__init__(look, channel_order=channel_order, threads=threads, smallest=smallest, largest=largest,
                          candidates=policy.config.candidates)
+        config = policy.config
+        windows, cells = config.windows, len(config.size_steps) * COMPARISON_CELLS
+        example = [torch.zeros(1, config.candidates, CANDIDATE_FEATURES), torch.zeros(1, windows, cells),
+                   torch.zeros(1, windows, dtype=torch.bool), torch.ones(1, windows, dtype=torch.bool),
+                   torch.zeros(1, config.hidden), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1), torch.zeros(1, 1)]
+        # The policy's decision, exported (ONNX Runtime when installed): one definition for
+        # training and inference, without PyTorch's per-call overhead at batch 1.
+        self._decide = ExportedModule(LookDecision(policy), example, ["candidates", "comparisons", "seen", "valid", "state",
+                                                                       "last_window", "trials_left", "started"],
+                                      ["logits", "state_next"], threads=self._runtime.threads)
 
     def _closer_batches(self) -> set[int]:
         """The comparison's one call: a window at every size (never the look's candidates at once)."""
@@ -388,15 +388,14 @@ class LookAgentSearcher(LookSearcher):
         valid = np.arange(config.candidates) < seen_view.count
         comparisons = np.zeros((config.candidates, len(config.size_steps) * COMPARISON_CELLS), np.float32)
         seen = np.zeros(config.candidates, bool)
-        state = np.zeros(config.hidden, np.float32)
-        last = np.zeros(config.window_features + 1, np.float32)
+        state = np.zeros((1, config.hidden), np.float32)
         placed: list[int] = []
         for t in range(config.max_trials):
-            features = window_features_numpy(seen_view.candidates, comparisons, seen, config)
-            if t > 0:
-                last = np.append(features[placed[-1]], np.float32((config.max_trials - t) / config.max_trials))
-            logits, state = self._step(features, valid, state, last)
-            window = int(np.argmax(logits))
+            last_window = np.array([placed[-1] if placed else 0], np.int64)
+            trials_left = np.full((1, 1), (config.max_trials - t) / config.max_trials, np.float32)
+            logits, state = self._decide(seen_view.candidates[None], comparisons[None], seen[None], valid[None], state,
+                                         last_window, trials_left, np.full((1, 1), float(t > 0), np.float32))
+            window = int(np.argmax(logits[0]))
             if not seen[window]:
                 comparisons[window] = compare(self, seen_view, [window], config)[0]
                 seen[window] = True

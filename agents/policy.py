@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from gymnasium import spaces
@@ -261,27 +261,44 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         data.update(match_projection_dim=self.match_projection_dim, pointer=self.pointer, pointer_window_fraction=self.pointer_window_fraction)
         return data
 
-    def _pointer_inputs(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What the pointer head reads from the features: similarity map, location, match distance."""
+    def head_mean(
+        self,
+        latent_pi: torch.Tensor,
+        similarity: torch.Tensor,
+        location: torch.Tensor,
+        distance: Callable[[], torch.Tensor],
+        best: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Mean action (or logits) ``(..., A)`` from the actor latent ``(..., latent_dim_pi)``: the
+        action net, its ``(x, y)`` replaced by the pointer head's choice when there is one.
+
+        :param similarity: ``(..., h' * w')`` (``(..., 0)`` without an overview) and
+            :param location: ``(..., 4)``: what the pointer head reads.
+        :param distance: returns the match head's ``(...,)`` query/window distances; called only
+            by a pointer head (a search computes them its own way, see :class:`PolicyStep`).
+        :param best: the pointer head's best cell if already computed (:class:`SearchConstants`).
+        """
+        out = self.action_net(latent_pi)
+        if self.pointer_head is None:
+            return out
+        xy = self.pointer_head(latent_pi, out[..., :2], similarity, location, distance(), best)
+        return torch.cat([xy, out[..., 2:]], dim=-1)
+
+    def action_mean(self, latent_pi: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`head_mean` for the actor latent ``(..., latent_dim_pi)`` and the features
+        ``(..., features_dim)`` of the same steps."""
         parts = self.features_extractor.feature_slices(features)
-        distance = self.match_head(parts["query_emb"], parts["window_emb"])
-        return parts["similarity"], parts["location"], distance
+        return self.head_mean(latent_pi, parts["similarity"], parts["location"],
+                              lambda: self.match_head(parts["query_emb"], parts["window_emb"]))
 
     def pointer_candidates(
         self, latent_pi: torch.Tensor, out: torch.Tensor, features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`PointerHead.candidates` for the actor latent, its ``action_net`` output ``out`` and
         the features of the same steps."""
-        return self.pointer_head.candidates(latent_pi, out[..., :2], *self._pointer_inputs(features))
-
-    def action_mean(self, latent_pi: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Mean action (or logits) ``(..., A)`` from the actor latent ``(..., latent_dim_pi)`` and
-        the features ``(..., features_dim)`` of the same steps (the pointer head reads them)."""
-        out = self.action_net(latent_pi)
-        if self.pointer_head is None:
-            return out
-        xy = self.pointer_head(latent_pi, out[..., :2], *self._pointer_inputs(features))
-        return torch.cat([xy, out[..., 2:]], dim=-1)
+        parts = self.features_extractor.feature_slices(features)
+        distance = self.match_head(parts["query_emb"], parts["window_emb"])
+        return self.pointer_head.candidates(latent_pi, out[..., :2], parts["similarity"], parts["location"], distance)
 
     def _get_action_dist_from_latent(self, latent_pi: torch.Tensor):
         if self.pointer_head is None:
@@ -305,22 +322,23 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         """One recurrent step of the actor for a batch of episodes.
 
         :param features: ``(B, features_dim)`` LSTM inputs of this step.
-        :param lstm_state: ``(h, c)`` from the previous step, or ``None`` at an episode start.
+        :param lstm_state: ``(h, c)`` ``(layers, B, hidden)`` from the previous step, or ``None``
+            at an episode start.
         :return: ``(B, A)`` action means (or logits for discrete actions) and the new ``(h, c)``.
         """
         lstm = self.lstm_actor
         if lstm.num_layers != 1:
             latent, lstm_state = lstm(features.unsqueeze(0), lstm_state)
             return self.action_mean(self.mlp_extractor.forward_actor(latent[0]), features), lstm_state
-        # One step of a one-layer LSTM as an LSTM cell: the same arithmetic (equal up to float
-        # rounding) at a quarter of nn.LSTM's per-call overhead, which dominates at batch 1.
+        # A one-layer actor decides as the searchers do (PolicyStep): one place holds the decision.
+        parts = self.features_extractor.feature_slices(features)
         if lstm_state is None:
-            zeros = features.new_zeros(features.shape[0], lstm.hidden_size)
-            h, c = zeros, zeros
+            h = c = features.new_zeros(features.shape[0], lstm.hidden_size)
         else:
             h, c = lstm_state[0][0], lstm_state[1][0]
-        h, c = torch.lstm_cell(features, (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
-        return self.action_mean(self.mlp_extractor.forward_actor(h), features), (h.unsqueeze(0), c.unsqueeze(0))
+        mean, h, c = PolicyStep(self)(parts["query_emb"], parts["window_emb"], parts["location"], parts["trials_left"],
+                                      parts["similarity"], h, c)
+        return mean, (h.unsqueeze(0), c.unsqueeze(0))
 
 
 class SearchConstants(NamedTuple):
@@ -344,12 +362,14 @@ class SearchConstants(NamedTuple):
 class PolicyStep(nn.Module):
     """One decision of the actor from precomputed embeddings: ``(mean, h, c)``.
 
-    The same arithmetic as :meth:`SearchLstmPolicy.actor_step` on the features
-    :meth:`~agents.siamese.SearchFeaturesExtractor.combine` builds, in PyTorch: the searcher's
-    path with ``fast=False`` (e.g. on a GPU) and each decision of the fused search graph
-    (:mod:`agents.fused_search`); :class:`~agents.numpy_step.NumpyActorStep` is the same decision
-    in numpy for the CPU fast path. A search calls :meth:`start` once (what every decision
-    shares), then :meth:`decide` per window; calling the module does both.
+    The one place the actor's decision is written: :meth:`SearchLstmPolicy.actor_step` (rollouts
+    and evaluation) calls it, the searchers run it exported (:mod:`agents.policy_runtime`: ONNX
+    Runtime on the CPU, the module itself on a GPU), and the fused search graph
+    (:mod:`agents.fused_search`) unrolls it. It computes what SB3's training forward computes
+    (the LSTM, the actor MLP, :meth:`SearchLstmPolicy.head_mean`) from the parts of the features
+    :meth:`~agents.siamese.SearchFeaturesExtractor.combine` builds, equal up to float rounding
+    (tested). A search calls :meth:`start` once (what every decision shares), then :meth:`decide`
+    per window; calling the module does both.
 
     :param policy: a trained policy with a one-layer actor LSTM.
     """
@@ -398,13 +418,10 @@ class PolicyStep(nn.Module):
         c = f * c + i * g
         h = o * torch.tanh(c)
         policy = self.policy
-        latent = policy.mlp_extractor.forward_actor(h)
-        out = policy.action_net(latent)
-        if policy.pointer_head is None:
-            return out, h, c
-        distance = policy.match_head.projected_distance(constants.query_projection, window_emb)
-        xy = policy.pointer_head(latent, out[:, :2], constants.similarity, location, distance, constants.best)
-        return torch.cat([xy, out[:, 2:]], dim=-1), h, c
+        mean = policy.head_mean(policy.mlp_extractor.forward_actor(h), constants.similarity, location,
+                                lambda: policy.match_head.projected_distance(constants.query_projection, window_emb),
+                                constants.best)
+        return mean, h, c
 
     def forward(
         self,

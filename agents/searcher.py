@@ -27,11 +27,11 @@ import torch
 from agents.box_refiner import BoxRefiner, RefinerRuntime, load_refiner_file, refine_boxes
 from agents.cnn_runtime import make_cnn_runtime
 from agents.fused_search import FusedSearch
-from agents.numpy_step import NumpyActorStep
-from agents.policy import PolicyStep, SearchLstmPolicy
-from matchenv.envs.actions import absolute_window_center
+from agents.policy import SearchLstmPolicy
+from agents.policy_runtime import PolicyRuntime, RunningSearch
+from matchenv.envs.actions import AbsoluteAction
 from matchenv.datasets.photos import nominal_window, to_working_size
-from matchenv.geometry import crop_letterboxed, crop_window, letterbox, place_window, resize_image
+from matchenv.geometry import crop_letterboxed, crop_window, letterbox, place_windows, resize_image, window_locations
 
 
 @dataclass
@@ -162,50 +162,6 @@ def inside_references(results: list[SearchResult], shapes: Sequence[tuple[int, i
     return results
 
 
-class _RunningSearch:
-    """``N`` searches in progress: ``step`` decides the next windows, ``distance`` verifies windows.
-
-    The interface both paths share: :class:`_TorchRunningSearch` here, and the fast path's
-    :class:`~agents.numpy_step.NumpySearch`, which has the same two methods.
-    """
-
-    def step(self, window_emb: np.ndarray, locations: np.ndarray, trials_left: float) -> np.ndarray:
-        """``(N, A)`` actions after seeing ``(N, E)`` window embeddings at ``(N, 4)`` locations."""
-        raise NotImplementedError
-
-    def distance(self, window_emb: np.ndarray) -> np.ndarray:
-        """``(M,)`` match-head distances of ``(M, E)`` windows to the queries, ``M`` a multiple of
-        ``N`` (windows of several trials stacked trial by trial); small means a match."""
-        raise NotImplementedError
-
-
-class _TorchRunningSearch(_RunningSearch):
-    """The searches in PyTorch (:class:`PolicyStep`), on the policy's device."""
-
-    def __init__(self, step: PolicyStep, query_emb: np.ndarray, similarity: np.ndarray) -> None:
-        self.policy_step = step
-        self.device = step.policy.device
-        self.query_emb = self._tensor(query_emb)
-        self.constants = step.start(self.query_emb, self._tensor(similarity))
-        hidden = step.policy.lstm_actor.hidden_size
-        self.h = self.query_emb.new_zeros(self.query_emb.shape[0], hidden)
-        self.c = self.query_emb.new_zeros(self.query_emb.shape[0], hidden)
-
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
-
-    def step(self, window_emb, locations, trials_left):
-        trials = self.query_emb.new_full((self.query_emb.shape[0], 1), trials_left)
-        mean, self.h, self.c = self.policy_step.decide(self.constants, self._tensor(window_emb), self._tensor(locations),
-                                                       trials, self.h, self.c)
-        return mean.cpu().numpy()
-
-    def distance(self, window_emb):
-        query = self.constants.query_projection
-        query = query.repeat(window_emb.shape[0] // query.shape[0], 1)
-        return self.policy_step.policy.match_head.projected_distance(query, self._tensor(window_emb)).cpu().numpy()
-
-
 class TemplateSearcher:
     """Locate queries in references with a trained :class:`~agents.policy.SearchLstmPolicy`.
 
@@ -214,10 +170,10 @@ class TemplateSearcher:
     :param margin: the contrastive margin the match head was trained with (for :attr:`SearchResult.scores`).
     :param select: ``"last"`` answers with the final window (the paper's protocol); ``"best_score"``
         with the window the match head scores highest.
-    :param fast: the CPU fast path: the CNN in a faster runtime (``cnn_runtime="auto"``) and the
-        actor's decision in numpy (:class:`~agents.numpy_step.NumpyActorStep`), on a snapshot of
-        the trained weights; the same arithmetic, equal up to float rounding, several times faster
-        per query at batch 1. On by default for CPU policies with a one-layer LSTM.
+    :param fast: the CPU fast path: the CNN and the policy's decisions exported to a faster runtime
+        (``cnn_runtime="auto"``: ONNX Runtime, else TorchScript; :mod:`agents.policy_runtime`), on a
+        snapshot of the trained weights; the same modules, equal up to float rounding, several
+        times faster per query at batch 1. On by default for CPU policies with a one-layer LSTM.
     :param cnn_runtime: where the CNN runs (:mod:`agents.cnn_runtime`): ``"onnxruntime"`` (needs
         ``pip install "matchenv[fast]"``), ``"torchscript"``, ``"torch"``, or ``"auto"`` (ONNX
         Runtime when installed, else TorchScript). Default: ``"auto"`` with ``fast``, else ``"torch"``.
@@ -297,13 +253,14 @@ class TemplateSearcher:
         if action_dims not in ((2,), (3,)):
             raise ValueError(f"TemplateSearcher needs an 'absolute' action policy (shape (2,) or (3,)), got {action_dims}")
         self.scale_range = None if action_dims == (2,) else (float(scale_range[0]), float(scale_range[1]))
+        self._action = AbsoluteAction(self.scale_range)  # the env's action map: the same windows for the same actions
         self.device = policy.device  # SB3 computes it from the parameters on every access
         if fast is None:
             fast = policy.device.type == "cpu" and policy.lstm_actor.num_layers == 1
         if fast and (policy.device.type != "cpu" or policy.lstm_actor.num_layers != 1):
             raise ValueError("fast=True needs a CPU policy with a one-layer actor LSTM: pass fast=False")
         self.fast = bool(fast)
-        # The fast path: a faster CNN runtime and numpy decisions; otherwise the modules themselves.
+        # The fast path: the CNN exported to a faster runtime; otherwise the module itself.
         self._cnn = make_cnn_runtime(cnn_runtime or ("auto" if self.fast else "torch"), policy.features_extractor.cnn,
                                      (self.channels, *self.query_size))
         #: where the CNN runs: "onnxruntime", "torchscript" or "torch" (see agents.cnn_runtime)
@@ -314,8 +271,9 @@ class TemplateSearcher:
             self._refiner = RefinerRuntime(refiner.to(self.device), onnx=self._cnn.name == "onnxruntime")
         #: where the box refiner runs: "onnxruntime" or "torch"; None without a refiner
         self.refiner_runtime: Optional[str] = None if self._refiner is None else self._refiner.name
-        self._numpy_step: Optional[NumpyActorStep] = NumpyActorStep(policy) if self.fast else None
-        self._step: Optional[PolicyStep] = None if self.fast else PolicyStep(policy)
+        # The policy's decisions run where the CNN does: exported to ONNX Runtime or TorchScript on
+        # the fast path, the modules themselves otherwise.
+        self._policy_runtime = PolicyRuntime(policy, self._cnn.name)
         # The whole search as one ONNX Runtime call, for agents whose windows are plain crops.
         eligible = (self._cnn.name == "onnxruntime" and self.scale_range is None and not self.letterbox
                     and self.max_side is None and self.window_fraction is None)
@@ -332,12 +290,9 @@ class TemplateSearcher:
                 warnings.warn(f"could not fuse the search into one ONNX Runtime call ({err}); searching step by step",
                               RuntimeWarning, stacklevel=2)
 
-    def _start(self, query_emb: np.ndarray, similarity: np.ndarray) -> "_RunningSearch":
-        """The actor and the match head over one batch of searches, keeping the LSTM state between
-        windows (numpy on the fast path, else PyTorch)."""
-        if self._numpy_step is not None:
-            return self._numpy_step.start(query_emb, similarity)
-        return _TorchRunningSearch(self._step, query_emb, similarity)
+    def _start(self, query_emb: np.ndarray, similarity: np.ndarray) -> RunningSearch:
+        """The actor and the match head over one batch of searches, keeping the LSTM state between windows."""
+        return self._policy_runtime.start(query_emb, similarity)
 
     @classmethod
     def load(cls, path: Union[str, Path], device: str = "cpu", **kwargs) -> "TemplateSearcher":
@@ -497,6 +452,8 @@ class TemplateSearcher:
             similarity = self.policy.features_extractor.cell_similarity(torch.from_numpy(query_emb),
                                                                         torch.from_numpy(cells)).numpy()
         locations = np.tile(np.array([0.5, 0.5, 1.0, 1.0], dtype=np.float32), (n, 1))
+        image_wh = np.array([(r.shape[1], r.shape[0]) for r in references], dtype=np.float64)
+        window_wh = np.array([(w, h) for h, w in windows], dtype=np.float64)
         paths = np.zeros((self.max_trials, n, 4))
         distances = np.zeros((self.max_trials, n))
         lengths = np.full(n, self.max_trials)  # windows placed per search
@@ -508,18 +465,14 @@ class TemplateSearcher:
             actions = search.step(window_emb, locations, (self.max_trials - t) / self.max_trials)
             if not np.isfinite(actions[active]).all():
                 raise RuntimeError(f"the policy produced a non-finite action at trial {t}: {actions[active].tolist()}")
-            clipped = np.clip(actions, -1.0, 1.0).tolist()  # plain floats: the geometry below is scalar Python
-            crops = []
-            for i in active.tolist():
-                r, action = references[i], clipped[i]
-                img_h, img_w = r.shape[:2]
-                cx, cy, scale = absolute_window_center(action, (img_h, img_w), windows[i], self.scale_range)
-                box = place_window(cx, cy, windows[i][1] * scale, windows[i][0] * scale, img_w, img_h)
-                paths[t, i] = box
-                # (cx, cy, w, h) as fractions of the reference, computed as the env does
-                locations[i] = ((box[0] + box[2]) / (2 * img_w), (box[1] + box[3]) / (2 * img_h),
-                                (box[2] - box[0]) / img_w, (box[3] - box[1]) / img_h)
-                crops.append(self._window(r, box))
+            # The env's geometry (matchenv.geometry) for the searches still going, in float64.
+            clipped = np.clip(actions[active].astype(np.float64), -1.0, 1.0)
+            centre, scale = self._action.move(clipped, image_wh[active] / 2, np.ones(len(active)),
+                                              image_wh[active], window_wh[active])
+            p0, p1 = place_windows(centre, window_wh[active] * scale[:, None], image_wh[active])
+            paths[t, active] = np.concatenate([p0, p1], axis=1)
+            locations[active] = window_locations(p0, p1, image_wh[active])
+            crops = [self._window(references[i], paths[t, i]) for i in active.tolist()]
             if len(active) == n:
                 window_emb = self._cnn.embed(np.stack(crops))
             else:

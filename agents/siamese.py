@@ -167,9 +167,9 @@ class SearchFeaturesExtractor(BaseFeaturesExtractor):
 
     def feature_slices(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split features ``(..., features_dim)`` back into ``query_emb``, ``window_emb``,
-        ``location`` ``(..., 4)`` and, with an overview, ``similarity`` ``(..., h' * w')``."""
+        ``location`` ``(..., 4)``, ``trials_left`` ``(..., 1)`` and ``similarity`` ``(..., h' * w')``
+        (``(..., 0)`` without an overview)."""
         e, loc = self.cnn.embedding_dim, self.location_start
-        out = {"query_emb": features[..., :e], "window_emb": features[..., e:loc], "location": features[..., loc:loc + 4]}
-        if self.map_size is not None:
-            out["similarity"] = features[..., features.shape[-1] - self.map_size[0] * self.map_size[1]:]
-        return out
+        cells = 0 if self.map_size is None else self.map_size[0] * self.map_size[1]
+        return {"query_emb": features[..., :e], "window_emb": features[..., e:loc], "location": features[..., loc:loc + 4],
+                "trials_left": features[..., loc + 4:loc + 5], "similarity": features[..., features.shape[-1] - cells:]}

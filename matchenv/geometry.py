@@ -82,22 +82,94 @@ def cxcywh_to_xyxy(boxes: BoxLike, width: float, height: float) -> np.ndarray:
     return np.stack([b[..., 0] - half_w, b[..., 1] - half_h, b[..., 0] + half_w, b[..., 1] + half_h], axis=-1)
 
 
+# The window geometry of a search -- where an action puts a window, its whole-pixel box and what the
+# agent observes of its place -- written once, batched, for the environment, the vector env and the
+# searchers (numpy float64), and for the fused search graph (torch float64, traced for export).
+# Each helper below takes numpy arrays or torch tensors alike; the torch path avoids anything a
+# trace would freeze (Python numbers from tensors, numpy calls).
+def _torch_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _minimum(a, b):
+    if _torch_tensor(a):
+        import torch
+
+        return torch.minimum(a, b) if _torch_tensor(b) else torch.clamp(a, max=b)
+    return np.minimum(a, b)
+
+
+def _maximum(a, b):
+    if _torch_tensor(a):
+        import torch
+
+        return torch.maximum(a, b) if _torch_tensor(b) else torch.clamp(a, min=b)
+    return np.maximum(a, b)
+
+
+def _round(a):
+    """Round half to even, like Python's ``round`` (``np.rint``, ``torch.round`` and ONNX's Round do)."""
+    if _torch_tensor(a):
+        import torch
+
+        return torch.round(a)
+    return np.rint(a)
+
+
+def _concat(parts):
+    if _torch_tensor(parts[0]):
+        import torch
+
+        return torch.cat(parts, dim=-1)
+    return np.concatenate(parts, axis=-1)
+
+
+def absolute_centres(action, image_wh, window_wh):
+    """Window centres ``(..., 2)`` (pixels, ``(x, y)``) for ``"absolute"`` actions.
+
+    ``(x, y)`` in ``[-1, 1]`` span the centres that keep a window of ``window_wh`` inside the
+    image: -1 puts it against the left/top edge, +1 against the right/bottom edge.
+
+    :param action: ``(..., 2)`` finite actions, already clipped to ``[-1, 1]`` (float64).
+    :param image_wh: ``(..., 2)`` image ``(width, height)``; :param window_wh: ``(..., 2)`` the
+        window's ``(width, height)`` in pixels (scale included), not rounded.
+    """
+    window = _minimum(window_wh, image_wh)
+    return window / 2 + (action + 1.0) / 2.0 * (image_wh - window)
+
+
+def place_windows(centre, window_wh, image_wh):
+    """Whole-pixel windows of ``window_wh`` centred as close to ``centre`` as fits.
+
+    The size is rounded to whole pixels (at least 1, at most the image) and the window is
+    shifted, not shrunk, to stay inside the image, so the agent always sees a full window of the
+    size it asked for.
+
+    :param centre: ``(..., 2)`` centres ``(x, y)`` in pixels; ``window_wh`` and ``image_wh`` ``(..., 2)``.
+    :return: corners ``p0 = (x0, y0)`` and ``p1 = (x1, y1)``, each ``(..., 2)``, whole numbers
+        inside ``[0, W] x [0, H]``.
+    """
+    side = _minimum(_maximum(_round(window_wh), 1.0), image_wh)
+    p0 = _minimum(_maximum(_round(centre - side / 2), 0.0), image_wh - side)
+    return p0, p0 + side
+
+
+def window_locations(p0, p1, image_wh):
+    """What the agent observes of a window's place: ``(..., 4)`` ``(cx, cy, w, h)`` as fractions
+    of the image (float64; the observation is its float32 cast).
+
+    :param p0: / :param p1: ``(..., 2)`` corners (:func:`place_windows`); ``image_wh`` ``(..., 2)``.
+    """
+    return _concat([(p0 + p1) / (2 * image_wh), (p1 - p0) / image_wh])
+
+
 def place_window(
     center_x: float, center_y: float, win_w: float, win_h: float, image_w: int, image_h: int
 ) -> np.ndarray:
-    """Integer-aligned window of size ``win_w x win_h`` centred as close to ``(center_x, center_y)`` as fits.
-
-    The size is rounded to whole pixels (at least 1, at most the image) and the window is
-    shifted, not shrunk, to stay inside the image, so the agent always sees a full window
-    of the size it asked for. Centres are in pixel coordinates.
-
-    :return: box ``(x0, y0, x1, y1)`` as float64 with integer values, inside ``[0, image_w] x [0, image_h]``.
-    """
-    w = int(min(max(round(win_w), 1), image_w))
-    h = int(min(max(round(win_h), 1), image_h))
-    x0 = int(min(max(round(center_x - w / 2), 0), image_w - w))
-    y0 = int(min(max(round(center_y - h / 2), 0), image_h - h))
-    return np.array([x0, y0, x0 + w, y0 + h], dtype=np.float64)
+    """:func:`place_windows` for one window: box ``(x0, y0, x1, y1)`` float64 with whole values."""
+    p0, p1 = place_windows(np.array([center_x, center_y], np.float64), np.array([win_w, win_h], np.float64),
+                           np.array([image_w, image_h], np.float64))
+    return np.concatenate([p0, p1])
 
 
 def clip_box(box: BoxLike, image_w: int, image_h: int) -> np.ndarray:

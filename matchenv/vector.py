@@ -45,6 +45,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 
 from matchenv.envs.actions import AbsoluteAction, RelativeAction
 from matchenv.envs.template_search import TemplateSearchEnv
+from matchenv.geometry import place_windows, window_locations
 
 #: Key order of a single environment's observation, hence of ``info["terminal_observation"]``.
 OBS_KEYS = ("query", "window", "location", "trials_left")
@@ -161,7 +162,7 @@ class TemplateSearchVecEnv(VecEnv):
         parts = {
             "query": self._query.copy(),
             "window": windows,
-            "location": np.concatenate([(p0 + p1) / (2 * self._img), (p1 - p0) / self._img], axis=1).astype(np.float32),
+            "location": window_locations(p0, p1, self._img).astype(np.float32),
             "trials_left": ((self._max_trials - trial) / self._max_trials).astype(np.float32)[:, None],
         }
         if self._overview is not None:
@@ -323,29 +324,11 @@ class TemplateSearchVecEnv(VecEnv):
             i = int(np.flatnonzero(~np.isfinite(a).all(axis=1))[0])
             raise ValueError(f"action of env {i} contains NaN or inf: {a[i].tolist()}; actions must be finite")
         a = np.minimum(np.maximum(a, -1.0), 1.0)  # == np.clip for finite values, without its overhead
-        img = self._img
-        # exp and pow go through Python's math, one value at a time, to round exactly like the scalar code.
-        if isinstance(wa, AbsoluteAction):
-            scale = self._scale
-            if wa.has_scale:
-                lo, hi = math.log(wa.scale_range[0]), math.log(wa.scale_range[1])
-                scale = np.array([math.exp(v) for v in (lo + (a[:, 2] + 1.0) / 2.0 * (hi - lo)).tolist()])
-            win = np.minimum(self._win * scale[:, None], img)
-            return win / 2 + (a[:, :2] + 1.0) / 2.0 * (img - win), scale
-        center = self._center + a[:, :2] * wa.max_step * img
-        scale = self._scale
-        if wa.has_scale:
-            zoom = np.array([wa.max_zoom**v for v in a[:, 2].tolist()])
-            scale = np.minimum(np.maximum(scale * zoom, wa.scale_range[0]), wa.scale_range[1])
-        return center, scale
+        return wa.move(a, self._center, self._scale, self._img, self._win)
 
     def _place(self, center: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`matchenv.geometry.place_window` over the batch: corners ``(x0, y0)`` and ``(x1, y1)``."""
-        img = self._img
-        # np.rint rounds half to even, exactly like Python's round().
-        size = np.minimum(np.maximum(np.rint(self._win * scale[:, None]), 1.0), img)
-        p0 = np.minimum(np.maximum(np.rint(center - size / 2), 0.0), img - size)
-        return p0, p0 + size
+        """:func:`matchenv.geometry.place_windows` over the batch: corners ``(x0, y0)`` and ``(x1, y1)``."""
+        return place_windows(center, self._win * scale[:, None], self._img)
 
     def _iou(self, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
         """:func:`matchenv.geometry.iou` of the windows with the targets (same arithmetic, no clip/where overhead)."""

@@ -1,4 +1,4 @@
-"""The searcher's CPU fast path (traced CNN, numpy actor step) computes what the policy computes."""
+"""The searcher's CPU fast path (the CNN and the policy's decisions exported) computes what the policy computes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 
 import matchenv  # noqa: F401  (registers the environments)
 from agents.cnn_runtime import make_cnn_runtime, onnxruntime_available
-from agents.numpy_step import NumpyActorStep
-from agents.policy import SearchLstmPolicy
-from agents.searcher import PolicyStep, TemplateSearcher
+from agents.policy_runtime import PolicyRuntime
+from agents.policy import PolicyStep, SearchLstmPolicy
+from agents.searcher import TemplateSearcher
 from agents.siamese import SiameseCNN
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -34,21 +34,50 @@ def random_policy(case: str, seed: int = 0) -> tuple[SearchLstmPolicy, gym.Env]:
     return policy.eval(), env
 
 
+RUNTIME_KINDS = ["torch", "torchscript"] + (["onnxruntime"] if onnxruntime_available() else [])
+
+
+@pytest.mark.parametrize("kind", RUNTIME_KINDS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_numpy_step_equals_the_torch_step(case):
+def test_exported_decisions_equal_the_torch_step(case, kind):
     policy, _ = random_policy(case)
     rng = np.random.default_rng(0)
     n, emb = 16, policy.features_extractor.cnn.embedding_dim
     cells = 0 if policy.features_extractor.map_size is None else int(np.prod(policy.features_extractor.map_size))
     location = np.concatenate([rng.uniform(0.1, 0.9, (n, 2)), rng.uniform(0.2, 1.0, (n, 2))], axis=1)
     inputs = [rng.normal(size=(n, emb)), rng.normal(size=(n, emb)), location, rng.uniform(0, 1, (n, 1)),
-              rng.uniform(-1, 1, (n, cells)), rng.normal(size=(n, 32)), rng.normal(size=(n, 32))]
-    inputs = [np.asarray(x, dtype=np.float32) for x in inputs]
-    with torch.no_grad():
-        expected = PolicyStep(policy)(*(torch.from_numpy(x) for x in inputs))
-    got = NumpyActorStep(policy)(*inputs)
-    for e, g in zip(expected, got):
-        np.testing.assert_allclose(g, e.numpy(), rtol=1e-5, atol=1e-5)
+              rng.uniform(-1, 1, (n, cells))]
+    query, window, location, trials, similarity = [np.asarray(x, dtype=np.float32) for x in inputs]
+    runtime = PolicyRuntime(policy, kind)
+    assert runtime.name == kind
+    search = runtime.start(query, similarity)
+    step = PolicyStep(policy)
+    h = c = torch.zeros(n, 32)
+    for t in range(3):  # the state carried between decisions too
+        got = search.step(window, location, trials)
+        with torch.no_grad():
+            expected, h, c = step(*(torch.from_numpy(x) for x in (query, window, location, trials, similarity)), h, c)
+            distance = policy.match_head(torch.from_numpy(query), torch.from_numpy(window))
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(search.h, h.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(search.distance(window), distance.numpy(), rtol=1e-5, atol=1e-5)
+        window = window[::-1].copy()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_actor_step_equals_the_training_forward(case):
+    """The decision the searchers export (PolicyStep, through actor_step) is SB3's recurrent
+    forward, the one PPO and imitation train, over a whole episode."""
+    policy, env = random_policy(case)
+    obs, _ = env.reset(seed=0)
+    state, sb3_state = None, (torch.zeros(1, 1, 32), torch.zeros(1, 1, 32))
+    for t in range(4):
+        obs_t, _ = policy.obs_to_tensor({k: v[None] for k, v in obs.items()})
+        with torch.no_grad():
+            mean, state = policy.actor_step(policy.extract_features(obs_t), state)
+            distribution, sb3_state = policy.get_distribution(obs_t, sb3_state, torch.tensor([float(t == 0)]))
+        torch.testing.assert_close(mean, distribution.distribution.mean, rtol=1e-5, atol=1e-5)
+        obs, *_ = env.step(np.clip(mean[0].numpy(), -1.0, 1.0))
 
 
 def test_policy_step_equals_actor_step():

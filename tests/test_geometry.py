@@ -138,6 +138,35 @@ def test_place_window_keeps_a_centre_where_the_window_fits(win_w, win_h, x0, y0)
     np.testing.assert_array_equal(box, [x0, y0, x0 + win_w, y0 + win_h])
 
 
+def test_the_window_geometry_is_the_same_in_numpy_and_in_a_traced_torch_graph():
+    """The fused search exports the env's geometry on torch tensors: same windows, same locations,
+    half-pixel ties included (rounded half to even on both paths)."""
+    import torch
+
+    from matchenv.geometry import absolute_centres, place_windows, window_locations
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    image_wh = rng.integers(1, 200, (n, 2)).astype(np.float64)
+    window_wh = np.where(rng.random((n, 2)) < 0.3, rng.integers(1, 60, (n, 2)) + 0.5, rng.uniform(0.3, 80, (n, 2)))
+    action = np.clip(np.round(rng.uniform(-1.2, 1.2, (n, 2)) * 8) / 8, -1.0, 1.0)  # exact ties among them
+
+    def geometry(action, image_wh, window_wh):
+        p0, p1 = place_windows(absolute_centres(action, image_wh, window_wh), window_wh, image_wh)
+        return p0, p1, window_locations(p0, p1, image_wh)
+
+    expected = geometry(action, image_wh, window_wh)
+    traced = torch.jit.trace(geometry, tuple(torch.zeros(2, 2, dtype=torch.float64) + 1 for _ in range(3)))
+    got = traced(*(torch.from_numpy(a) for a in (action, image_wh, window_wh)))
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g.numpy(), e)
+    p0, p1, _ = expected
+    assert (p0 >= 0).all() and (p1 <= image_wh).all() and (p1 - p0 >= 1).all()
+    for i in range(0, n, 97):  # and one window at a time, as the env places it
+        box = place_window(*absolute_centres(action[i], image_wh[i], window_wh[i]), *window_wh[i], *image_wh[i])
+        np.testing.assert_array_equal(box, np.concatenate([p0[i], p1[i]]))
+
+
 # ============================================================================ crop_window
 
 

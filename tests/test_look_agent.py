@@ -19,7 +19,7 @@ from agents.look_agent import (
     LookAgentConfig,
     LookAgentPolicy,
     LookAgentSearcher,
-    NumpyPolicyStep,
+    LookDecision,
     answer_box,
     compare,
     glance,
@@ -27,8 +27,9 @@ from agents.look_agent import (
     rollout,
     save_look_agent_file,
     window_features,
-    window_features_numpy,
 )
+from agents.cnn_runtime import onnxruntime_available
+from agents.exported_module import ExportedModule
 from agents.look_files import save_look_file
 from agents.look_network import STRIDE, MultiScaleLook
 from agents.look_peaks import box_at, clip_to_reference
@@ -113,26 +114,26 @@ def test_rollout_never_chooses_a_missing_candidate_and_greedy_is_deterministic()
     assert torch.equal(first, again)
 
 
-def test_numpy_step_equals_the_policy_step():
+@pytest.mark.parametrize("kind", ["torch", "torchscript"] + (["onnxruntime"] if onnxruntime_available() else []))
+def test_exported_decision_equals_the_policy_decision(kind):
     config = LookAgentConfig()
     torch.manual_seed(2)
     policy = LookAgentPolicy(config)
     tables = random_tables(3, config, seed=4)
     seen = torch.rand(3, config.windows, generator=torch.Generator().manual_seed(5)) < 0.4
-    features = window_features(tables["candidates"], tables["comparisons"], seen, config)
-    state, last = torch.randn(3, config.hidden), torch.randn(3, config.window_features + 1)
+    inputs = (tables["candidates"], tables["comparisons"], seen, tables["valid"], torch.randn(3, config.hidden),
+              torch.tensor([1, 0, 2]), torch.full((3, 1), 0.5), torch.ones(3, 1))
     with torch.no_grad():
-        logits, new_state = policy.step(features, tables["valid"], state, last)
-    step = NumpyPolicyStep(policy)
-    for i in range(3):
-        numpy_features = window_features_numpy(tables["candidates"][i].numpy(), tables["comparisons"][i].numpy(),
-                                               seen[i].numpy(), config)
-        assert np.allclose(numpy_features, features[i].numpy())
-        got_logits, got_state = step(numpy_features, tables["valid"][i].numpy(), state[i].numpy(), last[i].numpy())
-        assert np.allclose(got_state, new_state[i].numpy(), atol=1e-5)
-        assert np.array_equal(np.isinf(got_logits), ~tables["valid"][i].numpy())
-        finite = tables["valid"][i].numpy()
-        assert np.allclose(got_logits[finite], logits[i].numpy()[finite], atol=1e-4)
+        logits, new_state = policy.decide(*inputs)
+    example = [x[:1] for x in inputs]
+    names = ["candidates", "comparisons", "seen", "valid", "state", "last_window", "trials_left", "started"]
+    decide = ExportedModule(LookDecision(policy), example, names, ["logits", "state_next"], kind, threads=1)
+    assert decide.name == kind
+    got_logits, got_state = decide(*(x.numpy() for x in inputs))
+    np.testing.assert_allclose(got_state, new_state.numpy(), atol=1e-5)
+    assert np.array_equal(np.isinf(got_logits), ~tables["valid"].numpy())
+    finite = tables["valid"].numpy()
+    np.testing.assert_allclose(got_logits[finite], logits.numpy()[finite], atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- windows and answers

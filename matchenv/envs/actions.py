@@ -20,16 +20,22 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from gymnasium import spaces
+
+from matchenv.geometry import absolute_centres
 
 ACTION_TYPES = ("absolute", "relative", "discrete")
 
 
 class WindowAction(abc.ABC):
-    """Maps actions to window placements. ``scale_range=None`` means a fixed window size."""
+    """Maps actions to window placements. ``scale_range=None`` means a fixed window size.
+
+    :meth:`move` is the batched map (the vector env calls it for a whole batch);
+    :meth:`apply` checks one action and moves one window with it.
+    """
 
     space: spaces.Space
 
@@ -40,29 +46,27 @@ class WindowAction(abc.ABC):
     def has_scale(self) -> bool:
         return self.scale_range is not None
 
-    def clamp_scale(self, scale: float) -> float:
+    def clamp_scale(self, scale: np.ndarray) -> np.ndarray:
+        """``scale`` clamped to :attr:`scale_range` (ones without one)."""
         if self.scale_range is None:
-            return 1.0
-        return float(min(max(scale, self.scale_range[0]), self.scale_range[1]))
+            return np.ones_like(scale)
+        return np.minimum(np.maximum(scale, self.scale_range[0]), self.scale_range[1])
 
     @abc.abstractmethod
-    def apply(
-        self, action: np.ndarray, center: tuple[float, float], scale: float, image_size: tuple[int, int],
-        window_size: tuple[int, int],
-    ) -> tuple[float, float, float]:
-        """Return the next ``(center_x, center_y, scale)`` (pixels, pixels, factor).
+    def move(
+        self, actions: np.ndarray, centre: np.ndarray, scale: np.ndarray, image_wh: np.ndarray, window_wh: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The next window centres and scales of a batch: ``(N, 2)`` pixels ``(x, y)`` and ``(N,)`` factors.
 
-        :param action: a member of :attr:`space` (validated by the caller).
-        :param center: current window centre in pixels ``(x, y)``.
-        :param scale: current scale factor on ``window_size``.
-        :param image_size: reference ``(height, width)`` in pixels.
-        :param window_size: nominal window ``(height, width)`` in pixels.
+        :param actions: ``(N, *space.shape)`` float64, checked (finite, clipped to ``[-1, 1]``;
+            discrete: whole indices in range).
+        :param centre: ``(N, 2)`` current centres ``(x, y)``; ``scale`` ``(N,)`` current factors on
+            ``window_wh``; ``image_wh`` ``(N, 2)`` references ``(width, height)``; ``window_wh``
+            ``(N, 2)`` nominal windows ``(width, height)``, all float64.
         """
 
-    def _box_space(self) -> spaces.Box:
-        return spaces.Box(-1.0, 1.0, shape=(3 if self.has_scale else 2,), dtype=np.float32)
-
-    def _check_finite(self, action) -> np.ndarray:
+    def check(self, action) -> np.ndarray:
+        """One action as the float64 row :meth:`move` takes; ``ValueError`` naming what is wrong."""
         arr = np.asarray(action, dtype=np.float64).reshape(-1)
         if arr.shape != self.space.shape:
             raise ValueError(f"expected an action of shape {self.space.shape}, got shape {np.shape(action)}")
@@ -70,39 +74,44 @@ class WindowAction(abc.ABC):
             raise ValueError(f"action contains NaN or inf: {np.asarray(action).tolist()}; actions must be finite")
         return np.clip(arr, -1.0, 1.0)
 
+    def apply(
+        self, action: np.ndarray, center: tuple[float, float], scale: float, image_size: tuple[int, int],
+        window_size: tuple[float, float],
+    ) -> tuple[float, float, float]:
+        """Return the next ``(center_x, center_y, scale)`` (pixels, pixels, factor) of one window.
+
+        :param action: a member of :attr:`space` (checked here).
+        :param center: current window centre in pixels ``(x, y)``.
+        :param scale: current scale factor on ``window_size``.
+        :param image_size: reference ``(height, width)`` in pixels.
+        :param window_size: nominal window ``(height, width)`` in pixels.
+        """
+        centre, new_scale = self.move(self.check(action)[None], np.array([center], np.float64), np.array([float(scale)]),
+                                      np.array([[image_size[1], image_size[0]]], np.float64),
+                                      np.array([[window_size[1], window_size[0]]], np.float64))
+        return float(centre[0, 0]), float(centre[0, 1]), float(new_scale[0])
+
+    def _box_space(self) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, shape=(3 if self.has_scale else 2,), dtype=np.float32)
+
+
+def log_uniform_scales(component: np.ndarray, scale_range: tuple[float, float]) -> np.ndarray:
+    """``(N,)`` window scales for ``(N,)`` action components in ``[-1, 1]``, log-uniform in
+    ``scale_range``. ``math.exp`` value by value: numpy's vectorised exp may round the last bit
+    differently by batch length, and a batch must place the windows one env would."""
+    lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
+    return np.array([math.exp(v) for v in (lo + (component + 1.0) / 2.0 * (hi - lo)).tolist()], dtype=np.float64)
+
 
 class AbsoluteAction(WindowAction):
     def __init__(self, scale_range: Optional[tuple[float, float]]) -> None:
         super().__init__(scale_range)
         self.space = self._box_space()
 
-    def apply(self, action, center, scale, image_size, window_size):
-        return absolute_window_center(self._check_finite(action), image_size, window_size, self.scale_range, scale)
-
-
-def absolute_window_center(
-    action: Sequence[float],
-    image_size: tuple[int, int],
-    window_size: tuple[float, float],
-    scale_range: Optional[tuple[float, float]],
-    scale: float = 1.0,
-) -> tuple[float, float, float]:
-    """Where an ``"absolute"`` action puts the window: ``(center_x, center_y, scale)``.
-
-    ``(x, y)`` in ``[-1, 1]`` span the centres that keep the window inside the image; with a
-    ``scale_range`` the third component picks the scale log-uniformly in it (else ``scale`` is
-    kept). Plain Python arithmetic on a finite, clipped action: the env and the inference API
-    (one window at a time, where numpy's per-call overhead would dominate) share it.
-    """
-    if scale_range is not None:
-        lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
-        scale = math.exp(lo + (action[2] + 1.0) / 2.0 * (hi - lo))
-    img_h, img_w = image_size
-    win_w = min(window_size[1] * scale, img_w)
-    win_h = min(window_size[0] * scale, img_h)
-    cx = win_w / 2 + (action[0] + 1.0) / 2.0 * (img_w - win_w)
-    cy = win_h / 2 + (action[1] + 1.0) / 2.0 * (img_h - win_h)
-    return float(cx), float(cy), float(scale)
+    def move(self, actions, centre, scale, image_wh, window_wh):
+        if self.has_scale:
+            scale = log_uniform_scales(actions[:, 2], self.scale_range)
+        return absolute_centres(actions[:, :2], image_wh, window_wh * scale[:, None]), scale
 
 
 class RelativeAction(WindowAction):
@@ -113,14 +122,11 @@ class RelativeAction(WindowAction):
         self.max_step, self.max_zoom = float(max_step), float(max_zoom)
         self.space = self._box_space()
 
-    def apply(self, action, center, scale, image_size, window_size):
-        a = self._check_finite(action)
-        img_h, img_w = image_size
-        cx = center[0] + a[0] * self.max_step * img_w
-        cy = center[1] + a[1] * self.max_step * img_h
-        if self.has_scale:
-            scale = self.clamp_scale(scale * self.max_zoom ** a[2])
-        return float(cx), float(cy), float(scale)
+    def move(self, actions, centre, scale, image_wh, window_wh):
+        centre = centre + actions[:, :2] * self.max_step * image_wh
+        if self.has_scale:  # Python's pow value by value, as log_uniform_scales does exp
+            scale = self.clamp_scale(scale * np.array([self.max_zoom**v for v in actions[:, 2].tolist()]))
+        return centre, scale
 
 
 # (dx, dy, zoom exponent) per discrete action, in units of `step` and `max_zoom`.
@@ -140,7 +146,7 @@ class DiscreteAction(WindowAction):
         self.moves = np.array(_MOVES + (_ZOOMS if self.has_scale else []), dtype=np.float64)
         self.space = spaces.Discrete(len(self.moves))
 
-    def apply(self, action, center, scale, image_size, window_size):
+    def check(self, action) -> np.ndarray:
         arr = np.asarray(action)
         value = arr.item() if arr.size == 1 else None
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
@@ -148,13 +154,14 @@ class DiscreteAction(WindowAction):
         index = int(value)
         if not 0 <= index < self.space.n:
             raise ValueError(f"discrete action {index} is out of range [0, {self.space.n}): {DISCRETE_ACTION_NAMES[: self.space.n]}")
-        dx, dy, dz = self.moves[index]
-        img_h, img_w = image_size
-        cx = center[0] + dx * self.step * img_w
-        cy = center[1] + dy * self.step * img_h
+        return np.array([index], dtype=np.float64)
+
+    def move(self, actions, centre, scale, image_wh, window_wh):
+        moves = self.moves[actions.reshape(-1).astype(np.int64)]
+        centre = centre + moves[:, :2] * self.step * image_wh
         if self.has_scale:
-            scale = self.clamp_scale(scale * self.max_zoom**dz)
-        return float(cx), float(cy), float(scale)
+            scale = self.clamp_scale(scale * np.array([self.max_zoom**v for v in moves[:, 2].tolist()]))
+        return centre, scale
 
 
 def make_window_action(action_type: str, scale_range: Optional[tuple[float, float]], **kwargs) -> WindowAction:

@@ -18,8 +18,9 @@ from matchenv.geometry import (
     iou,
     letterbox,
     letterbox_placement,
-    place_window,
+    place_windows,
     resize_image,
+    window_locations,
 )
 
 REWARD_MODES = ("sparse", "dense")
@@ -282,8 +283,13 @@ class TemplateSearchEnv(gym.Env):
             raise RuntimeError(f"the episode ended after {self.max_trials} trials: call reset() to start a new one")
         pair = self._pair
         img_h, img_w = pair.reference.shape[:2]
-        cx, cy, scale = self.window_action.apply(action, self._center, self._scale, (img_h, img_w), self.window_size)
-        box = place_window(cx, cy, self.window_size[1] * scale, self.window_size[0] * scale, img_w, img_h)
+        # The batched geometry (matchenv.geometry, WindowAction.move) on a batch of one window.
+        image_wh = np.array([[img_w, img_h]], dtype=np.float64)
+        window_wh = np.array([[self.window_size[1], self.window_size[0]]], dtype=np.float64)
+        centre, scale = self.window_action.move(self.window_action.check(action)[None], np.array([self._center], np.float64),
+                                                np.array([self._scale], np.float64), image_wh, window_wh)
+        scale = float(scale[0])
+        box = np.concatenate(place_windows(centre, window_wh * scale, image_wh), axis=1)[0]
         # Keep the state at the placed window, so relative moves start from what the agent saw.
         self._center = ((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0)
         self._scale = scale
@@ -391,11 +397,7 @@ class TemplateSearchEnv(gym.Env):
     # ------------------------------------------------------------------ internals
     def _observation(self, window: np.ndarray, box: np.ndarray) -> dict[str, np.ndarray]:
         img_h, img_w = self._pair.reference.shape[:2]
-        location = np.array(
-            [(box[0] + box[2]) / (2 * img_w), (box[1] + box[3]) / (2 * img_h), (box[2] - box[0]) / img_w,
-             (box[3] - box[1]) / img_h],
-            dtype=np.float32,
-        )
+        location = window_locations(box[:2], box[2:], np.array([img_w, img_h], dtype=np.float64)).astype(np.float32)
         trials_left = np.array([(self.max_trials - self._trial) / self.max_trials], dtype=np.float32)
         window_obs = self._to_obs_image(window)
         # A fresh query array per step: callers may keep or modify what they are given.
