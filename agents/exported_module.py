@@ -61,7 +61,8 @@ class ExportedModule:
                 self._session = onnx_session(module, tuple(example), self.input_names, self.output_names, axes, threads)
                 # The exporter drops inputs the graph does not read (e.g. a similarity map a
                 # policy without a pointer head ignores): feed only those it kept.
-                self._session_inputs = [i.name for i in self._session.get_inputs()]
+                kept = {i.name for i in self._session.get_inputs()}
+                self._kept = [(index, name) for index, name in enumerate(self.input_names) if name in kept]
                 self.name = "onnxruntime"
                 return
             except Exception as err:  # noqa: BLE001  (a speed-up only: fall back rather than fail)
@@ -83,8 +84,7 @@ class ExportedModule:
         """:param arrays: one array per input, in ``input_names`` order (float32 unless the
         module takes another type). :return: one array per output."""
         if self._session is not None:
-            feed = dict(zip(self.input_names, arrays))
-            return tuple(self._session.run(None, {name: feed[name] for name in self._session_inputs}))
+            return tuple(self._session.run(None, {name: arrays[index] for index, name in self._kept}))
         with torch.inference_mode():
             tensors = [torch.from_numpy(np.require(a, requirements=['C', 'W'])).to(self.device) for a in arrays]
             out = (self.module if self._traced is None else self._traced)(*tensors)

@@ -385,7 +385,9 @@ class PolicyStep(nn.Module):
         (or ``(N, 0)``) similarity maps shares (see :class:`SearchConstants`). The fused search
         graph unrolls every decision of a search, so what is computed here once is ``max_trials``
         times fewer operations there."""
-        lstm, e = self.policy.lstm_actor, query_emb.shape[1]
+        # The embedding size as a Python number (not query_emb.shape[1]): in an exported graph the
+        # weight slices below are then constants, folded once, not computed at every call.
+        lstm, e = self.policy.lstm_actor, self.policy.features_extractor.cnn.embedding_dim
         # LSTM input rows: query (E), window (E), location (4), trials left (1), similarity.
         w_ih = lstm.weight_ih_l0
         bias = query_emb @ w_ih[:, :e].T + lstm.bias_ih_l0 + lstm.bias_hh_l0

@@ -44,7 +44,9 @@ class _Decide(nn.Module):
 
     def forward(self, bias, query_projection, similarity, best, window_emb, location, trials_left, h, c):
         policy = self.step.policy
-        lstm, e = policy.lstm_actor, window_emb.shape[1]
+        # A Python number, not window_emb.shape[1]: a traced shape would make the weight product
+        # an input-dependent computation instead of a constant the runtime folds once.
+        lstm, e = policy.lstm_actor, policy.features_extractor.cnn.embedding_dim
         step_weight = torch.cat([lstm.weight_ih_l0[:, e:2 * e + 5], lstm.weight_hh_l0], dim=1).T
         constants = SearchConstants(bias, step_weight, query_projection, similarity,
                                     None if policy.pointer_head is None else best)

@@ -454,6 +454,7 @@ class TemplateSearcher:
         locations = np.tile(np.array([0.5, 0.5, 1.0, 1.0], dtype=np.float32), (n, 1))
         image_wh = np.array([(r.shape[1], r.shape[0]) for r in references], dtype=np.float64)
         window_wh = np.array([(w, h) for h, w in windows], dtype=np.float64)
+        ones = np.ones(n)
         paths = np.zeros((self.max_trials, n, 4))
         distances = np.zeros((self.max_trials, n))
         lengths = np.full(n, self.max_trials)  # windows placed per search
@@ -466,12 +467,14 @@ class TemplateSearcher:
             if not np.isfinite(actions[active]).all():
                 raise RuntimeError(f"the policy produced a non-finite action at trial {t}: {actions[active].tolist()}")
             # The env's geometry (matchenv.geometry) for the searches still going, in float64.
-            clipped = np.clip(actions[active].astype(np.float64), -1.0, 1.0)
-            centre, scale = self._action.move(clipped, image_wh[active] / 2, np.ones(len(active)),
-                                              image_wh[active], window_wh[active])
-            p0, p1 = place_windows(centre, window_wh[active] * scale[:, None], image_wh[active])
-            paths[t, active] = np.concatenate([p0, p1], axis=1)
-            locations[active] = window_locations(p0, p1, image_wh[active])
+            # (np.minimum/np.maximum: np.clip costs more than the geometry itself at batch 1)
+            clipped = np.minimum(np.maximum(actions[active], -1.0), 1.0).astype(np.float64)
+            image, window = (image_wh, window_wh) if len(active) == n else (image_wh[active], window_wh[active])
+            centre, scale = self._action.move(clipped, image, ones[:len(active)], image, window)  # absolute: no centre
+            p0, p1 = place_windows(centre, window * scale[:, None], image)
+            rows = slice(None) if len(active) == n else active
+            paths[t, rows] = np.concatenate([p0, p1], axis=1)
+            locations[rows] = window_locations(p0, p1, image)
             crops = [self._window(references[i], paths[t, i]) for i in active.tolist()]
             if len(active) == n:
                 window_emb = self._cnn.embed(np.stack(crops))

@@ -91,37 +91,46 @@ def _torch_tensor(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def _minimum(a, b):
-    if _torch_tensor(a):
+class _NumpyOps:
+    """The few operations the geometry needs, on numpy arrays (round: half to even, like Python's)."""
+
+    minimum, maximum, round = staticmethod(np.minimum), staticmethod(np.maximum), staticmethod(np.rint)
+
+    @staticmethod
+    def concat(parts):
+        return np.concatenate(parts, axis=-1)
+
+
+class _TorchOps:
+    """The same on torch tensors, in operations a trace records (torch.round rounds half to even)."""
+
+    @staticmethod
+    def minimum(a, b):
         import torch
 
         return torch.minimum(a, b) if _torch_tensor(b) else torch.clamp(a, max=b)
-    return np.minimum(a, b)
 
-
-def _maximum(a, b):
-    if _torch_tensor(a):
+    @staticmethod
+    def maximum(a, b):
         import torch
 
         return torch.maximum(a, b) if _torch_tensor(b) else torch.clamp(a, min=b)
-    return np.maximum(a, b)
 
-
-def _round(a):
-    """Round half to even, like Python's ``round`` (``np.rint``, ``torch.round`` and ONNX's Round do)."""
-    if _torch_tensor(a):
+    @staticmethod
+    def round(a):
         import torch
 
         return torch.round(a)
-    return np.rint(a)
 
-
-def _concat(parts):
-    if _torch_tensor(parts[0]):
+    @staticmethod
+    def concat(parts):
         import torch
 
         return torch.cat(parts, dim=-1)
-    return np.concatenate(parts, axis=-1)
+
+
+def _ops(x) -> type:
+    return _TorchOps if _torch_tensor(x) else _NumpyOps
 
 
 def absolute_centres(action, image_wh, window_wh):
@@ -134,7 +143,7 @@ def absolute_centres(action, image_wh, window_wh):
     :param image_wh: ``(..., 2)`` image ``(width, height)``; :param window_wh: ``(..., 2)`` the
         window's ``(width, height)`` in pixels (scale included), not rounded.
     """
-    window = _minimum(window_wh, image_wh)
+    window = _ops(action).minimum(window_wh, image_wh)
     return window / 2 + (action + 1.0) / 2.0 * (image_wh - window)
 
 
@@ -149,8 +158,9 @@ def place_windows(centre, window_wh, image_wh):
     :return: corners ``p0 = (x0, y0)`` and ``p1 = (x1, y1)``, each ``(..., 2)``, whole numbers
         inside ``[0, W] x [0, H]``.
     """
-    side = _minimum(_maximum(_round(window_wh), 1.0), image_wh)
-    p0 = _minimum(_maximum(_round(centre - side / 2), 0.0), image_wh - side)
+    ops = _ops(centre)
+    side = ops.minimum(ops.maximum(ops.round(window_wh), 1.0), image_wh)
+    p0 = ops.minimum(ops.maximum(ops.round(centre - side / 2), 0.0), image_wh - side)
     return p0, p0 + side
 
 
@@ -160,7 +170,7 @@ def window_locations(p0, p1, image_wh):
 
     :param p0: / :param p1: ``(..., 2)`` corners (:func:`place_windows`); ``image_wh`` ``(..., 2)``.
     """
-    return _concat([(p0 + p1) / (2 * image_wh), (p1 - p0) / image_wh])
+    return _ops(p0).concat([(p0 + p1) / (2 * image_wh), (p1 - p0) / image_wh])
 
 
 def place_window(

@@ -100,7 +100,7 @@ def log_uniform_scales(component: np.ndarray, scale_range: tuple[float, float]) 
     ``scale_range``. ``math.exp`` value by value: numpy's vectorised exp may round the last bit
     differently by batch length, and a batch must place the windows one env would."""
     lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
-    return np.array([math.exp(v) for v in (lo + (component + 1.0) / 2.0 * (hi - lo)).tolist()], dtype=np.float64)
+    return np.array([math.exp(lo + (v + 1.0) / 2.0 * (hi - lo)) for v in component.tolist()], dtype=np.float64)
 
 
 class AbsoluteAction(WindowAction):
