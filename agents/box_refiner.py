@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.model_files import read_model_file, write_model_file
+from matchenv.agents.model_files import read_model_file, write_model_file
 from matchenv.geometry import resize_image
 
 #: Predicted log size ratios are clipped to this (a factor of ~3 either way) before decoding.
@@ -171,7 +171,7 @@ def load_refiner_file(path: Union[str, Path]) -> tuple[BoxRefiner, dict[str, Any
 # ---------------------------------------------------------------------------------- inference
 class RefinerRuntime:
     """The refiner at inference, from uint8 images to numpy deltas: ONNX Runtime when the
-    ``fast`` extra is installed (about half PyTorch's time at batch 1 on this project's CPU),
+    ``onnxruntime`` is installed (about half PyTorch's time at batch 1 on this project's CPU),
     else PyTorch; the same function on the same float32 weights.
 
     :param refiner: the trained refiner (a snapshot of its weights is taken for ONNX Runtime).
@@ -180,7 +180,7 @@ class RefinerRuntime:
     """
 
     def __init__(self, refiner: BoxRefiner, onnx: bool = True, threads: Optional[int] = None) -> None:
-        from agents.cnn_runtime import onnx_session, onnxruntime_available
+        from matchenv.agents.cnn_runtime import onnx_session, onnxruntime_available
 
         self.refiner = refiner.eval()
         self.config = refiner.config

@@ -6,7 +6,7 @@ cost is per-call overhead: measured on this project's 2-core CPU, one 28x28 imag
 through ONNX Runtime. The searcher places seven windows' worth of CNN calls per query, so the
 runtime decides whether a query takes under or over a millisecond.
 
-``"onnxruntime"`` needs the ``fast`` extra (``pip install "matchenv[fast]"``: ``onnx`` to export
+``"onnxruntime"`` needs ``onnx`` and ``onnxruntime`` (core dependencies of matchenv: ``onnx`` to export
 the trained CNN, ``onnxruntime`` to run it); ``"auto"`` takes it when installed and otherwise the
 TorchScript trace. Every runtime computes the same function on the same float32 weights (tested
 to agree to float rounding); the weights are a snapshot taken when the runtime is built.
@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.siamese import SiameseCNN
+from matchenv.agents.siamese import SiameseCNN
 
 RUNTIMES = ("auto", "onnxruntime", "torchscript", "torch")
 
 
 def onnxruntime_available() -> bool:
-    """Whether the ``fast`` extra (``onnx`` and ``onnxruntime``) is installed."""
+    """Whether ``onnx`` and ``onnxruntime`` are installed (matchenv depends on them; a platform
+    without their wheels falls back to TorchScript)."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -199,7 +200,7 @@ def make_cnn_runtime(
 ) -> CNNRuntime:
     """The CNN runtime ``kind`` (one of :data:`RUNTIMES`) for images of ``image_shape`` ``(C, H, W)``.
 
-    ``"auto"`` is ONNX Runtime when the ``fast`` extra is installed, else the TorchScript trace;
+    ``"auto"`` is ONNX Runtime when ``onnxruntime`` is installed, else the TorchScript trace;
     if building either fails, it warns and falls back to the next (eager PyTorch last). A CNN on
     a GPU always runs in PyTorch. Asking
     for ``"onnxruntime"`` explicitly without the extra raises ``ImportError`` saying how to
@@ -208,8 +209,8 @@ def make_cnn_runtime(
     if kind not in RUNTIMES:
         raise ValueError(f"cnn_runtime must be one of {RUNTIMES}, got {kind!r}")
     if kind == "onnxruntime" and not onnxruntime_available():
-        raise ImportError('cnn_runtime="onnxruntime" needs onnx and onnxruntime: pip install "matchenv[fast]" '
-                          '(or pip install onnx onnxruntime), or pass cnn_runtime="auto"')
+        raise ImportError('cnn_runtime="onnxruntime" needs onnx and onnxruntime (matchenv installs them; here they are '
+                          'missing): pip install onnx onnxruntime, or pass cnn_runtime="auto"')
     threads = torch.get_num_threads() if threads is None else threads
     on_cpu = next(cnn.parameters()).device.type == "cpu"
     if kind == "onnxruntime" and not on_cpu:

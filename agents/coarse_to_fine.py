@@ -18,7 +18,7 @@ nothing to go on. The coarse-to-fine searcher splits the work:
    back to reference pixels. With ``candidates=k`` the agent searches crops around the look's
    ``k`` best cells (at least half a crop apart; one batched search) and the searcher answers with
    the search whose final window a CNN finds most like the query (cosine similarity of their
-   embeddings, :meth:`~agents.searcher.TemplateSearcher.window_similarity`; the agent's own CNN,
+   embeddings, :meth:`~matchenv.agents.searcher.TemplateSearcher.window_similarity`; the agent's own CNN,
    or a ``verifier`` agent's where the agent's features do not tell targets apart): the look's
    second or third guess is often right where its first is a look-alike.
 
@@ -29,7 +29,7 @@ searcher is the agent. The proposer is trained by supervised learning on shrunk 
 agent. A **query-aware** proposer (``query_side > 0``) also reads the
 query, shrunk, and prefers the cells that look like it, for references with look-alikes (on
 Mixed MNIST: a whole digit of every other class besides the target). Both shipped searchers try
-four candidates by default (:data:`agents.pretrained.PROPOSERS` has the choices): the Cluttered
+four candidates by default (:data:`matchenv.agents.pretrained.PROPOSERS` has the choices): the Cluttered
 one ranks them with the Mixed MNIST agent's CNN, since its own agent's features barely tell a
 digit from a clump of fragments.
 """
@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.model_files import read_model_file, write_model_file
-from agents.searcher import MIN_QUERY_SIDE, SearchResult, TemplateSearcher
+from matchenv.agents.model_files import read_model_file, write_model_file
+from matchenv.agents.searcher import MIN_QUERY_SIDE, SearchResult, TemplateSearcher
 from matchenv.geometry import resize_image
 
 
@@ -184,7 +184,7 @@ class _ProposerRuntime:
         self.proposer = proposer.eval()
         self.session = None
         try:
-            from agents.cnn_runtime import onnx_session, onnxruntime_available
+            from matchenv.agents.cnn_runtime import onnx_session, onnxruntime_available
 
             if onnxruntime_available():
                 example = (torch.zeros(1, proposer.channels, 32, 32),)
@@ -225,7 +225,7 @@ class Proposal:
 
 @dataclass
 class CoarseToFineResult(SearchResult):
-    """A :class:`~agents.searcher.SearchResult` (box, path and scores in reference pixels: those of
+    """A :class:`~matchenv.agents.searcher.SearchResult` (box, path and scores in reference pixels: those of
     the search that answered) and the coarse look's proposals.
 
     :param proposal: the crop whose search answered (``None`` when the reference went straight
@@ -255,7 +255,7 @@ def crop_around(centre: tuple[float, float], crop_size: tuple[int, int], image_s
 
 
 class CoarseToFineSearcher:
-    """A trained agent (:class:`~agents.searcher.TemplateSearcher`) on references of any size.
+    """A trained agent (:class:`~matchenv.agents.searcher.TemplateSearcher`) on references of any size.
 
     :param fine: the agent that searches a ``crop_size`` crop.
     :param proposer: the trained coarse look.
@@ -319,10 +319,10 @@ class CoarseToFineSearcher:
     def from_pretrained(cls, name: str, candidates: Optional[int] = None, accept: Union[float, None, str] = "default",
                         verifier: Union[TemplateSearcher, str, None] = "default", **searcher_kwargs) -> "CoarseToFineSearcher":
         """A shipped proposer and the shipped agent it was trained for: see
-        :data:`agents.pretrained.PROPOSERS`. ``candidates=None``, ``accept="default"`` and
+        :data:`matchenv.agents.pretrained.PROPOSERS`. ``candidates=None``, ``accept="default"`` and
         ``verifier="default"``: the choices made for that proposer (its entry's ``candidates``,
         ``accept`` and ``verifier``)."""
-        from agents.pretrained import PROPOSERS, proposer_path
+        from matchenv.agents.pretrained import PROPOSERS, proposer_path
 
         path = proposer_path(name)  # a clear error for an unknown name
         entry = PROPOSERS[name]
@@ -337,7 +337,7 @@ class CoarseToFineSearcher:
         """Find ``query`` in ``reference`` (images as for :meth:`TemplateSearcher.locate`).
 
         :raises ValueError: besides bad images: a query under
-            :data:`~agents.searcher.MIN_QUERY_SIDE` (4) px a side, a reference smaller than the
+            :data:`~matchenv.agents.searcher.MIN_QUERY_SIDE` (4) px a side, a reference smaller than the
             query, or a reference larger than ``crop_size`` but too thin for the coarse look (the
             message says how many pixels a side it needs: 6 for the shipped proposers).
         """

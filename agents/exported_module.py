@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.cnn_runtime import onnx_session, onnxruntime_available
+from matchenv.agents.cnn_runtime import onnx_session, onnxruntime_available
 
 KINDS = ("auto", "onnxruntime", "torchscript", "torch")
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.cnn_runtime import FeatureMap, on_0_255_pixels, onnx_session
-from agents.policy import PolicyStep, SearchLstmPolicy
+from matchenv.agents.cnn_runtime import FeatureMap, on_0_255_pixels, onnx_session
+from matchenv.agents.policy import PolicyStep, SearchLstmPolicy
 from matchenv.geometry import absolute_centres, place_windows, window_locations
 
 
@@ -90,7 +90,7 @@ class SearchGraph(nn.Module):
 
 
 class FusedSearch:
-    """:class:`SearchGraph` exported to ONNX and run by ONNX Runtime (needs the ``fast`` extra).
+    """:class:`SearchGraph` exported to ONNX and run by ONNX Runtime (needs ``onnx`` and ``onnxruntime``).
 
     :param policy: as for :class:`SearchGraph`.
     :param max_trials: windows per search.

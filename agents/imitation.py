@@ -17,8 +17,8 @@ import torch
 from stable_baselines3.common.preprocessing import preprocess_obs
 from torch.nn import functional as F
 
-from agents.policy import SearchLstmPolicy, contrastive_loss
-from agents.rollout import EpisodeBatch, run_episodes
+from matchenv.agents.policy import SearchLstmPolicy, contrastive_loss
+from matchenv.agents.rollout import EpisodeBatch, run_episodes
 
 
 @dataclass

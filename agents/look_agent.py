@@ -1,7 +1,7 @@
 """The photograph agent: a sequential search that starts from the learned look.
 
 The design card's search for photographs. The agent looks at the whole reference once -- the
-learned look's first look (:class:`~agents.multiscale_look.LookSearcher`: the query's features
+learned look's first look (:class:`~matchenv.agents.multiscale_look.LookSearcher`: the query's features
 correlated with the reference's over a pyramid of target sizes) -- and takes its best
 *candidates* (local maxima of the score maps that do not overlap). It then places up to
 ``max_trials`` windows one at a time. Each window is a candidate; placing it *compares* it with
@@ -36,14 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.exported_module import ExportedModule
-from agents.look_files import config_dict
-from agents.look_images import fill_colour
-from agents.look_network import STRIDE, LookConfig, MultiScaleLook
-from agents.look_peaks import box_at, clip_to_reference, refine_peak
-from agents.model_files import read_model_file, write_model_file
-from agents.multiscale_look import CLOSER_MARGIN, CLOSER_ZOOM, LookResult, LookSearcher
-from agents.searcher import MIN_QUERY_SIDE, prepare_image
+from matchenv.agents.exported_module import ExportedModule
+from matchenv.agents.look_files import config_dict
+from matchenv.agents.look_images import fill_colour
+from matchenv.agents.look_network import STRIDE, LookConfig, MultiScaleLook
+from matchenv.agents.look_peaks import box_at, clip_to_reference, refine_peak
+from matchenv.agents.model_files import read_model_file, write_model_file
+from matchenv.agents.multiscale_look import CLOSER_MARGIN, CLOSER_ZOOM, LookResult, LookSearcher
+from matchenv.agents.searcher import MIN_QUERY_SIDE, prepare_image
 
 #: per candidate: first-look score, its gap below the best candidate's, target side (fraction of
 #: the working reference's shorter side), centre x and y (fractions of the width and height), present
@@ -279,7 +279,7 @@ def answer_box(searcher: LookSearcher, seen: Glance, window: int, comparison: np
     """The answer at ``window`` (working pixels, clipped to the reference): its size placed
     among the compared sizes by the parabola through their best scores (the end size when the
     best is at an end), its centre on the best cell of the nearest size's map, placed between
-    cells likewise (:func:`~agents.look_peaks.refine_peak`)."""
+    cells likewise (:func:`~matchenv.agents.look_peaks.refine_peak`)."""
     maps = comparison.reshape(len(config.size_steps), 2 * CLOSER_MARGIN + 1, 2 * CLOSER_MARGIN + 1)
     best = maps.max(axis=(1, 2))
     at = int(np.argmax(best))
@@ -334,7 +334,7 @@ class LookAgentSearcher(LookSearcher):
     :param policy: the trained policy. :param look: the look it was trained with.
     :param channel_order: ``"rgb"`` or ``"bgr"``. :param threads: ONNX Runtime threads (default:
         ``torch.get_num_threads()``). :param smallest: / :param largest: the first look's target
-        range (:class:`~agents.multiscale_look.LookSearcher`; the policy was trained with the look's own).
+        range (:class:`~matchenv.agents.multiscale_look.LookSearcher`; the policy was trained with the look's own).
     """
 
     def __init__(self, policy: LookAgentPolicy, look: MultiScaleLook, channel_order: str = "rgb",
@@ -366,16 +366,16 @@ class LookAgentSearcher(LookSearcher):
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs) -> "LookAgentSearcher":
-        """Load an agent shipped with matchenv: see :data:`agents.pretrained.LOOK_AGENTS`."""
-        from agents.pretrained import look_agent_path
+        """Load an agent shipped with matchenv: see :data:`matchenv.agents.pretrained.LOOK_AGENTS`."""
+        from matchenv.agents.pretrained import look_agent_path
 
         return cls.load(look_agent_path(name), **kwargs)
 
     def locate(self, query: np.ndarray, reference: np.ndarray) -> LookResult:
         """Find ``query`` (``(h, w, 3)`` or grayscale uint8, any size from
-        :data:`~agents.searcher.MIN_QUERY_SIDE` (4) pixels a side) in ``reference`` (any size).
+        :data:`~matchenv.agents.searcher.MIN_QUERY_SIDE` (4) pixels a side) in ``reference`` (any size).
 
-        :return: a :class:`~agents.multiscale_look.LookResult`: the answer (the last window, moved
+        :return: a :class:`~matchenv.agents.multiscale_look.LookResult`: the answer (the last window, moved
             by its comparison) in pixels of ``reference`` as given, clipped to it; ``path`` the
             windows placed (the candidates' boxes at their level, in pixels of ``reference``),
             then the answer; ``scores`` each one's best comparison score (clipped to ``[0, 1]``);

@@ -36,7 +36,7 @@ def trimmed_kernel(kernel: np.ndarray) -> KernelPart:
 
     Why: the kernel is zero outside the query's cells (:func:`mean_over_cells`), and a square
     query covers 5x5 of the 8x8 cells; correlating the part and keeping the positions of the whole
-    kernel gives the same scores (:meth:`~agents.look_runtime.LookRuntime.scores`) for 25/64 of
+    kernel gives the same scores (:meth:`~matchenv.agents.look_runtime.LookRuntime.scores`) for 25/64 of
     the correlation's work.
     """
     cells = np.any(kernel[0] != 0.0, axis=0)

@@ -1,5 +1,5 @@
-"""Look files: a :class:`~agents.look_network.MultiScaleLook`'s weights, its
-:class:`~agents.look_network.LookConfig` and free-form ``info``, saved and loaded as plain values."""
+"""Look files: a :class:`~matchenv.agents.look_network.MultiScaleLook`'s weights, its
+:class:`~matchenv.agents.look_network.LookConfig` and free-form ``info``, saved and loaded as plain values."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from agents.look_network import LookConfig, MultiScaleLook
-from agents.model_files import read_model_file, write_model_file
+from matchenv.agents.look_network import LookConfig, MultiScaleLook
+from matchenv.agents.model_files import read_model_file, write_model_file
 
 
 def save_look_file(path: Union[str, Path], look: MultiScaleLook, info: Optional[dict[str, Any]] = None) -> Path:

@@ -9,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from agents.look_network import STRIDE, LookConfig
+from matchenv.agents.look_network import STRIDE, LookConfig
 from matchenv.geometry import resize_image
 
 

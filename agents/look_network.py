@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.look_correlation import mean_over_cells
+from matchenv.agents.look_correlation import mean_over_cells
 from matchenv.datasets.photos import DEFAULT_MAX_SIDE
 
 #: pixels per feature cell of :class:`LookFeatures` (two stride-2 convolutions).
@@ -119,7 +119,7 @@ class MultiScaleLook(nn.Module):
     def kernel(self, canvas: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """The correlation kernels of queries drawn on canvases.
 
-        :param canvas: ``(N, 3, canvas, canvas)`` pixels in 0-255 (:func:`~agents.look_images.template_canvas`).
+        :param canvas: ``(N, 3, canvas, canvas)`` pixels in 0-255 (:func:`~matchenv.agents.look_images.template_canvas`).
         :param cells: ``(N, K, K)`` float cell mask (1 where the query is), ``K = canvas / 4``.
         :return: ``(N, C, K, K)``: the query's features on its cells divided by the number of
             cells, so that correlating it gives the mean cosine similarity in ``[-1, 1]``.

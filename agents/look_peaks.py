@@ -9,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from agents.look_network import STRIDE
+from matchenv.agents.look_network import STRIDE
 from matchenv.geometry import iou_of_floats
 
 
@@ -40,7 +40,7 @@ def position_centre(scale: tuple[float, float], row: float, col: float, canvas: 
     """Working-pixel centre of position ``(row, col)`` of a level's score map.
 
     :param scale: the level's scale in x and in y (level pixels per working pixel).
-    :param canvas: side of the query's canvas, in pixels (:attr:`~agents.look_network.LookConfig.canvas`).
+    :param canvas: side of the query's canvas, in pixels (:attr:`~matchenv.agents.look_network.LookConfig.canvas`).
     """
     scale_x, scale_y = scale
     half = canvas / 2

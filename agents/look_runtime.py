@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.look_correlation import KernelPart, mean_over_cells, row_filters, sum_rows, trimmed_kernel
-from agents.look_network import STRIDE, LookFeatures, MultiScaleLook
+from matchenv.agents.look_correlation import KernelPart, mean_over_cells, row_filters, sum_rows, trimmed_kernel
+from matchenv.agents.look_network import STRIDE, LookFeatures, MultiScaleLook
 
 
 class _CentredFeatures(nn.Module):
@@ -30,7 +30,7 @@ class _CentredFeatures(nn.Module):
 
     def __init__(self, features: LookFeatures) -> None:
         super().__init__()
-        self.net = copy.deepcopy(features.net)  # as agents.cnn_runtime.on_0_255_pixels does for the agents' CNN
+        self.net = copy.deepcopy(features.net)  # as matchenv.agents.cnn_runtime.on_0_255_pixels does for the agents' CNN
         with torch.no_grad():
             self.net[0].weight.div_(255.0)
 
@@ -49,7 +49,7 @@ def _centred_pixels(images: np.ndarray) -> np.ndarray:
 
 class _Kernel(nn.Module):
     """The query's kernel, for export: ``(1, 3, canvas, canvas)`` centred pixels and ``(1, K, K)``
-    cell mask -> ``(1, C, K, K)`` (:meth:`~agents.look_network.MultiScaleLook.kernel`)."""
+    cell mask -> ``(1, C, K, K)`` (:meth:`~matchenv.agents.look_network.MultiScaleLook.kernel`)."""
 
     def __init__(self, look: MultiScaleLook) -> None:
         super().__init__()
@@ -60,10 +60,10 @@ class _Kernel(nn.Module):
 
 
 class _RowScores(nn.Module):
-    """The look's features and :func:`~agents.look_correlation.row_filters`, for export:
+    """The look's features and :func:`~matchenv.agents.look_correlation.row_filters`, for export:
     ``(N, 3, H, W)`` centred pixels (a pyramid level, or the second look's patches) and a
     ``(1, C, k, k')`` kernel -> ``(N, k, h, q)`` row correlations (``h = ceil(H / 4)``), whose
-    :func:`~agents.look_correlation.sum_rows` are the mean cosine similarities
+    :func:`~matchenv.agents.look_correlation.sum_rows` are the mean cosine similarities
     ``F.conv2d(features(pixels), kernel)``."""
 
     def __init__(self, look: MultiScaleLook) -> None:
@@ -93,7 +93,7 @@ class LookRuntime:
         self.score_sessions: dict[int, Any] = {}
         self.name = "torch"
         try:
-            from agents.cnn_runtime import onnxruntime_available
+            from matchenv.agents.cnn_runtime import onnxruntime_available
 
             if onnx and onnxruntime_available():
                 self._score_session(1)
@@ -107,7 +107,7 @@ class LookRuntime:
     def _score_session(self, count: int):
         """The ONNX Runtime session of :class:`_RowScores` for ``count`` images at a time (built once)."""
         if count not in self.score_sessions:
-            from agents.cnn_runtime import onnx_session
+            from matchenv.agents.cnn_runtime import onnx_session
 
             cfg, k = self.look.config, self.look.config.kernel_cells
             example = (torch.zeros(count, 3, 4 * cfg.canvas, 4 * cfg.canvas), torch.zeros(1, cfg.channels[3], k, k))
@@ -120,7 +120,7 @@ class LookRuntime:
     def _kernel_session(self, side: int):
         """The ONNX Runtime session of :class:`_Kernel` for canvases of ``side`` pixels (built once)."""
         if side not in self.kernel_sessions:
-            from agents.cnn_runtime import onnx_session
+            from matchenv.agents.cnn_runtime import onnx_session
 
             k = side // STRIDE
             example = (torch.zeros(1, 3, side, side), torch.zeros(1, k, k))
@@ -140,7 +140,7 @@ class LookRuntime:
         ``(N, H, W, 3)`` uint8 ``images`` (``P = ceil(H / 4) - K + 1``, likewise ``Q``).
 
         :param kernel: ``(1, C, K, K)`` (:meth:`kernel`), or its
-            :func:`~agents.look_correlation.trimmed_kernel` part (trimmed once per query by the
+            :func:`~matchenv.agents.look_correlation.trimmed_kernel` part (trimmed once per query by the
             searcher). Only the part is correlated, and the positions of the whole kernel are kept:
             the same scores, less work.
         """

@@ -9,15 +9,15 @@ from typing import Sequence
 
 import numpy as np
 
-from agents.look_images import fill_colour, template_canvas
-from agents.look_network import STRIDE, LookConfig
+from matchenv.agents.look_images import fill_colour, template_canvas
+from matchenv.agents.look_network import STRIDE, LookConfig
 from matchenv.datasets.base import SearchPair
 from matchenv.geometry import resize_image
 
 
 @dataclass(frozen=True)
 class TrainingSample:
-    """One training example for :meth:`~agents.look_network.MultiScaleLook.forward` (uint8
+    """One training example for :meth:`~matchenv.agents.look_network.MultiScaleLook.forward` (uint8
     arrays, channel-last).
 
     :param canvas: ``(canvas, canvas, 3)`` query canvas. :param cells: ``(K, K)`` cell mask.

@@ -5,24 +5,24 @@ The photograph agents trained from scratch by reinforcement learning did not lea
 re-photographed region is. The look is the fully convolutional alternative (the idea of
 SiamFC, Bertinetto et al., ECCVW 2016, with a scale pyramid):
 
-* one small CNN (:class:`~agents.look_network.LookFeatures`, stride 4, unit-length features per
+* one small CNN (:class:`~matchenv.agents.look_network.LookFeatures`, stride 4, unit-length features per
   cell) embeds the query and the reference;
 * the query is drawn on a square **canvas** with its aspect kept and its geometric-mean side
-  scaled to ``side`` pixels (:func:`~agents.look_images.template_canvas`); its feature cells that
+  scaled to ``side`` pixels (:func:`~matchenv.agents.look_images.template_canvas`); its feature cells that
   hold the query (the **cell mask**) are the correlation kernel;
 * the reference is resized once per **level** of a pyramid of target sizes (``smallest`` to
-  ``largest`` of its shorter side, ``level_step`` apart; :func:`~agents.look_images.pyramid`), so
+  ``largest`` of its shorter side, ``level_step`` apart; :func:`~matchenv.agents.look_images.pyramid`), so
   that a target of that level's size would be ``side`` pixels; the kernel slides over every
   level's feature map: the score of a position is the mean cosine similarity of the query's cells
   with the reference's cells under it;
 * the answer is the best position of the best level, refined between positions and between
-  levels by a parabola through the neighbours (:func:`~agents.look_peaks.refine_peak`);
+  levels by a parabola through the neighbours (:func:`~matchenv.agents.look_peaks.refine_peak`);
 * unless one candidate is clearly ahead: then a **second look** compares the few best candidates
   (distinct local maxima) with the same network at twice the resolution
   (:data:`CLOSER_ZOOM`), and the best sum of both scores wins.
 
 Training (``train/multiscale_look.py``) needs no labels:
-:func:`~agents.look_training.training_sample` turns any
+:func:`~matchenv.agents.look_training.training_sample` turns any
 :class:`~matchenv.datasets.base.SearchPair` (e.g. of
 :class:`~matchenv.datasets.self_supervised.SelfSupervisedPhotos`) into the query's canvas and
 crops of the reference at the true level and its neighbours, and the loss is a softmax
@@ -32,11 +32,11 @@ search; :class:`LookSearcher` is its inference API.
 
 This module holds the searcher (:class:`LookSearcher`, :class:`LookResult`, the second look) and
 re-exports the look's public names; the parts are in their own modules:
-:mod:`agents.look_network` (the network and its config), :mod:`agents.look_correlation` (kernels
-and correlation), :mod:`agents.look_images` (query canvas, pyramid levels, patches),
-:mod:`agents.look_runtime` (ONNX Runtime or PyTorch at inference), :mod:`agents.look_peaks`
-(candidates and boxes from score maps), :mod:`agents.look_training` (training examples) and
-:mod:`agents.look_files` (look files).
+:mod:`matchenv.agents.look_network` (the network and its config), :mod:`matchenv.agents.look_correlation` (kernels
+and correlation), :mod:`matchenv.agents.look_images` (query canvas, pyramid levels, patches),
+:mod:`matchenv.agents.look_runtime` (ONNX Runtime or PyTorch at inference), :mod:`matchenv.agents.look_peaks`
+(candidates and boxes from score maps), :mod:`matchenv.agents.look_training` (training examples) and
+:mod:`matchenv.agents.look_files` (look files).
 """
 
 from __future__ import annotations
@@ -51,21 +51,21 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from agents.look_correlation import KernelPart, trimmed_kernel
-from agents.look_files import config_dict, load_look_file, save_look_file
-from agents.look_images import fill_colour, level_image, patch_around, pyramid, template_canvas
-from agents.look_network import STRIDE, LookConfig, LookFeatures, MultiScaleLook
-from agents.look_peaks import (box_at, clip_to_reference, distinct_peaks, has_close_rival, position_centre,
+from matchenv.agents.look_correlation import KernelPart, trimmed_kernel
+from matchenv.agents.look_files import config_dict, load_look_file, save_look_file
+from matchenv.agents.look_images import fill_colour, level_image, patch_around, pyramid, template_canvas
+from matchenv.agents.look_network import STRIDE, LookConfig, LookFeatures, MultiScaleLook
+from matchenv.agents.look_peaks import (box_at, clip_to_reference, distinct_peaks, has_close_rival, position_centre,
                                refine_peak, score_near)
-from agents.look_runtime import LookRuntime
-from agents.look_training import TrainingSample, training_sample
-from agents.searcher import MIN_QUERY_SIDE, SearchResult, prepare_image
+from matchenv.agents.look_runtime import LookRuntime
+from matchenv.agents.look_training import TrainingSample, training_sample
+from matchenv.agents.searcher import MIN_QUERY_SIDE, SearchResult, prepare_image
 from matchenv.datasets.photos import to_working_size
 
 __all__ = [
     # the searcher (this module)
     "CLOSER_MARGIN", "CLOSER_ZOOM", "LookResult", "LookSearcher",
-    # re-exported from the look's other modules, for `from agents.multiscale_look import ...`
+    # re-exported from the look's other modules, for `from matchenv.agents.multiscale_look import ...`
     "STRIDE", "LookConfig", "LookFeatures", "MultiScaleLook", "TrainingSample", "config_dict", "fill_colour",
     "level_image", "load_look_file", "patch_around", "pyramid", "refine_peak", "save_look_file",
     "template_canvas", "training_sample",
@@ -79,7 +79,7 @@ CLOSER_MARGIN = 2
 
 @dataclass
 class LookResult(SearchResult):
-    """A :class:`~agents.searcher.SearchResult` of the look, plus where it came from.
+    """A :class:`~matchenv.agents.searcher.SearchResult` of the look, plus where it came from.
 
     ``path`` is the answer alone, its score the mean cosine similarity (clipped to ``[0, 1]``);
     or, where the second look ran, ``(K + 1, 4)``: the ``K`` candidates it compared (grid boxes,
@@ -97,7 +97,7 @@ class LookResult(SearchResult):
 
 
 class LookSearcher:
-    """Find a query in a photograph with a trained :class:`~agents.look_network.MultiScaleLook`.
+    """Find a query in a photograph with a trained :class:`~matchenv.agents.look_network.MultiScaleLook`.
 
         searcher = LookSearcher.from_pretrained("photo")
         result = searcher.locate(query, reference)      # any sizes; RGB (channel_order="bgr" for cv2)
@@ -165,14 +165,14 @@ class LookSearcher:
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs) -> "LookSearcher":
-        """Load a look shipped with matchenv: see :data:`agents.pretrained.LOOKS`."""
-        from agents.pretrained import look_path
+        """Load a look shipped with matchenv: see :data:`matchenv.agents.pretrained.LOOKS`."""
+        from matchenv.agents.pretrained import look_path
 
         return cls.load(look_path(name), **kwargs)
 
     def locate(self, query: np.ndarray, reference: np.ndarray) -> LookResult:
         """Find ``query`` (``(h, w, 3)`` or grayscale uint8, any size from
-        :data:`~agents.searcher.MIN_QUERY_SIDE` (4) pixels a side) in ``reference`` (any size: the
+        :data:`~matchenv.agents.searcher.MIN_QUERY_SIDE` (4) pixels a side) in ``reference`` (any size: the
         look searches for the target at many scales, so the query need not fit in the reference).
 
         :return: a :class:`LookResult`; its box has the query's aspect, is in pixels of

@@ -9,14 +9,14 @@ in another view: the KTM benchmark)::
     result.found, result.score                      # is it there? (calibrated probability)
 
 1. **First look.** The query and the whole reference go through the look's features
-   (:class:`~agents.photo_search_net.PhotoSearchNet`: ImageNet EfficientNet-Lite0's first
+   (:class:`~matchenv.agents.photo_search_net.PhotoSearchNet`: ImageNet EfficientNet-Lite0's first
    blocks, fine-tuned on self-supervised pairs) at a resolution where the query's shorter side is
    ``look_min_side`` pixels (never enlarged); their cosine map scores every position, and its
    best local maxima are the candidates (positions refined between cells by parabolas).
 2. **Windows.** A policy places windows on candidates one at a time; each window is compared
    with the query by the verifier (a deeper siamese CNN on both, resized to one size: the
    contrastive match head). A window's score is its verifier score plus ``look_weight`` times
-   its first-look score. The policy is the learned :class:`~agents.photo_search_net.WindowPolicy`
+   its first-look score. The policy is the learned :class:`~matchenv.agents.photo_search_net.WindowPolicy`
    (``policy="learned"``) or the candidates in first-look order (``policy="first-look order"``);
    it stops when it chooses, or after ``windows`` windows.
 3. **Answer.** The best-scoring window, moved to the best position of a full-resolution look
@@ -38,9 +38,9 @@ import cv2
 import numpy as np
 import torch
 
-from agents.model_files import read_model_file, write_model_file
-from agents.photo_search_net import PhotoSearchConfig, PhotoSearchNet, cosine_map
-from agents.searcher import MIN_QUERY_SIDE, prepare_image
+from matchenv.agents.model_files import read_model_file, write_model_file
+from matchenv.agents.photo_search_net import PhotoSearchConfig, PhotoSearchNet, cosine_map
+from matchenv.agents.searcher import MIN_QUERY_SIDE, prepare_image
 
 #: The model file's ``kind``.
 MODEL_KIND = "photo-search"
@@ -158,7 +158,7 @@ class _EmbedExport(_LookExport):
 
 
 class _CosineExport(torch.nn.Module):
-    """:func:`~agents.photo_search_net.cosine_map` as a module's forward."""
+    """:func:`~matchenv.agents.photo_search_net.cosine_map` as a module's forward."""
 
     def forward(self, features: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         return cosine_map(features, kernel)
@@ -194,11 +194,11 @@ class PhotoSearchRuntime:
         self.net = net.eval()
         self.name = "torch"
         self._look = self._embed = self._decide = self._cosine = None
-        from agents.cnn_runtime import onnxruntime_available
+        from matchenv.agents.cnn_runtime import onnxruntime_available
 
         if onnx and onnxruntime_available():
             try:
-                from agents.cnn_runtime import onnx_session
+                from matchenv.agents.cnn_runtime import onnx_session
 
                 self._look = onnx_session(_LookExport(self.net), (torch.zeros(1, 3, 64, 64),), ["pixels"], ["features"],
                                           {"pixels": {2: "height", 3: "width"}, "features": {2: "rows", 3: "cols"}},
@@ -237,7 +237,7 @@ class PhotoSearchRuntime:
             return self.net.look_features(torch.from_numpy(pixels))[0].numpy()
 
     def cosine_map(self, features: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        """:func:`~agents.photo_search_net.cosine_map` of ``(C, H, W)`` features and a ``(C, h, w)``
+        """:func:`~matchenv.agents.photo_search_net.cosine_map` of ``(C, H, W)`` features and a ``(C, h, w)``
         kernel (``h <= H``, ``w <= W``): ``(H - h + 1, W - w + 1)`` float32."""
         if self._cosine is not None:
             return self._cosine.run(None, {"features": features[None], "kernel": np.ascontiguousarray(kernel[None])})[0]
@@ -246,7 +246,7 @@ class PhotoSearchRuntime:
 
     def decide(self, look: np.ndarray, verified: np.ndarray, seen: np.ndarray, state: np.ndarray, chosen: int
                ) -> tuple[np.ndarray, np.ndarray]:
-        """The policy's next decision in one search (:meth:`~agents.photo_search_net.WindowPolicy.decide`):
+        """The policy's next decision in one search (:meth:`~matchenv.agents.photo_search_net.WindowPolicy.decide`):
         ``(K + 1,)`` logits and the ``(hidden,)`` state, from ``(K,)`` float32 first-look and verifier
         scores, ``(K,)`` bool ``seen``, the ``(hidden,)`` state and the candidate compared last (-1: none)."""
         inputs = [look[None], verified[None], seen[None].astype(np.float32), state[None],
@@ -294,7 +294,7 @@ class PhotoSearcher:
     :param net: the trained networks.
     :param channel_order: ``"rgb"`` or ``"bgr"`` (what ``cv2.imread`` gives).
     :param threads: ONNX Runtime threads (default 1: the timings the docs report are one thread).
-    :param policy: ``"learned"`` (the trained :class:`~agents.photo_search_net.WindowPolicy`) or
+    :param policy: ``"learned"`` (the trained :class:`~matchenv.agents.photo_search_net.WindowPolicy`) or
         ``"first-look order"`` (every candidate, best first-look score first); default: the one the
         model file names (``train/photo_search.py`` keeps the learned one where it is as accurate), else
         first-look order.
@@ -341,15 +341,15 @@ class PhotoSearcher:
 
     @classmethod
     def from_pretrained(cls, name: str = "photo", **kwargs: Any) -> "PhotoSearcher":
-        """The searcher shipped with matchenv: see :data:`agents.pretrained.PHOTO_SEARCHERS`."""
-        from agents.pretrained import photo_search_path
+        """The searcher shipped with matchenv: see :data:`matchenv.agents.pretrained.PHOTO_SEARCHERS`."""
+        from matchenv.agents.pretrained import photo_search_path
 
         return cls.load(photo_search_path(name), **kwargs)
 
     # ------------------------------------------------------------------ search
     def locate(self, query: np.ndarray, reference: np.ndarray) -> PhotoSearchResult:
         """Find ``query`` (``(h, w, 3)``, or grayscale, uint8; at least
-        :data:`~agents.searcher.MIN_QUERY_SIDE` (4) pixels a side) in ``reference`` (larger or equal).
+        :data:`~matchenv.agents.searcher.MIN_QUERY_SIDE` (4) pixels a side) in ``reference`` (larger or equal).
 
         :raises ValueError: for images that are not images (a float one with NaN values, for
             one), a query under 4 px a side, or a query larger than the reference.
@@ -477,7 +477,7 @@ class PhotoSearcher:
 # ---------------------------------------------------------------------------------- files
 def save_photo_search_file(path: Union[str, Path], net: PhotoSearchNet, info: Optional[dict[str, Any]] = None) -> Path:
     """Write the networks (float16 weights: half the size, the same answers to float rounding),
-    their :class:`~agents.photo_search_net.PhotoSearchConfig` and free-form ``info`` (the training
+    their :class:`~matchenv.agents.photo_search_net.PhotoSearchConfig` and free-form ``info`` (the training
     command, its measured numbers)."""
     state = {key: (value.half() if value.is_floating_point() else value) for key, value in net.state_dict().items()}
     return write_model_file(path, {"kind": MODEL_KIND, "state_dict": state, "config": net.config.to_dict(),

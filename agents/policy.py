@@ -11,7 +11,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from torch import nn
 from torch.nn import functional as F
 
-from agents.siamese import SearchFeaturesExtractor
+from matchenv.agents.siamese import SearchFeaturesExtractor
 
 
 def contrastive_loss(distance: torch.Tensor, match: torch.Tensor, margin: float) -> torch.Tensor:
@@ -173,7 +173,7 @@ class PointerHead(nn.Module):
         The choice is hard: a probability-weighted *average* of two candidates is a point between
         them, which is exactly the regression-to-the-mean failure this head exists to avoid. The
         gate is therefore trained by classification during imitation (see
-        :func:`agents.imitation.imitation_losses`); PPO's gradient reaches the chosen anchor
+        :func:`matchenv.agents.imitation.imitation_losses`); PPO's gradient reaches the chosen anchor
         (through the similarity map, hence the CNN) and the offset, not the choice.
         """
         anchors, logits = self.candidates(latent, free_action, similarity, location, match_distance, best)
@@ -188,7 +188,7 @@ class PointerHead(nn.Module):
 class SearchLstmPolicy(RecurrentActorCriticPolicy):
     """Recurrent actor-critic for ``TemplateSearch``: the design card's agent.
 
-    - features: :class:`~agents.siamese.SearchFeaturesExtractor` -- one siamese CNN embeds the query
+    - features: :class:`~matchenv.agents.siamese.SearchFeaturesExtractor` -- one siamese CNN embeds the query
       and the window (shared weights); the LSTM input is ``[query_emb, window_emb, location, trials_left]``;
     - an LSTM (``lstm_hidden_size`` units) drives the actor (a Gaussian over the next window for
       ``Box`` actions, categorical for ``Discrete``) and, through its own LSTM, the critic;
@@ -363,11 +363,11 @@ class PolicyStep(nn.Module):
     """One decision of the actor from precomputed embeddings: ``(mean, h, c)``.
 
     The one place the actor's decision is written: :meth:`SearchLstmPolicy.actor_step` (rollouts
-    and evaluation) calls it, the searchers run it exported (:mod:`agents.policy_runtime`: ONNX
+    and evaluation) calls it, the searchers run it exported (:mod:`matchenv.agents.policy_runtime`: ONNX
     Runtime on the CPU, the module itself on a GPU), and the fused search graph
-    (:mod:`agents.fused_search`) unrolls it. It computes what SB3's training forward computes
+    (:mod:`matchenv.agents.fused_search`) unrolls it. It computes what SB3's training forward computes
     (the LSTM, the actor MLP, :meth:`SearchLstmPolicy.head_mean`) from the parts of the features
-    :meth:`~agents.siamese.SearchFeaturesExtractor.combine` builds, equal up to float rounding
+    :meth:`~matchenv.agents.siamese.SearchFeaturesExtractor.combine` builds, equal up to float rounding
     (tested). A search calls :meth:`start` once (what every decision shares), then :meth:`decide`
     per window; calling the module does both.
 

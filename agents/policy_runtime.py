@@ -1,5 +1,5 @@
-"""Where a searcher runs the search policy's decisions: :class:`~agents.policy.PolicyStep`
-exported (:class:`~agents.exported_module.ExportedModule`), so the fast path and the trained
+"""Where a searcher runs the search policy's decisions: :class:`~matchenv.agents.policy.PolicyStep`
+exported (:class:`~matchenv.agents.exported_module.ExportedModule`), so the fast path and the trained
 module are one definition.
 
 A search calls the policy three ways: once per search for what every decision shares
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.exported_module import ExportedModule
-from agents.policy import PolicyStep, SearchConstants, SearchLstmPolicy
+from matchenv.agents.exported_module import ExportedModule
+from matchenv.agents.policy import PolicyStep, SearchConstants, SearchLstmPolicy
 
 
 class _Start(nn.Module):
@@ -68,7 +68,7 @@ class PolicyRuntime:
     """A trained policy's decisions and match head, from numpy embeddings.
 
     :param policy: a trained policy with a one-layer actor LSTM.
-    :param kind: the runtime (:data:`agents.exported_module.KINDS`; a GPU policy runs in PyTorch).
+    :param kind: the runtime (:data:`matchenv.agents.exported_module.KINDS`; a GPU policy runs in PyTorch).
     :param threads: ONNX Runtime's intra-op threads (default ``torch.get_num_threads()``).
     """
 

@@ -24,7 +24,7 @@ from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import explained_variance
 
-from agents.policy import SearchLstmPolicy, contrastive_loss
+from matchenv.agents.policy import SearchLstmPolicy, contrastive_loss
 
 #: Key under which match labels ride along with observations inside the rollout buffer only.
 MATCH_LABEL_KEY = "match_label"
@@ -86,7 +86,7 @@ class SearchRecurrentPPO(RecurrentPPO):
     :param match_iou: IoU above which a window counts as a match.
     :param search_config: how the training environment showed images to the agent
         (``max_trials``, ``scale_range``, ``letterbox``, ``max_side``), saved with the model so
-        :class:`~agents.searcher.TemplateSearcher` replays it; see :func:`search_config_of`.
+        :class:`~matchenv.agents.searcher.TemplateSearcher` replays it; see :func:`search_config_of`.
     :param kwargs: everything else goes to ``RecurrentPPO``.
     """
 
@@ -112,12 +112,12 @@ class SearchRecurrentPPO(RecurrentPPO):
     def load(cls, path: Any, env: Any = None, device: Union[th.device, str] = "auto",
              custom_objects: Optional[dict[str, Any]] = None, **kwargs: Any) -> "SearchRecurrentPPO":
         """SB3's ``load``, without unpickling anything from the file: its pickled fields are decoded by
-        :func:`agents.safe_checkpoint.safe_custom_objects` (spaces, schedules and this project's classes
+        :func:`matchenv.agents.safe_checkpoint.safe_custom_objects` (spaces, schedules and this project's classes
         only; a file that needs more is refused, naming the field) and handed to SB3 as ``custom_objects``.
 
         :param custom_objects: values that replace the file's own (as in SB3).
         """
-        from agents.safe_checkpoint import safe_custom_objects
+        from matchenv.agents.safe_checkpoint import safe_custom_objects
 
         if isinstance(path, (str, os.PathLike)):
             path = Path(path)
@@ -286,7 +286,7 @@ def load_trained_model(path: Union[str, "os.PathLike[str]"], device: str = "cpu"
 
 
 def search_config_of(env) -> dict[str, Any]:
-    """What :class:`~agents.searcher.TemplateSearcher` must know about a training env to replay it.
+    """What :class:`~matchenv.agents.searcher.TemplateSearcher` must know about a training env to replay it.
 
     :param env: a (possibly wrapped) ``TemplateSearchEnv``.
     :return: ``max_trials``, ``scale_range`` (or ``None``), ``letterbox``, ``max_side`` (the

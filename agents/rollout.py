@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from agents.policy import SearchLstmPolicy
-from agents.teacher import env_search_action, env_target_action, env_zoom_action
+from matchenv.agents.policy import SearchLstmPolicy
+from matchenv.agents.teacher import env_search_action, env_target_action, env_zoom_action
 
 TEACHERS = {"target": env_target_action, "search": env_search_action, "zoom": env_zoom_action}
 
@@ -76,9 +76,9 @@ def run_episodes(
     :param rng: generator for that noise.
     :param with_teacher: also record the privileged teacher's action at every decision.
     :param teacher: ``"target"`` (go to the target), ``"search"`` (visit look-alike candidates
-        left to right until the target is covered; see :func:`agents.teacher.search_target_box`)
+        left to right until the target is covered; see :func:`matchenv.agents.teacher.search_target_box`)
         or ``"zoom"`` (coarse to fine: windows around the target shrinking onto it; see
-        :func:`agents.teacher.zoom_target_box`).
+        :func:`matchenv.agents.teacher.zoom_target_box`).
     """
     teacher_fn = TEACHERS[teacher]
     policy.set_training_mode(False)

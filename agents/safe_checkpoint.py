@@ -28,8 +28,8 @@ from typing import Any, BinaryIO, Union
 #: the only globals a checkpoint's pickled fields may name: spaces, numpy arrays and generators,
 #: SB3's schedules, this project's policy and features extractor, torch activations and optimisers
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset({
-    ("agents.policy", "SearchLstmPolicy"),
-    ("agents.siamese", "SearchFeaturesExtractor"),
+    ("matchenv.agents.policy", "SearchLstmPolicy"),
+    ("matchenv.agents.siamese", "SearchFeaturesExtractor"),
     ("stable_baselines3.common.utils", "ConstantSchedule"),
     ("stable_baselines3.common.utils", "FloatSchedule"),
     ("stable_baselines3.common.utils", "LinearSchedule"),
@@ -83,6 +83,9 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
+        # Checkpoints written before the agents moved under matchenv name them "agents.<module>".
+        if module.startswith("agents."):
+            module = "matchenv." + module
         if (module, name) not in ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"{module}.{name} is not a class a checkpoint may hold")
         return super().find_class(module, name)

@@ -24,11 +24,11 @@ import cv2
 import numpy as np
 import torch
 
-from agents.box_refiner import BoxRefiner, RefinerRuntime, load_refiner_file, refine_boxes
-from agents.cnn_runtime import make_cnn_runtime
-from agents.fused_search import FusedSearch
-from agents.policy import SearchLstmPolicy
-from agents.policy_runtime import PolicyRuntime, RunningSearch
+from matchenv.agents.box_refiner import BoxRefiner, RefinerRuntime, load_refiner_file, refine_boxes
+from matchenv.agents.cnn_runtime import make_cnn_runtime
+from matchenv.agents.fused_search import FusedSearch
+from matchenv.agents.policy import SearchLstmPolicy
+from matchenv.agents.policy_runtime import PolicyRuntime, RunningSearch
 from matchenv.envs.actions import AbsoluteAction
 from matchenv.datasets.photos import nominal_window, to_working_size
 from matchenv.geometry import crop_letterboxed, crop_window, letterbox, place_windows, resize_image, window_locations
@@ -163,7 +163,7 @@ def inside_references(results: list[SearchResult], shapes: Sequence[tuple[int, i
 
 
 class TemplateSearcher:
-    """Locate queries in references with a trained :class:`~agents.policy.SearchLstmPolicy`.
+    """Locate queries in references with a trained :class:`~matchenv.agents.policy.SearchLstmPolicy`.
 
     :param policy: the trained policy (continuous ``"absolute"`` actions).
     :param max_trials: windows per search (the training env's ``max_trials``).
@@ -171,14 +171,14 @@ class TemplateSearcher:
     :param select: ``"last"`` answers with the final window (the paper's protocol); ``"best_score"``
         with the window the match head scores highest.
     :param fast: the CPU fast path: the CNN and the policy's decisions exported to a faster runtime
-        (``cnn_runtime="auto"``: ONNX Runtime, else TorchScript; :mod:`agents.policy_runtime`), on a
+        (``cnn_runtime="auto"``: ONNX Runtime, else TorchScript; :mod:`matchenv.agents.policy_runtime`), on a
         snapshot of the trained weights; the same modules, equal up to float rounding, several
         times faster per query at batch 1. On by default for CPU policies with a one-layer LSTM.
-    :param cnn_runtime: where the CNN runs (:mod:`agents.cnn_runtime`): ``"onnxruntime"`` (needs
-        ``pip install "matchenv[fast]"``), ``"torchscript"``, ``"torch"``, or ``"auto"`` (ONNX
+    :param cnn_runtime: where the CNN runs (:mod:`matchenv.agents.cnn_runtime`): ``"onnxruntime"`` (needs
+        ``onnxruntime``, a dependency of matchenv), ``"torchscript"``, ``"torch"``, or ``"auto"`` (ONNX
         Runtime when installed, else TorchScript). Default: ``"auto"`` with ``fast``, else ``"torch"``.
         ONNX Runtime uses ``torch.get_num_threads()`` threads, read when the searcher is built.
-    :param fused: run each search as one ONNX Runtime call (:mod:`agents.fused_search`; the same
+    :param fused: run each search as one ONNX Runtime call (:mod:`matchenv.agents.fused_search`; the same
         windows, several times faster at batch 1). ``None`` (default): whenever possible, i.e. on
         the fast path with ONNX Runtime, for fixed-size agents (Noisy MNIST), for queries at the
         observation size, references of one size per batch and no ``stop_score``; other searches
@@ -189,7 +189,7 @@ class TemplateSearcher:
         per query where the agent finds the target at once (Translated and Mixed MNIST); it
         costs accuracy where the agent refines over several windows (Cluttered MNIST), see
         README "The shipped agents against the bars". ``None`` (default): the paper's protocol.
-    :param refiner: a box refiner (:class:`~agents.box_refiner.BoxRefiner` or its file from
+    :param refiner: a box refiner (:class:`~matchenv.agents.box_refiner.BoxRefiner` or its file from
         ``train/box_refiner.py``) that moves each answer onto the target after the search, for
         photograph agents (colour, working size); :attr:`SearchResult.box` is then the refined box
         and :attr:`SearchResult.refined_from` the search's own. ``None`` (default): no refinement.
@@ -263,7 +263,7 @@ class TemplateSearcher:
         # The fast path: the CNN exported to a faster runtime; otherwise the module itself.
         self._cnn = make_cnn_runtime(cnn_runtime or ("auto" if self.fast else "torch"), policy.features_extractor.cnn,
                                      (self.channels, *self.query_size))
-        #: where the CNN runs: "onnxruntime", "torchscript" or "torch" (see agents.cnn_runtime)
+        #: where the CNN runs: "onnxruntime", "torchscript" or "torch" (see matchenv.agents.cnn_runtime)
         self.cnn_runtime: str = self._cnn.name
         # The refiner runs where the CNN does: ONNX Runtime on the fast path when it is installed.
         self._refiner: Optional[RefinerRuntime] = None
@@ -278,7 +278,7 @@ class TemplateSearcher:
         eligible = (self._cnn.name == "onnxruntime" and self.scale_range is None and not self.letterbox
                     and self.max_side is None and self.window_fraction is None)
         if fused and not eligible:
-            raise ValueError("fused=True needs the CPU fast path with ONNX Runtime (pip install \"matchenv[fast]\") and a "
+            raise ValueError("fused=True needs the CPU fast path with ONNX Runtime (pip install onnx onnxruntime) and a "
                              "fixed-size agent (no scale, letterbox or working size, as for Noisy MNIST)")
         self._fused: Optional[FusedSearch] = None
         if eligible and fused is not False:
@@ -301,8 +301,8 @@ class TemplateSearcher:
         :raises ValueError: for another kind of model file (a ``.pt`` look, photograph search,
             proposer...): the message says what it is and which loader takes it.
         """
-        from agents.model_files import model_file_kind, wrong_kind_message
-        from agents.ppo import load_trained_model
+        from matchenv.agents.model_files import model_file_kind, wrong_kind_message
+        from matchenv.agents.ppo import load_trained_model
 
         # Another of our model files would fail deep in SB3's loader ("no item named 'data'"):
         # say what it is instead. An SB3 zip is told by its directory alone (nothing is loaded twice).
@@ -320,12 +320,12 @@ class TemplateSearcher:
 
     @classmethod
     def from_pretrained(cls, name: str, device: str = "cpu", refine: bool = True, **kwargs) -> "TemplateSearcher":
-        """Load an agent shipped with matchenv: see :data:`agents.pretrained.PRETRAINED`.
+        """Load an agent shipped with matchenv: see :data:`matchenv.agents.pretrained.PRETRAINED`.
 
         :param refine: apply the box refiner shipped with the agent (``"flickrlogos27"`` has one),
             unless ``refiner`` is passed; ``False``: the search's own answers.
         """
-        from agents.pretrained import pretrained_path, refiner_path
+        from matchenv.agents.pretrained import pretrained_path, refiner_path
 
         path = pretrained_path(name)
         if refine and kwargs.get("refiner") is None:
@@ -516,7 +516,7 @@ class TemplateSearcher:
         :return: ``(N,)`` cosine similarity in ``[-1, 1]`` of the query's embedding and the window's
             (the window cropped and resized to the query resolution as the agent sees windows): one
             CNN call for all of them. It ranks answers from different searches of one query (see
-            :class:`~agents.coarse_to_fine.CoarseToFineSearcher`'s ``candidates``).
+            :class:`~matchenv.agents.coarse_to_fine.CoarseToFineSearcher`'s ``candidates``).
         """
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if not len(queries) == len(references) == len(boxes):

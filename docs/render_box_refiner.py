@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agents.searcher import TemplateSearcher
+from matchenv.agents.searcher import TemplateSearcher
 from matchenv.datasets.logos import FlickrLogos27
 from matchenv.geometry import iou
 from matchenv.rendering import frame_strip, save_frames

@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agents.coarse_to_fine import CoarseToFineResult, CoarseToFineSearcher, load_proposer_file
-from agents.pretrained import PROPOSERS, proposer_path
+from matchenv.agents.coarse_to_fine import CoarseToFineResult, CoarseToFineSearcher, load_proposer_file
+from matchenv.agents.pretrained import PROPOSERS, proposer_path
 from matchenv.datasets import make_dataset
 from matchenv.datasets.noisy_mnist import canvas_kwargs
 from matchenv.geometry import iou

@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agents.look_agent import LookAgentSearcher, glance
-from agents.look_peaks import box_at
-from agents.searcher import prepare_image
+from matchenv.agents.look_agent import LookAgentSearcher, glance
+from matchenv.agents.look_peaks import box_at
+from matchenv.agents.searcher import prepare_image
 from matchenv.datasets.logos import find_flickrlogos27
 from matchenv.datasets.self_supervised import SelfSupervisedPhotos
 from matchenv.geometry import iou

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agents.look_network import STRIDE
-from agents.multiscale_look import LookSearcher
+from matchenv.agents.look_network import STRIDE
+from matchenv.agents.multiscale_look import LookSearcher
 from matchenv.datasets.logos import find_flickrlogos27
 from matchenv.datasets.self_supervised import SelfSupervisedPhotos
 from matchenv.geometry import iou

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agents.photo_search import PhotoSearcher, resized
+from matchenv.agents.photo_search import PhotoSearcher, resized
 from matchenv.datasets import make_dataset
 from matchenv.geometry import iou
 from matchenv.rendering import frame_strip, save_frames

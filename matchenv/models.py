@@ -80,9 +80,9 @@ class ModelInfo:
 
 
 def _shipped_rows() -> list[tuple[ModelInfo, Callable[..., Any]]]:
-    """``(info, factory(**options))`` for every shipped file: built from ``agents.pretrained``'s
+    """``(info, factory(**options))`` for every shipped file: built from ``matchenv.agents.pretrained``'s
     registries, so a model added there appears here."""
-    from agents.pretrained import LOOK_AGENTS, LOOKS, PHOTO_SEARCHERS, PRETRAINED, PROPOSERS
+    from matchenv.agents.pretrained import LOOK_AGENTS, LOOKS, PHOTO_SEARCHERS, PRETRAINED, PROPOSERS
 
     rows: list[tuple[ModelInfo, Callable[..., Any]]] = []
 
@@ -90,7 +90,7 @@ def _shipped_rows() -> list[tuple[ModelInfo, Callable[..., Any]]]:
         rows.append((ModelInfo(name, kind, entry.description, SCORE_MEANING[kind], entry.filename, entry.command,
                                dict(defaults or {})), factory))
 
-    from agents.photo_search import DEFAULT_FOUND_THRESHOLD
+    from matchenv.agents.photo_search import DEFAULT_FOUND_THRESHOLD
 
     for key, entry in PHOTO_SEARCHERS.items():
         add(key, "photo-search", entry, functools.partial(_photo_search, key),
@@ -108,38 +108,38 @@ def _shipped_rows() -> list[tuple[ModelInfo, Callable[..., Any]]]:
 
 
 def _photo_search(key: str, **options: Any) -> Any:
-    from agents.photo_search import PhotoSearcher
+    from matchenv.agents.photo_search import PhotoSearcher
 
     return PhotoSearcher.from_pretrained(key, **options)
 
 
 def _look(key: str, **options: Any) -> Any:
-    from agents.multiscale_look import LookSearcher
+    from matchenv.agents.multiscale_look import LookSearcher
 
     return LookSearcher.from_pretrained(key, **options)
 
 
 def _look_agent(key: str, **options: Any) -> Any:
-    from agents.look_agent import LookAgentSearcher
+    from matchenv.agents.look_agent import LookAgentSearcher
 
     return LookAgentSearcher.from_pretrained(key, **options)
 
 
 def _agent(key: str, **options: Any) -> Any:
-    from agents.searcher import TemplateSearcher
+    from matchenv.agents.searcher import TemplateSearcher
 
     return TemplateSearcher.from_pretrained(key, **options)
 
 
 def _coarse_to_fine(key: str, **options: Any) -> Any:
-    from agents.coarse_to_fine import CoarseToFineSearcher
+    from matchenv.agents.coarse_to_fine import CoarseToFineSearcher
 
     return CoarseToFineSearcher.from_pretrained(key, **options)
 
 
 def _baseline(key: str, **options: Any) -> Any:
-    from agents.baselines import make_matcher
-    from agents.pretrained import pretrained_path
+    from matchenv.agents.baselines import make_matcher
+    from matchenv.agents.pretrained import pretrained_path
 
     if key in _CHECKPOINT_BASELINES and "checkpoint" not in options:
         options["checkpoint"] = pretrained_path(_CHECKPOINT_BASELINES[key])
@@ -147,7 +147,7 @@ def _baseline(key: str, **options: Any) -> Any:
 
 
 def _baseline_rows() -> list[tuple[ModelInfo, Callable[..., Any]]]:
-    from agents.baselines import MATCHERS
+    from matchenv.agents.baselines import MATCHERS
 
     return [(ModelInfo(key, "baseline", BASELINE_DESCRIPTIONS.get(key, "a baseline matcher"), SCORE_MEANING["baseline"],
                        None, None, {"checkpoint": f"the shipped {_CHECKPOINT_BASELINES[key]!r} agent"}
@@ -248,19 +248,17 @@ class Searcher:
                 raw = self.model.locate_batch(queries, references)
             else:
                 raw = [self.model.locate(q, r) for q, r in zip(queries, references)]
-        return [self._match(result, r) for result, r in zip(raw, references)]
+        return [self._match(result) for result in raw]
 
     def _rgb(self, image: Any, name: str) -> Any:
         if self._flip and isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3:
             return np.ascontiguousarray(image[..., ::-1])
         return image
 
-    def _match(self, result: Any, reference: np.ndarray) -> Match:
-        height, width = np.shape(reference)[:2]
+    def _match(self, result: Any) -> Match:
+        # Every model keeps its answers inside the reference itself (tests/test_inputs.py checks each
+        # on thin references through load()); nothing is clipped here, so there is one owner of it.
         box = np.asarray(result.box, dtype=np.float64).copy()
-        # answers stay inside the reference whatever the model (a searcher's box may overhang by rounding)
-        box[[0, 2]] = np.clip(box[[0, 2]], 0.0, float(width))
-        box[[1, 3]] = np.clip(box[[1, 3]], 0.0, float(height))
         path = getattr(result, "path", None)
         evaluated = (getattr(result, "evaluated", None) or getattr(result, "positions", None)
                      or getattr(result, "windows", None) or (0 if path is None else len(path)))
@@ -277,7 +275,7 @@ def _file_kind(path: Path) -> str:
                                 "model file) or a model name (matchenv.list_models())")
     if path.suffix == ".zip":
         return "agent"
-    from agents.model_files import read_model_file
+    from matchenv.agents.model_files import read_model_file
 
     saved = read_model_file(path, "model", "one of the train/ scripts", set())
     if not isinstance(saved, dict):
@@ -295,22 +293,22 @@ def _file_kind(path: Path) -> str:
 
 def _from_file(path: Path, kind: str, **options: Any) -> Any:
     if kind == "agent":
-        from agents.searcher import TemplateSearcher
+        from matchenv.agents.searcher import TemplateSearcher
 
         return TemplateSearcher.load(path, **options)
     if kind == "photo-search":
-        from agents.photo_search import PhotoSearcher
+        from matchenv.agents.photo_search import PhotoSearcher
 
         return PhotoSearcher.load(path, **options)
     if kind == "look":
-        from agents.multiscale_look import LookSearcher
+        from matchenv.agents.multiscale_look import LookSearcher
 
         return LookSearcher.load(path, **options)
     if kind == "look-agent":
-        from agents.look_agent import LookAgentSearcher
+        from matchenv.agents.look_agent import LookAgentSearcher
 
         return LookAgentSearcher.load(path, **options)
-    from agents.coarse_to_fine import CoarseToFineSearcher
+    from matchenv.agents.coarse_to_fine import CoarseToFineSearcher
 
     return CoarseToFineSearcher.load(path, **options)
 

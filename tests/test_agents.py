@@ -20,13 +20,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
 
 import matchenv  # noqa: F401  (registers the environments)
-from agents.imitation import DAggerTrainer, ImitationConfig, imitation_losses
-from agents.policy import SearchLstmPolicy
-from agents.ppo import MATCH_LABEL_KEY, SearchRecurrentPPO
-from agents.rollout import run_episodes
-from agents.searcher import SearchResult, TemplateSearcher
-from agents.siamese import SearchFeaturesExtractor, SiameseCNN
-from agents.teacher import env_target_action, target_action
+from matchenv.agents.imitation import DAggerTrainer, ImitationConfig, imitation_losses
+from matchenv.agents.policy import SearchLstmPolicy
+from matchenv.agents.ppo import MATCH_LABEL_KEY, SearchRecurrentPPO
+from matchenv.agents.rollout import run_episodes
+from matchenv.agents.searcher import SearchResult, TemplateSearcher
+from matchenv.agents.siamese import SearchFeaturesExtractor, SiameseCNN
+from matchenv.agents.teacher import env_target_action, target_action
 from matchenv.envs.actions import AbsoluteAction
 from matchenv.geometry import iou, place_window
 

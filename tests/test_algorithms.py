@@ -15,7 +15,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.torch_layers import CombinedExtractor
 
-import agents
+import matchenv.agents
 import matchenv  # noqa: F401  (registers the environments)
 
 # Tiny networks on a shared machine: one torch thread is faster than several contending ones.
@@ -26,7 +26,7 @@ ENV_ID = "TemplateSearch-TranslatedMNIST-v0"  # the smallest reference: fastest 
 
 def extractor_kwargs(**extra) -> dict:
     """A fresh dict each time: SB3 algorithms add keys (e.g. use_sde) to the policy_kwargs they get."""
-    return dict(features_extractor_class=agents.SearchFeaturesExtractor, **extra)
+    return dict(features_extractor_class=matchenv.agents.SearchFeaturesExtractor, **extra)
 
 
 def parameters(model) -> list[torch.Tensor]:
@@ -63,13 +63,13 @@ def test_ppo_with_search_features_extractor():
         "MultiInputPolicy", make_env(), n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=extractor_kwargs(),
         device="cpu", seed=0,
     )
-    assert isinstance(model.policy.features_extractor, agents.SearchFeaturesExtractor)
+    assert isinstance(model.policy.features_extractor, matchenv.agents.SearchFeaturesExtractor)
     learn_and_check(model, 256, {})
 
 
 def test_a2c_with_search_features_extractor():
     model = A2C("MultiInputPolicy", make_env(), n_steps=8, policy_kwargs=extractor_kwargs(), device="cpu", seed=0)
-    assert isinstance(model.policy.features_extractor, agents.SearchFeaturesExtractor)
+    assert isinstance(model.policy.features_extractor, matchenv.agents.SearchFeaturesExtractor)
     learn_and_check(model, 256, {})
 
 
@@ -79,7 +79,7 @@ def test_sac_on_the_continuous_absolute_env():
         "MultiInputPolicy", env, buffer_size=1000, learning_starts=50, batch_size=32, train_freq=4,
         gradient_steps=1, policy_kwargs=extractor_kwargs(), device="cpu", seed=0,
     )
-    assert isinstance(model.actor.features_extractor, agents.SearchFeaturesExtractor)
+    assert isinstance(model.actor.features_extractor, matchenv.agents.SearchFeaturesExtractor)
     learn_and_check(model, 256, {"action_type": "absolute"})
 
 
@@ -88,7 +88,7 @@ def test_dqn_on_the_discrete_env():
         "MultiInputPolicy", make_env(action_type="discrete"), buffer_size=1000, learning_starts=50, batch_size=32,
         train_freq=4, target_update_interval=50, policy_kwargs=extractor_kwargs(), device="cpu", seed=0,
     )
-    assert isinstance(model.q_net.features_extractor, agents.SearchFeaturesExtractor)
+    assert isinstance(model.q_net.features_extractor, matchenv.agents.SearchFeaturesExtractor)
     learn_and_check(model, 256, {"action_type": "discrete"})
 
 
@@ -97,7 +97,7 @@ def test_recurrent_ppo_with_lstm_policy_and_search_features_extractor():
         "MultiInputLstmPolicy", make_env(), n_steps=64, batch_size=32, n_epochs=2,
         policy_kwargs=extractor_kwargs(lstm_hidden_size=32), device="cpu", seed=0,
     )
-    assert isinstance(model.policy.features_extractor, agents.SearchFeaturesExtractor)
+    assert isinstance(model.policy.features_extractor, matchenv.agents.SearchFeaturesExtractor)
     learn_and_check(model, 256, {})
 
 

@@ -35,8 +35,8 @@ def photo_pair(seed: int = 0, size: tuple[int, int] = (120, 160), query_side: in
 
 
 def test_list_models_names_every_shipped_model_and_baseline():
-    from agents.baselines import MATCHERS
-    from agents.pretrained import LOOK_AGENTS, LOOKS, PHOTO_SEARCHERS, PRETRAINED, PROPOSERS
+    from matchenv.agents.baselines import MATCHERS
+    from matchenv.agents.pretrained import LOOK_AGENTS, LOOKS, PHOTO_SEARCHERS, PRETRAINED, PROPOSERS
 
     infos = matchenv.list_models()
     names = [info.name for info in infos]
@@ -151,7 +151,7 @@ def test_load_errors_name_what_was_wrong(tmp_path):
 
 
 def test_load_takes_a_model_file(tmp_path):
-    from agents.pretrained import photo_search_path
+    from matchenv.agents.pretrained import photo_search_path
 
     searcher = matchenv.load(photo_search_path("photo"), windows=2)
     assert searcher.kind == "photo-search" and searcher.model.windows == 2
@@ -222,3 +222,32 @@ def test_front_door_prints_the_scripts_error_message(tmp_path, capsys):
     assert sys.argv[0] != str(ROOT / "train" / "ppo_lstm.py")  # restored
     with pytest.raises(ValueError, match="threads"):
         matchenv.load("ncc", threads=0)
+
+
+@pytest.mark.parametrize("agents_first", [True, False])
+def test_matchenv_coexists_with_another_distribution_installing_a_top_level_agents(tmp_path, agents_first):
+    """Other distributions install a top-level ``agents`` (the OpenAI Agents SDK does): ours is
+    ``matchenv.agents``, so both import, whichever comes first, and a shipped agent (whose SB3
+    checkpoint names its classes ``agents.policy...``, as written before the move) still loads."""
+    site = tmp_path / "site"
+    (site / "agents").mkdir(parents=True)
+    (site / "agents" / "__init__.py").write_text("MARK = 'another distribution'\n")
+    code = f"""
+import importlib, pkgutil, numpy as np
+if {agents_first}:
+    import agents
+import matchenv, matchenv.agents
+searcher = matchenv.load("translated-mnist")
+reference = np.zeros((60, 60), np.uint8); reference[20:48, 10:38] = 255
+match = searcher.locate(reference[20:48, 10:38].copy(), reference)
+for module in pkgutil.walk_packages(matchenv.agents.__path__, "matchenv.agents."):
+    importlib.import_module(module.name)
+import agents
+assert agents.MARK == "another distribution", agents.__file__
+assert matchenv.agents is not agents and type(match).__name__ == "Match"
+print("both")
+"""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().endswith("both")

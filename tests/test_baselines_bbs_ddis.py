@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agents.baselines import bbs as bbs_module
-from agents.baselines.bbs import BBS
-from agents.baselines.ddis import DDIS, nearest_neighbour_field
+from matchenv.agents.baselines import bbs as bbs_module
+from matchenv.agents.baselines.bbs import BBS
+from matchenv.agents.baselines.ddis import DDIS, nearest_neighbour_field
 from matchenv.geometry import iou
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.baselines import (
+from matchenv.agents.baselines import (
     DEFAULT_SCALES,
     MATCHERS,
     UNTRAINED,
@@ -27,7 +27,7 @@ from agents.baselines import (
     QATMMatcher,
     make_matcher,
 )
-from agents.siamese import SiameseCNN
+from matchenv.agents.siamese import SiameseCNN
 from matchenv.geometry import iou
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.baselines import CentreBox, make_matcher
+from matchenv.agents.baselines import CentreBox, make_matcher
 from matchenv.datasets.base import SearchPair
 from matchenv.datasets.photos import nominal_window
 

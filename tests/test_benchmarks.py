@@ -33,7 +33,7 @@ def test_matcher_benchmark_scores_ncc_on_the_fixed_test_pairs():
 
 
 def test_matcher_benchmark_success_matches_an_independent_count():
-    from agents.baselines import make_matcher
+    from matchenv.agents.baselines import make_matcher
     from matchenv.datasets import make_dataset
     from matchenv.geometry import iou
 
@@ -57,7 +57,7 @@ def test_matcher_table_lists_published_numbers():
 
 
 def test_centre_box_control_is_fitted_on_training_pairs_not_test_pairs():
-    from agents.baselines import CentreBox
+    from matchenv.agents.baselines import CentreBox
     from matchenv.datasets import make_dataset
 
     bench = load_script("benchmark_matchers")
@@ -339,7 +339,7 @@ def test_accuracy_plot_is_written_with_controls_and_stopped_methods(tmp_path):
 
 
 def test_benchmark_runs_the_coarse_to_fine_searcher_as_an_agent():
-    from agents.coarse_to_fine import CoarseToFineSearcher
+    from matchenv.agents.coarse_to_fine import CoarseToFineSearcher
     from matchenv.datasets import make_dataset
     from matchenv.geometry import iou
 
@@ -359,7 +359,7 @@ def test_benchmark_runs_the_coarse_to_fine_searcher_as_an_agent():
 
 
 def test_benchmark_runs_the_shipped_look_on_photograph_pairs():
-    from agents.multiscale_look import LookSearcher
+    from matchenv.agents.multiscale_look import LookSearcher
     from matchenv.datasets import make_dataset
     from matchenv.geometry import iou
 
@@ -379,7 +379,7 @@ def test_benchmark_runs_the_shipped_look_on_photograph_pairs():
 
 
 def test_benchmark_runs_the_photograph_agent():
-    from agents.look_agent import LookAgentSearcher
+    from matchenv.agents.look_agent import LookAgentSearcher
     from matchenv.datasets import make_dataset
     from matchenv.geometry import iou
 
@@ -416,8 +416,8 @@ def test_look_options_set_the_target_range_searched_for():
     with pytest.raises(ValueError, match="candidates must be a whole number"):
         bench.look_spec("photo,candidates=2.5")
     default, small = bench.AgentMatcher("look:photo"), bench.AgentMatcher("look:photo,smallest=0.05")
-    assert small.searcher.config.smallest == 0.05
-    assert small.searcher.config.largest == default.searcher.config.largest  # only what was asked changes
+    assert small.searcher.model.config.smallest == 0.05
+    assert small.searcher.model.config.largest == default.searcher.model.config.largest  # only what was asked changes
 
 
 def test_coarse_to_fine_options_set_its_candidates():
@@ -430,8 +430,8 @@ def test_coarse_to_fine_options_set_its_candidates():
     with pytest.raises(ValueError, match="unknown option 'smallest'"):
         bench.coarse_to_fine_spec("mixed-mnist,smallest=0.1")
     shipped, one = bench.AgentMatcher("coarse-to-fine:mixed-mnist"), bench.AgentMatcher("coarse-to-fine:mixed-mnist,candidates=1")
-    assert (shipped.searcher.candidates, shipped.searcher.accept) == (4, 0.9)
-    assert (one.searcher.candidates, one.searcher.accept) == (1, 0.9)  # only what was asked changes
+    assert (shipped.searcher.model.candidates, shipped.searcher.model.accept) == (4, 0.9)
+    assert (one.searcher.model.candidates, one.searcher.model.accept) == (1, 0.9)  # only what was asked changes
     pair = make_dataset("MixedMNIST", canvas_size=300, n_clutter=36, n_distractors=(9, 9), test_size=1).test_pair(0)
     everything = bench.AgentMatcher("coarse-to-fine:mixed-mnist,accept=none").locate(pair.query, pair.reference)
     assert everything.evaluated == 4 * 6  # windows over every crop searched
@@ -533,8 +533,8 @@ def test_pretrained_agent_options_set_the_refiner_steps():
     with pytest.raises(ValueError, match="unknown option 'candidates'"):
         bench.pretrained_agent_spec("flickrlogos27,candidates=2")
     shipped, plain, twice = (bench.AgentMatcher(f"pretrained:flickrlogos27{o}") for o in ("", ",refine=0", ",refine=2"))
-    assert shipped.searcher.refiner is not None and plain.searcher.refiner is None
-    assert (shipped.searcher.refine_steps, twice.searcher.refine_steps) == (1, 2)
+    assert shipped.searcher.model.refiner is not None and plain.searcher.model.refiner is None
+    assert (shipped.searcher.model.refine_steps, twice.searcher.model.refine_steps) == (1, 2)
     assert "box refiner: 1 step(s)" in shipped.features and "box refiner" not in plain.features
     with pytest.raises(ValueError, match="refine must be 0"):
         bench.AgentMatcher("pretrained:flickrlogos27,refine=-1")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.box_refiner import (BoxRefiner, RefinerConfig, apply_deltas, box_deltas, context_box, context_crop,
+from matchenv.agents.box_refiner import (BoxRefiner, RefinerConfig, apply_deltas, box_deltas, context_box, context_crop,
                                 load_refiner_file, refine_boxes, save_refiner_file)
-from agents.pretrained import PRETRAINED, refiner_path
-from agents.searcher import TemplateSearcher
+from matchenv.agents.pretrained import PRETRAINED, refiner_path
+from matchenv.agents.searcher import TemplateSearcher
 from matchenv.datasets import make_dataset
 from matchenv.geometry import iou, letterbox, resize_image
 
@@ -233,8 +233,8 @@ def test_training_script_errors_are_clear(tmp_path):
 
 
 def test_onnx_runtime_and_pytorch_give_the_same_deltas(untrained):
-    from agents.box_refiner import RefinerRuntime
-    from agents.cnn_runtime import onnxruntime_available
+    from matchenv.agents.box_refiner import RefinerRuntime
+    from matchenv.agents.cnn_runtime import onnxruntime_available
 
     if not onnxruntime_available():
         pytest.skip("the fast extra (onnx, onnxruntime) is not installed")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.coarse_to_fine import (
+from matchenv.agents.coarse_to_fine import (
     CoarseProposer,
     CoarseToFineSearcher,
     crop_around,
@@ -20,8 +20,8 @@ from agents.coarse_to_fine import (
     target_cell,
     to_unit_range,
 )
-from agents.pretrained import PROPOSERS, proposer_path
-from agents.searcher import TemplateSearcher
+from matchenv.agents.pretrained import PROPOSERS, proposer_path
+from matchenv.agents.searcher import TemplateSearcher
 from matchenv.datasets import make_dataset
 from matchenv.geometry import iou
 

@@ -34,7 +34,7 @@ OBS_KEYS = {"query", "window", "location", "trials_left"}
 
 # SB3's check_env warns that images smaller than 36x36 do not fit its default CnnPolicy
 # (NatureCNN). Expected: our observations are 28x28 MNIST crops, and we ship
-# agents.SearchFeaturesExtractor for exactly this reason (see tests/test_algorithms.py).
+# matchenv.agents.SearchFeaturesExtractor for exactly this reason (see tests/test_algorithms.py).
 SB3_SMALL_IMAGE_WARNING = r"The minimal resolution for an image is 36x36 for the default `CnnPolicy`"
 # gymnasium's check_env warns about Box(-inf, inf) observation bounds. Expected in
 # obs_mode="features" only: the env cannot know the output range of an arbitrary frozen
@@ -567,10 +567,10 @@ def test_different_pair_indices_give_different_pairs(env_id):
 
 def _siamese_encoder():
     torch = pytest.importorskip("torch")
-    import agents
+    import matchenv.agents
 
     torch.manual_seed(0)
-    module = agents.SiameseCNN()
+    module = matchenv.agents.SiameseCNN()
 
     def reference(images: np.ndarray) -> np.ndarray:
         with torch.no_grad():

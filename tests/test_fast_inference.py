@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import matchenv  # noqa: F401  (registers the environments)
-from agents.cnn_runtime import make_cnn_runtime, onnxruntime_available
-from agents.policy_runtime import PolicyRuntime
-from agents.policy import PolicyStep, SearchLstmPolicy
-from agents.searcher import TemplateSearcher
-from agents.siamese import SiameseCNN
+from matchenv.agents.cnn_runtime import make_cnn_runtime, onnxruntime_available
+from matchenv.agents.policy_runtime import PolicyRuntime
+from matchenv.agents.policy import PolicyStep, SearchLstmPolicy
+from matchenv.agents.searcher import TemplateSearcher
+from matchenv.agents.siamese import SiameseCNN
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -157,7 +157,7 @@ def test_stop_score_is_checked():
 def test_stop_score_refuses_an_agent_without_a_trained_match_head(tmp_path):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.ppo import SearchRecurrentPPO
+    from matchenv.agents.ppo import SearchRecurrentPPO
 
     venv = DummyVecEnv([lambda: gym.make("TemplateSearch-v0")])
     model = SearchRecurrentPPO("SearchLstmPolicy", venv, n_steps=8, batch_size=8, seed=0, device="cpu",
@@ -172,7 +172,7 @@ def test_stop_score_refuses_an_agent_without_a_trained_match_head(tmp_path):
 # CNN runtimes (agents/cnn_runtime.py)
 # ---------------------------------------------------------------------------------------------
 RUNTIME_KINDS = ["torch", "torchscript", pytest.param("onnxruntime", marks=pytest.mark.skipif(
-    not onnxruntime_available(), reason='needs the fast extra: pip install "matchenv[fast]"'))]
+    not onnxruntime_available(), reason='needs onnx and onnxruntime (dependencies of matchenv): pip install onnx onnxruntime'))]
 
 
 @pytest.mark.parametrize("kind", RUNTIME_KINDS)
@@ -211,9 +211,9 @@ class _CorrelateWithGivenKernel(torch.nn.Module):
         return torch.nn.functional.conv2d(images, kernel)
 
 
-@pytest.mark.skipif(not onnxruntime_available(), reason='needs the fast extra: pip install "matchenv[fast]"')
+@pytest.mark.skipif(not onnxruntime_available(), reason='needs onnx and onnxruntime (dependencies of matchenv): pip install onnx onnxruntime')
 def test_onnx_session_takes_run_time_convolution_weights_of_any_size():
-    from agents.cnn_runtime import onnx_session
+    from matchenv.agents.cnn_runtime import onnx_session
 
     example = (torch.zeros(1, 4, 20, 20), torch.zeros(2, 4, 3, 3))
     axes = {"images": {2: "height", 3: "width"}, "out": {2: "rows", 3: "cols"}}
@@ -233,16 +233,21 @@ def test_cnn_runtime_choice_is_checked(monkeypatch):
     cnn = SiameseCNN()
     with pytest.raises(ValueError, match="cnn_runtime must be one of"):
         make_cnn_runtime("tensorrt", cnn, (1, 28, 28))
-    monkeypatch.setattr("agents.cnn_runtime.onnxruntime_available", lambda: False)
-    with pytest.raises(ImportError, match=r"matchenv\[fast\]"):
+    monkeypatch.setattr("matchenv.agents.cnn_runtime.onnxruntime_available", lambda: False)
+    with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
         make_cnn_runtime("onnxruntime", cnn, (1, 28, 28))
-    assert make_cnn_runtime("auto", cnn, (1, 28, 28)).name == "torchscript"  # without the extra
+    assert make_cnn_runtime("auto", cnn, (1, 28, 28)).name == "torchscript"  # without onnxruntime
+    # the policy's decisions fall back the same way
+    monkeypatch.setattr("matchenv.agents.exported_module.onnxruntime_available", lambda: False)
+    assert PolicyRuntime(random_policy("pointer")[0], "auto").name == "torchscript"
+    with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
+        PolicyRuntime(random_policy("plain")[0], "onnxruntime")
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole search as one ONNX Runtime call (agents/fused_search.py)
 # ---------------------------------------------------------------------------------------------
-needs_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason='needs the fast extra: pip install "matchenv[fast]"')
+needs_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason='needs onnx and onnxruntime (dependencies of matchenv): pip install onnx onnxruntime')
 
 
 @needs_onnxruntime
@@ -283,7 +288,7 @@ def test_a_search_that_cannot_be_fused_falls_back_with_a_warning(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("exporter unavailable")
 
-    monkeypatch.setattr("agents.searcher.FusedSearch", broken)
+    monkeypatch.setattr("matchenv.agents.searcher.FusedSearch", broken)
     with pytest.warns(RuntimeWarning, match="searching step by step"):
         searcher = TemplateSearcher(policy)
     assert searcher._fused is None

@@ -138,6 +138,7 @@ def test_place_window_keeps_a_centre_where_the_window_fits(win_w, win_h, x0, y0)
     np.testing.assert_array_equal(box, [x0, y0, x0 + win_w, y0 + win_h])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 def test_the_window_geometry_is_the_same_in_numpy_and_in_a_traced_torch_graph():
     """The fused search exports the env's geometry on torch tensors: same windows, same locations,
     half-pixel ties included (rounded half to even on both paths)."""

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import matchenv
-from agents.baselines import CostlyMatchWarning, check_pair, make_matcher
-from agents.baselines import base as baselines_base
-from agents.searcher import MIN_QUERY_SIDE, prepare_image
+from matchenv.agents.baselines import CostlyMatchWarning, check_pair, make_matcher
+from matchenv.agents.baselines import base as baselines_base
+from matchenv.agents.searcher import MIN_QUERY_SIDE, prepare_image
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "agents" / "pretrained"
 #: Models that search for the target at scales of their own (the query's size is not the
@@ -97,7 +97,7 @@ def test_thin_references_give_boxes_inside_or_a_clear_error(name, shape):
 
 # ------------------------------------------------------------------ the defects as found
 def test_coarse_to_fine_thin_reference_names_both_sizes_without_a_runtime_error(capfd):
-    from agents.coarse_to_fine import CoarseToFineSearcher
+    from matchenv.agents.coarse_to_fine import CoarseToFineSearcher
 
     searcher = CoarseToFineSearcher.from_pretrained("cluttered-mnist")
     capfd.readouterr()
@@ -111,7 +111,7 @@ def test_coarse_to_fine_thin_reference_names_both_sizes_without_a_runtime_error(
 
 
 def test_photograph_agent_on_a_strip_answers_inside_and_keeps_its_path_consistent():
-    from agents.searcher import TemplateSearcher
+    from matchenv.agents.searcher import TemplateSearcher
 
     searcher = TemplateSearcher.from_pretrained("flickrlogos27")
     for seed in range(3):
@@ -198,12 +198,12 @@ def test_costly_warning_once_per_matcher_and_the_same_answer(name, monkeypatch):
 
 # ------------------------------------------------------------------ model files and their loaders
 def _loaders() -> dict[str, Any]:
-    from agents.box_refiner import load_refiner_file
-    from agents.coarse_to_fine import CoarseToFineSearcher
-    from agents.look_agent import LookAgentSearcher
-    from agents.multiscale_look import LookSearcher
-    from agents.photo_search import PhotoSearcher
-    from agents.searcher import TemplateSearcher
+    from matchenv.agents.box_refiner import load_refiner_file
+    from matchenv.agents.coarse_to_fine import CoarseToFineSearcher
+    from matchenv.agents.look_agent import LookAgentSearcher
+    from matchenv.agents.multiscale_look import LookSearcher
+    from matchenv.agents.photo_search import PhotoSearcher
+    from matchenv.agents.searcher import TemplateSearcher
 
     return {"TemplateSearcher": TemplateSearcher.load, "LookSearcher": LookSearcher.load,
             "LookAgentSearcher": LookAgentSearcher.load, "PhotoSearcher": PhotoSearcher.load,

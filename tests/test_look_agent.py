@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.look_agent import (
+from matchenv.agents.look_agent import (
     CANDIDATE_FEATURES,
     COMPARISON_CELLS,
     LookAgentConfig,
@@ -28,14 +28,14 @@ from agents.look_agent import (
     save_look_agent_file,
     window_features,
 )
-from agents.cnn_runtime import onnxruntime_available
-from agents.exported_module import ExportedModule
-from agents.look_files import save_look_file
-from agents.look_network import STRIDE, MultiScaleLook
-from agents.look_peaks import box_at, clip_to_reference
-from agents.multiscale_look import CLOSER_ZOOM, LookSearcher
-from agents.pretrained import LOOK_AGENTS, look_agent_path
-from agents.searcher import TemplateSearcher, prepare_image
+from matchenv.agents.cnn_runtime import onnxruntime_available
+from matchenv.agents.exported_module import ExportedModule
+from matchenv.agents.look_files import save_look_file
+from matchenv.agents.look_network import STRIDE, MultiScaleLook
+from matchenv.agents.look_peaks import box_at, clip_to_reference
+from matchenv.agents.multiscale_look import CLOSER_ZOOM, LookSearcher
+from matchenv.agents.pretrained import LOOK_AGENTS, look_agent_path
+from matchenv.agents.searcher import TemplateSearcher, prepare_image
 from matchenv.datasets.self_supervised import SelfSupervisedPhotos
 from matchenv.geometry import iou
 

@@ -16,16 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents.look_correlation import row_filters, sum_rows, trimmed_kernel
-from agents.look_files import config_dict, load_look_file, save_look_file
-from agents.look_images import _level_resize, fill_colour, level_image, patch_around, pyramid, template_canvas
-from agents.look_network import STRIDE, LookConfig, MultiScaleLook
-from agents.look_peaks import refine_peak
-from agents.look_runtime import LookRuntime, _CentredFeatures, _centred_pixels
-from agents.look_training import training_sample
-from agents.multiscale_look import CLOSER_MARGIN, LookSearcher
-from agents.pretrained import LOOKS, look_path
-from agents.searcher import TemplateSearcher
+from matchenv.agents.look_correlation import row_filters, sum_rows, trimmed_kernel
+from matchenv.agents.look_files import config_dict, load_look_file, save_look_file
+from matchenv.agents.look_images import _level_resize, fill_colour, level_image, patch_around, pyramid, template_canvas
+from matchenv.agents.look_network import STRIDE, LookConfig, MultiScaleLook
+from matchenv.agents.look_peaks import refine_peak
+from matchenv.agents.look_runtime import LookRuntime, _CentredFeatures, _centred_pixels
+from matchenv.agents.look_training import training_sample
+from matchenv.agents.multiscale_look import CLOSER_MARGIN, LookSearcher
+from matchenv.agents.pretrained import LOOKS, look_path
+from matchenv.agents.searcher import TemplateSearcher
 from matchenv.datasets.base import SearchPair
 from matchenv.datasets.self_supervised import SelfSupervisedPhotos
 from matchenv.geometry import iou, resize_image

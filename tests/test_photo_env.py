@@ -16,10 +16,10 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import matchenv  # noqa: F401  (registers the env ids)
-from agents.policy import SearchLstmPolicy
-from agents.ppo import SearchRecurrentPPO, search_config_of
-from agents.searcher import TemplateSearcher
-from agents.teacher import env_target_action, zoom_target_box
+from matchenv.agents.policy import SearchLstmPolicy
+from matchenv.agents.ppo import SearchRecurrentPPO, search_config_of
+from matchenv.agents.searcher import TemplateSearcher
+from matchenv.agents.teacher import env_target_action, zoom_target_box
 from matchenv.datasets.photos import WINDOW_FRACTION, PhotoPairDataset, make_photo_pair, nominal_window, to_original_box
 from matchenv.envs import TemplateSearchEnv
 from matchenv.geometry import letterbox, resize_image
@@ -213,7 +213,7 @@ def test_overview_point_maps_reference_pixels_into_the_letterboxed_overview(phot
 
 
 def test_localization_loss_prefers_the_targets_cell():
-    from agents.imitation import localization_loss
+    from matchenv.agents.imitation import localization_loss
 
     similarity = torch.full((2, 16), -0.5)
     similarity[0, 5] = similarity[1, 10] = 0.9  # row 1 col 1, row 2 col 2 of a 4x4 map
@@ -226,7 +226,7 @@ def test_localization_loss_prefers_the_targets_cell():
 
 
 def test_imitation_with_an_overview_trains_the_localization_loss(photos):
-    from agents.imitation import DAggerTrainer, ImitationConfig
+    from matchenv.agents.imitation import DAggerTrainer, ImitationConfig
 
     torch.manual_seed(0)
     envs = [TemplateSearchEnv(dataset=photos, overview_size=(64, 64)) for _ in range(4)]
@@ -242,7 +242,7 @@ def test_imitation_with_an_overview_trains_the_localization_loss(photos):
 @pytest.mark.parametrize("overview", [None, (64, 64)])
 def test_searcher_replays_the_environment_exactly(photos, overview):
     """The inference API must show the policy what the env showed it in training, window for window."""
-    from agents.rollout import run_episodes
+    from matchenv.agents.rollout import run_episodes
 
     torch.manual_seed(1)
     env = TemplateSearchEnv(dataset=photos, split="test", overview_size=overview)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.model_files import write_model_file
-from agents.photo_search import (
+from matchenv.agents.model_files import write_model_file
+from matchenv.agents.photo_search import (
     PhotoSearcher,
     PhotoSearchRuntime,
     best_peaks,
@@ -20,7 +20,7 @@ from agents.photo_search import (
     save_photo_search_file,
     verifier_size,
 )
-from agents.photo_search_net import PhotoSearchConfig, PhotoSearchNet, cosine_map
+from matchenv.agents.photo_search_net import PhotoSearchConfig, PhotoSearchNet, cosine_map
 from matchenv.geometry import iou
 
 from test_self_supervised import texture

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agents.photo_search import PhotoSearcher
+from matchenv.agents.photo_search import PhotoSearcher
 
 from test_self_supervised import texture
 

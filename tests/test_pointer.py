@@ -9,11 +9,11 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import matchenv  # noqa: F401  (registers the environments)
-from agents.imitation import DAggerTrainer, ImitationConfig, imitation_losses
-from agents.policy import PointerHead, SearchLstmPolicy
-from agents.ppo import SearchRecurrentPPO
-from agents.rollout import run_episodes
-from agents.searcher import TemplateSearcher
+from matchenv.agents.imitation import DAggerTrainer, ImitationConfig, imitation_losses
+from matchenv.agents.policy import PointerHead, SearchLstmPolicy
+from matchenv.agents.ppo import SearchRecurrentPPO
+from matchenv.agents.rollout import run_episodes
+from matchenv.agents.searcher import TemplateSearcher
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -167,7 +167,7 @@ def test_overview_size_may_be_one_int_for_a_square():
 
 
 def test_overview_cells_share_one_cnn_pass_per_run_of_equal_overviews():
-    from agents.siamese import SearchFeaturesExtractor
+    from matchenv.agents.siamese import SearchFeaturesExtractor
 
     env = make_env()
     torch.manual_seed(0)
@@ -189,7 +189,7 @@ def test_overview_cells_share_one_cnn_pass_per_run_of_equal_overviews():
 
 
 def test_rollouts_reuse_the_overview_maps_while_the_same_overviews_come_back():
-    from agents.siamese import SearchFeaturesExtractor
+    from matchenv.agents.siamese import SearchFeaturesExtractor
 
     torch.manual_seed(0)
     extractor = SearchFeaturesExtractor(make_env().observation_space)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.pretrained import PRETRAINED, export_for_inference, pretrained_path
-from agents.searcher import TemplateSearcher
+from matchenv.agents.pretrained import PRETRAINED, export_for_inference, pretrained_path
+from matchenv.agents.searcher import TemplateSearcher
 from matchenv.datasets import make_dataset
 from matchenv.geometry import iou
 
@@ -51,7 +51,7 @@ def test_the_three_noisy_mnist_agents_are_shipped():
 def test_export_for_inference_drops_the_optimizer_state_and_keeps_the_policy(tmp_path):
     import torch
 
-    from agents.ppo import load_trained_model
+    from matchenv.agents.ppo import load_trained_model
 
     out = export_for_inference(pretrained_path("cluttered-mnist"), tmp_path / "again.zip")
     a, b = load_trained_model(pretrained_path("cluttered-mnist")), load_trained_model(out)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents import pretrained
-from agents.script_args import (
+from matchenv.agents import pretrained
+from matchenv.agents.script_args import (
     checkpoint_flags,
     command_line,
     dataclass_parser,

@@ -162,7 +162,7 @@ def test_photograph_dataset_by_name_with_an_overview(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["dataset"] == "ManifestPairs" and summary["test_pairs"] >= 1
 
-    from agents.searcher import TemplateSearcher
+    from matchenv.agents.searcher import TemplateSearcher
 
     searcher = TemplateSearcher.load(tmp_path / "last.zip")
     assert searcher.channels == 3 and searcher.letterbox and searcher.overview_size == (32, 32)
@@ -196,7 +196,7 @@ def test_learn_shows_a_progress_bar():
     import gymnasium as gym
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents import SearchRecurrentPPO
+    from matchenv.agents import SearchRecurrentPPO
 
     venv = DummyVecEnv([lambda: gym.make("TemplateSearch-TranslatedMNIST-v0")])
     model = SearchRecurrentPPO("SearchLstmPolicy", venv, n_steps=16, batch_size=16, n_epochs=1, device="cpu", seed=0,
@@ -225,7 +225,7 @@ def test_an_earlier_run_is_never_replaced_by_accident(tiny_run, tmp_path):
 
 
 def test_a_live_runs_folder_is_locked_and_a_dead_runs_lock_is_not(tmp_path):
-    from agents.run_dir import LOCK_NAME, RunDir, RunDirError
+    from matchenv.agents.run_dir import LOCK_NAME, RunDir, RunDirError
 
     first = RunDir.claim(tmp_path / "run", default="unused")
     with pytest.raises(RunDirError, match=f"process {os.getpid()}"):
@@ -240,7 +240,7 @@ def test_a_live_runs_folder_is_locked_and_a_dead_runs_lock_is_not(tmp_path):
 
 
 def test_resume_into_another_runs_folder_is_refused_and_overwrite_clears_it(tiny_run, tmp_path):
-    from agents.run_dir import RunDir, RunDirError
+    from matchenv.agents.run_dir import RunDir, RunDirError
 
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other)

@@ -165,7 +165,7 @@ def one_torch_thread():
 def test_recurrent_ppo_trains_on_it(one_torch_thread):
     from sb3_contrib import RecurrentPPO
 
-    from agents import SearchFeaturesExtractor
+    from matchenv.agents import SearchFeaturesExtractor
 
     venv = make_vec_env("TemplateSearch-TranslatedMNIST-v0", num_envs=4, seed=0)
     model = RecurrentPPO(

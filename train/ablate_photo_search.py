@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import photo_search as training  # noqa: E402  (train/photo_search.py: its stages are the ablation's)
 
-from agents.photo_search import PhotoSearcher  # noqa: E402
-from agents.photo_search_net import PhotoSearchNet, WindowPolicy  # noqa: E402
+from matchenv.agents.photo_search import PhotoSearcher  # noqa: E402
+from matchenv.agents.photo_search_net import PhotoSearchNet, WindowPolicy  # noqa: E402
 from matchenv.datasets.two_views import TwoViewPhotos  # noqa: E402
 
 

@@ -10,7 +10,7 @@ Prints a markdown table of median timings over ``--repeats`` runs, per environme
 * the batched :class:`matchenv.vector.TemplateSearchVecEnv`, per env-step, and its speedup over
   ``DummyVecEnv`` (the median of the ratios measured in the same repeat);
 * for context, one RecurrentPPO ``MultiInputLstmPolicy`` forward pass (with
-  ``agents.SearchFeaturesExtractor``) on a batch of ``--num-envs`` observations and LSTM states,
+  ``matchenv.agents.SearchFeaturesExtractor``) on a batch of ``--num-envs`` observations and LSTM states,
   as in ``collect_rollouts``, per env-step.
 
 Usage::
@@ -140,7 +140,7 @@ def time_vec_env(venv: VecEnv, episodes: int, max_trials: int, seed: int) -> flo
 def make_policy(venv: VecEnv, seed: int):
     from sb3_contrib import RecurrentPPO
 
-    from agents import SearchFeaturesExtractor
+    from matchenv.agents import SearchFeaturesExtractor
 
     model = RecurrentPPO(
         "MultiInputLstmPolicy", venv, policy_kwargs={"features_extractor_class": SearchFeaturesExtractor}, seed=seed,

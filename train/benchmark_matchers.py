@@ -171,7 +171,7 @@ def make_method(name: str, features_checkpoint: Optional[str], data: "PairDatase
         (Noisy MNIST); the centre box's size is fitted on :data:`CENTRE_BOX_FIT_PAIRS` of its
         *training* pairs (seed 0).
     """
-    from agents.baselines import CentreBox, make_matcher
+    from matchenv.agents.baselines import CentreBox, make_matcher
 
     scale_range = data.scale_range
     if name.startswith("agent:"):
@@ -200,18 +200,18 @@ def scale_grid(scale_range: tuple[float, float], step: float = 2 ** 0.25) -> tup
     return tuple(round(v, 4) for v in sorted(down) + [1.0] + up)
 
 
-#: What ``look:<name or file>,key=value,...`` may set: :class:`~agents.multiscale_look.LookSearcher`'s target
+#: What ``look:<name or file>,key=value,...`` may set: :class:`~matchenv.agents.multiscale_look.LookSearcher`'s target
 #: range and its second look (``candidates=1``: none; ``closer_gap=inf``: for every query).
 LOOK_OPTIONS = ("smallest", "largest", "candidates", "closer_gap")
 #: What ``look-agent:<name or file>,key=value,...`` may set: the first look's target range
-#: (:class:`~agents.look_agent.LookAgentSearcher`).
+#: (:class:`~matchenv.agents.look_agent.LookAgentSearcher`).
 LOOK_AGENT_OPTIONS = ("smallest", "largest")
 #: What ``photo-search:<name or file>,key=value,...`` may set: the most windows compared
-#: (:class:`~agents.photo_search.PhotoSearcher`).
+#: (:class:`~matchenv.agents.photo_search.PhotoSearcher`).
 PHOTO_SEARCH_OPTIONS = ("windows",)
 #: What ``coarse-to-fine:<name or file>,key=value,...`` may set: how many of the coarse look's best
 #: cells the agent searches and the similarity that accepts the first answer (``accept=none``: never;
-#: :class:`~agents.coarse_to_fine.CoarseToFineSearcher`). A shipped proposer's defaults otherwise.
+#: :class:`~matchenv.agents.coarse_to_fine.CoarseToFineSearcher`). A shipped proposer's defaults otherwise.
 COARSE_TO_FINE_OPTIONS = ("candidates", "accept")
 
 
@@ -301,92 +301,85 @@ class LoadedModel:
         self.features = f"{self.searcher.kind} through matchenv.load"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
-        from agents.baselines.base import MatchResult
+        from matchenv.agents.baselines.base import MatchResult
 
         match = self.searcher.locate(query, reference)
         return MatchResult(box=match.box, score=match.score, evaluated=match.evaluated)
 
 
 class AgentMatcher:
-    """A trained searcher behind the matcher interface (one query at a time).
+    """A trained searcher, loaded through :func:`matchenv.load`, behind the matcher interface (one
+    query at a time). This class only turns the benchmark's method names into ``load`` calls.
 
     :param checkpoint: a ``train/ppo_lstm.py`` checkpoint, ``pretrained:<name>`` (a shipped agent),
         ``coarse-to-fine:<name or proposer file>`` (a shipped or trained coarse look with the
-        agent it names, :class:`~agents.coarse_to_fine.CoarseToFineSearcher`; its candidates may
+        agent it names, :class:`~matchenv.agents.coarse_to_fine.CoarseToFineSearcher`; its candidates may
         follow, :func:`coarse_to_fine_spec`: ``coarse-to-fine:mixed-mnist,candidates=1``), or
-        ``look:<name or look file>`` (a learned multi-scale look, :class:`~agents.multiscale_look.LookSearcher`;
+        ``look:<name or look file>`` (a learned multi-scale look, :class:`~matchenv.agents.multiscale_look.LookSearcher`;
         its target range may follow, :func:`look_spec`: ``look:photo,smallest=0.05``), or
-        ``look-agent:<name or agent file>`` (the photograph agent, :class:`~agents.look_agent.LookAgentSearcher`;
-        its first look's target range may follow, :func:`look_agent_spec`).
+        ``look-agent:<name or agent file>`` (the photograph agent, :class:`~matchenv.agents.look_agent.LookAgentSearcher`;
+        its first look's target range may follow, :func:`look_agent_spec`), or
+        ``photo-search:<name or file>`` (:class:`~matchenv.agents.photo_search.PhotoSearcher`, its
+        options may follow, :func:`photo_search_spec`).
     """
 
+    #: per prefix: how its spec is parsed, the kind of model it names (``matchenv.list_models(kind)``)
+    #: and the suffix of its shipped models' names there
+    PREFIXES = {"photo-search:": (photo_search_spec, "photo-search", ""), "look-agent:": (look_agent_spec, "look-agent", "-agent"),
+                "look:": (look_spec, "look", "-look"), "coarse-to-fine:": (coarse_to_fine_spec, "coarse-to-fine", "-large"),
+                "pretrained:": (pretrained_agent_spec, "agent", "")}
+    #: what the error messages call each kind and its files
+    KIND_NAMES = {"photo-search": ("photograph searcher", "file from train/photo_search.py"),
+                  "look-agent": ("photograph agent", "agent file from train/look_agent.py"),
+                  "look": ("look", "look file"), "coarse-to-fine": ("coarse look", "proposer file"),
+                  "agent": ("agent", "checkpoint")}
+
     def __init__(self, checkpoint: str) -> None:
-        from agents.coarse_to_fine import CoarseToFineSearcher
-        from agents.look_agent import LookAgentSearcher
-        from agents.multiscale_look import LookSearcher
-        from agents.pretrained import LOOK_AGENTS, LOOKS, PROPOSERS
-        from agents.searcher import TemplateSearcher
+        import matchenv
 
         self.name = agent_name(checkpoint)
-        spec = checkpoint.split(":", 1)[1] if ":" in checkpoint else checkpoint
-        if checkpoint.startswith("photo-search:"):
-            from agents.photo_search import PhotoSearcher
-            from agents.pretrained import PHOTO_SEARCHERS
-
-            spec, options = photo_search_spec(spec)
-            if spec not in PHOTO_SEARCHERS and not Path(spec).is_file():
-                raise FileNotFoundError(f"{spec!r} is neither a shipped photograph searcher ({', '.join(PHOTO_SEARCHERS)}) "
-                                        "nor a file from train/photo_search.py")
-            self.searcher = (PhotoSearcher.from_pretrained(spec, **options) if spec in PHOTO_SEARCHERS
-                             else PhotoSearcher.load(spec, **options))
-            self.features = (f"photograph search: {checkpoint} (runtime: {self.searcher.runtime.name}, "
-                             f"policy: {self.searcher.policy})")
-            return
-        if checkpoint.startswith("look-agent:"):
-            spec, options = look_agent_spec(spec)
-            if spec not in LOOK_AGENTS and not Path(spec).is_file():
-                raise FileNotFoundError(f"{spec!r} is neither a shipped photograph agent ({', '.join(LOOK_AGENTS)}) "
-                                        "nor an agent file from train/look_agent.py")
-            self.searcher = (LookAgentSearcher.from_pretrained(spec, **options) if spec in LOOK_AGENTS
-                             else LookAgentSearcher.load(spec, **options))
-            self.features = f"photograph agent: {checkpoint} (look runtime: {self.searcher.runtime})"
-            return
-        if checkpoint.startswith("look:"):
-            spec, options = look_spec(spec)
-            if spec not in LOOKS and not Path(spec).is_file():
-                raise FileNotFoundError(f"{spec!r} is neither a shipped look ({', '.join(LOOKS)}) nor a look file")
-            self.searcher = (LookSearcher.from_pretrained(spec, **options) if spec in LOOKS
-                             else LookSearcher.load(spec, **options))
-            self.features = f"learned look: {checkpoint} (runtime: {self.searcher.runtime})"
-            return
-        if checkpoint.startswith("coarse-to-fine:"):
-            spec, options = coarse_to_fine_spec(spec)
-            self.searcher = (CoarseToFineSearcher.from_pretrained(spec, **options) if spec in PROPOSERS
-                             else CoarseToFineSearcher.load(spec, **options))
-            agent, proposer = self.searcher.fine, f", proposer runtime: {self.searcher.runtime}"
-        elif checkpoint.startswith("pretrained:"):  # an agent shipped with matchenv, its refiner's steps may follow
-            spec, options = pretrained_agent_spec(spec)
-            steps = options.get("refine", 1)
+        prefix = next((p for p in self.PREFIXES if checkpoint.startswith(p)), "")
+        spec, options = checkpoint[len(prefix):], {}
+        if prefix:
+            parse, kind, suffix = self.PREFIXES[prefix]
+            spec, options = parse(spec)
+            names = [info.name[:len(info.name) - len(suffix)] for info in matchenv.list_models(kind)]
+            if spec in names:
+                spec += suffix
+            elif not Path(spec).is_file():
+                what, file = self.KIND_NAMES[kind]
+                raise FileNotFoundError(f"{spec!r} is neither a shipped {what} ({', '.join(names)}) nor a {file}")
+        if prefix == "pretrained:":  # refine=k: the shipped box refiner's steps (0: none)
+            steps = options.pop("refine", 1)
             if steps < 0:
                 raise ValueError(f"refine must be 0 (no refinement) or more steps, got {steps}")
-            self.searcher = agent = TemplateSearcher.from_pretrained(spec, refine=steps > 0, refine_steps=max(steps, 1))
-            proposer = ""
-        else:  # a checkpoint
-            self.searcher = agent = TemplateSearcher.load(checkpoint)
-            proposer = ""
-        refiner = ""
-        if getattr(agent, "refiner", None) is not None:
-            refiner = f", box refiner: {agent.refine_steps} step(s) in {agent.refiner_runtime}"
-        self.features = f"trained agent: {checkpoint} (CNN runtime: {agent.cnn_runtime}{proposer}{refiner})"
+            options.update(refine=steps > 0, refine_steps=max(steps, 1))
+        # threads=None: the benchmark sets the process's threads itself (one per method)
+        self.searcher = matchenv.load(spec, threads=None, **options)
+        self.features = f"{self.searcher.kind}: {checkpoint} ({runtime_description(self.searcher.model)})"
 
     def locate(self, query: np.ndarray, reference: np.ndarray):
-        from agents.baselines.base import MatchResult
+        from matchenv.agents.baselines.base import MatchResult
 
-        result = self.searcher.locate(query, reference)
-        # a look scores every position of its grid; an agent looks at its windows (a coarse-to-fine
-        # searcher: over all the crops it searched); the photograph search scores positions and windows
-        evaluated = getattr(result, "positions", None) or getattr(result, "windows", None) or len(result.path)
-        return MatchResult(box=result.box, score=result.score, evaluated=evaluated)
+        match = self.searcher.locate(query, reference)
+        return MatchResult(box=match.box, score=match.score, evaluated=match.evaluated)
+
+
+def runtime_description(model: Any) -> str:
+    """Where a loaded searcher runs its networks (for the benchmark's method table)."""
+    from matchenv.agents.coarse_to_fine import CoarseToFineSearcher
+
+    parts = []
+    if isinstance(model, CoarseToFineSearcher):
+        parts.append(f"proposer runtime: {model.runtime}")
+        model = model.fine
+    runtime = getattr(model, "cnn_runtime", None) or getattr(model, "runtime", None)
+    parts.insert(0, f"runtime: {getattr(runtime, 'name', runtime)}")
+    if getattr(model, "refiner", None) is not None:
+        parts.append(f"box refiner: {model.refine_steps} step(s) in {model.refiner_runtime}")
+    if getattr(model, "policy", None) is not None and isinstance(model.policy, str):
+        parts.append(f"policy: {model.policy}")
+    return ", ".join(parts)
 
 
 def make_pairs(dataset: str, n: int, dataset_kwargs: dict, first: int = 0):
@@ -710,7 +703,7 @@ def main() -> None:
                         help="index of the first test pair (e.g. 1000: pairs no earlier run has chosen anything on)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--methods", default=",".join(CONTROL_METHODS + CLASSIC_METHODS + FEATURE_METHODS),
-                        help="comma-separated matcher names (see agents.baselines.MATCHERS)")
+                        help="comma-separated matcher names (see matchenv.agents.baselines.MATCHERS)")
     parser.add_argument("--agent", action="append", default=[],
                         help="trained checkpoint, pretrained:<name>, coarse-to-fine:<name or proposer.pt>"
                              "[,candidates=N][,accept=F|none] (the CoarseToFineSearcher options of that name), or "
@@ -762,7 +755,7 @@ def main() -> None:
     plain_agents = [a for a in args.agent if not a.startswith(("coarse-to-fine:", "look:", "look-agent:", "photo-search:"))]
     features_checkpoint = args.features_checkpoint or (plain_agents[0] if plain_agents else None)
     if features_checkpoint and features_checkpoint.startswith("pretrained:"):
-        from agents.pretrained import pretrained_path
+        from matchenv.agents.pretrained import pretrained_path
 
         features_checkpoint = str(pretrained_path(pretrained_agent_spec(features_checkpoint.split(":", 1)[1])[0]))
     methods = [m for m in args.methods.split(",") if m]

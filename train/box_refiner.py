@@ -37,12 +37,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from agents.box_refiner import (BoxRefiner, RefinerConfig, box_deltas, context_crop, refine_boxes, save_refiner_file,
+from matchenv.agents.box_refiner import (BoxRefiner, RefinerConfig, box_deltas, context_crop, refine_boxes, save_refiner_file,
                                 to_tensor)
-from agents.model_files import write_model_file
-from agents.script_args import (checkpoint_flags, checkpoint_state, command_line, dataclass_parser, json_object_arg,
+from matchenv.agents.model_files import write_model_file
+from matchenv.agents.script_args import (checkpoint_flags, checkpoint_state, command_line, dataclass_parser, json_object_arg,
                                 parse_dataclass_args, photo_dataset, restore_checkpoint, resume_checkpoint, start_run)
-from agents.searcher import TemplateSearcher
+from matchenv.agents.searcher import TemplateSearcher
 from matchenv.datasets.base import PairDataset
 from matchenv.geometry import iou, letterbox
 

@@ -38,11 +38,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from agents.coarse_to_fine import CoarseProposer, CoarseToFineSearcher, save_proposer_file, target_cell, to_unit_range
-from agents.model_files import write_model_file
-from agents.script_args import (checkpoint_state, command_line, dataclass_parser, json_object_arg, parse_dataclass_args,
+from matchenv.agents.coarse_to_fine import CoarseProposer, CoarseToFineSearcher, save_proposer_file, target_cell, to_unit_range
+from matchenv.agents.model_files import write_model_file
+from matchenv.agents.script_args import (checkpoint_state, command_line, dataclass_parser, json_object_arg, parse_dataclass_args,
                                 restore_checkpoint, resume_checkpoint, start_run)
-from agents.searcher import TemplateSearcher
+from matchenv.agents.searcher import TemplateSearcher
 from matchenv.datasets import make_dataset
 from matchenv.datasets.noisy_mnist import canvas_kwargs
 from matchenv.geometry import iou

@@ -115,9 +115,10 @@ def serve(job: dict[str, Any]) -> None:
         out.write(json.dumps({"error": f"{type(err).__name__}: {err}"}) + "\n")
         out.flush()
         return
-    import agents  # which checkout's code this worker runs (reported, so that it can be checked)
-
-    code = str(Path(agents.__file__).parent.parent)
+    # Which checkout's code this worker runs (reported, so that it can be checked): its agents
+    # package, matchenv.agents (or a top-level agents in checkouts from before it moved).
+    agents_package = sys.modules.get("matchenv.agents") or sys.modules.get("agents")
+    code = str(Path(agents_package.__file__).parent.parent) if agents_package else "?"
     out.write(json.dumps({"ready": getattr(method, "name", job["method"]), "pairs": len(pairs), "code": code}) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -146,10 +147,14 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         # This file's serve(), loaded by path, drives the checkout's own modules: its
         # benchmark_matchers (how its benchmark builds and calls a method), agents and matchenv.
+        # The checkout's agents/ folder is its matchenv.agents (setup.py maps it so when installed;
+        # here matchenv's search path gets the checkout, or the installed checkout's would load).
         code = ("import importlib.util, json, sys; sys.path[:0] = {paths!r}; "
+                "import matchenv; matchenv.__path__.append({checkout!r}); "
                 "spec = importlib.util.spec_from_file_location('compare_speed_worker', {file!r}); "
                 "worker = sys.modules['compare_speed_worker'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(worker); "
-                "worker.serve(json.loads(sys.argv[1]))").format(paths=paths, file=str(Path(__file__).resolve()))
+                "worker.serve(json.loads(sys.argv[1]))").format(paths=paths, checkout=str(contender.checkout),
+                                                                 file=str(Path(__file__).resolve()))
         self.process = subprocess.Popen([sys.executable, "-c", code, json.dumps({**job, "method": contender.method})],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         first = self._read()

@@ -15,7 +15,7 @@ import argparse
 
 import gymnasium as gym
 import matchenv
-from agents.teacher import env_target_action
+from matchenv.agents.teacher import env_target_action
 from matchenv.rendering import save_frames
 
 

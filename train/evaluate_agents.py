@@ -3,7 +3,7 @@
     MATCHENV_DATA=/path/to/mnist python train/evaluate_agents.py      # the shipped Noisy MNIST agents
     python train/evaluate_agents.py --agent runs/mixed/last.zip --dataset MixedMNIST --pairs 2000
 
-For each agent, through the inference API (:class:`agents.searcher.TemplateSearcher`, not SB3's
+For each agent, through the inference API (:class:`matchenv.agents.searcher.TemplateSearcher`, not SB3's
 ``predict``), each agent in a fresh process:
 
 * **accuracy**: success (IoU > 0.5 of the final window, T = the agent's trial limit) and mean IoU
@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.pretrained import PRETRAINED
-from agents.searcher import TemplateSearcher
+from matchenv.agents.pretrained import PRETRAINED
+from matchenv.agents.searcher import TemplateSearcher
 from benchmark_matchers import SPEED_GAUGE, gauge_note, in_fresh_process, machine_description, make_pairs, speed_gauge_ms
 from matchenv.geometry import iou
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.look_agent import (
+from matchenv.agents.look_agent import (
     LookAgentConfig,
     LookAgentPolicy,
     LookAgentSearcher,
@@ -52,12 +52,12 @@ from agents.look_agent import (
     rollout,
     save_look_agent_file,
 )
-from agents.model_files import write_model_file
-from agents.multiscale_look import LookSearcher
-from agents.script_args import (checkpoint_flags, checkpoint_state, command_line, dataclass_parser, json_object_arg,
+from matchenv.agents.model_files import write_model_file
+from matchenv.agents.multiscale_look import LookSearcher
+from matchenv.agents.script_args import (checkpoint_flags, checkpoint_state, command_line, dataclass_parser, json_object_arg,
                                 parse_dataclass_args, photo_dataset, require_at_least, restore_checkpoint,
                                 resume_checkpoint, start_run)
-from agents.searcher import prepare_image
+from matchenv.agents.searcher import prepare_image
 from matchenv.datasets.base import PairDataset
 from matchenv.geometry import iou
 

@@ -16,7 +16,7 @@ photograph dataset with templates (``--dataset``, e.g. FlickrLogos-27's labelled
 
 1. data: ``--train-pairs`` pairs from the training images, seeded by ``--seed``; each becomes the
    query's canvas and ``--crop``-pixel crops of the reference at the target's level and
-   ``--level-offsets`` around it (:func:`~agents.look_training.training_sample`), kept as uint8;
+   ``--level-offsets`` around it (:func:`~matchenv.agents.look_training.training_sample`), kept as uint8;
 2. training: softmax cross-entropy over every position of every level of a pair (one right
    answer: the target's position at its level), Adam with one-cycle learning-rate decay; a
    checkpoint (``last.pt``, with the optimizer) after every epoch, so a crash loses one epoch;
@@ -40,12 +40,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from agents.look_files import config_dict, load_look_file, save_look_file
-from agents.look_network import LookConfig, MultiScaleLook
-from agents.look_training import training_sample
-from agents.model_files import write_model_file
-from agents.multiscale_look import LookSearcher
-from agents.script_args import (checkpoint_state, command_line, dataclass_parser, json_object_arg, parse_dataclass_args,
+from matchenv.agents.look_files import config_dict, load_look_file, save_look_file
+from matchenv.agents.look_network import LookConfig, MultiScaleLook
+from matchenv.agents.look_training import training_sample
+from matchenv.agents.model_files import write_model_file
+from matchenv.agents.multiscale_look import LookSearcher
+from matchenv.agents.script_args import (checkpoint_state, command_line, dataclass_parser, json_object_arg, parse_dataclass_args,
                                 photo_dataset, restore_checkpoint, resume_checkpoint, start_run)
 from matchenv.datasets.base import PairDataset
 from matchenv.geometry import iou
@@ -103,7 +103,7 @@ def channels_first(images: torch.Tensor) -> torch.Tensor:
 
 def evaluate(look: MultiScaleLook, data: PairDataset, pairs: int) -> dict:
     """Success (IoU > 0.5) and mean IoU of the search on the first test pairs, as
-    :class:`~agents.multiscale_look.LookSearcher` searches by default (second look included)."""
+    :class:`~matchenv.agents.multiscale_look.LookSearcher` searches by default (second look included)."""
     searcher = LookSearcher(look, threads=1)
     ious = []
     pairs = min(pairs, data.test_size)

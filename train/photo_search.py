@@ -61,10 +61,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from agents.model_files import write_model_file
-from agents.photo_search import PhotoSearcher, resized, save_photo_search_file, verifier_size
-from agents.photo_search_net import PhotoSearchConfig, PhotoSearchNet, WindowPolicy, cosine_map
-from agents.script_args import (checkpoint_flags, command_line, dataclass_parser, json_object_arg, parse_dataclass_args,
+from matchenv.agents.model_files import write_model_file
+from matchenv.agents.photo_search import PhotoSearcher, resized, save_photo_search_file, verifier_size
+from matchenv.agents.photo_search_net import PhotoSearchConfig, PhotoSearchNet, WindowPolicy, cosine_map
+from matchenv.agents.script_args import (checkpoint_flags, command_line, dataclass_parser, json_object_arg, parse_dataclass_args,
                                 require_at_least, resume_checkpoint)
 from matchenv.datasets import make_dataset
 from matchenv.datasets.base import PairDataset, SearchPair

@@ -56,11 +56,11 @@ from stable_baselines3.common.utils import set_random_seed
 from tqdm import tqdm
 
 import matchenv
-from agents.imitation import DAggerTrainer, ImitationConfig
-from agents.ppo import SearchRecurrentPPO, search_config_of
-from agents.rollout import EpisodeBatch, run_episodes
-from agents.run_dir import RunDir, RunDirError, write_json_atomic
-from agents.script_args import dataclass_parser, json_object_arg, parse_dataclass_args
+from matchenv.agents.imitation import DAggerTrainer, ImitationConfig
+from matchenv.agents.ppo import SearchRecurrentPPO, search_config_of
+from matchenv.agents.rollout import EpisodeBatch, run_episodes
+from matchenv.agents.run_dir import RunDir, RunDirError, write_json_atomic
+from matchenv.agents.script_args import dataclass_parser, json_object_arg, parse_dataclass_args
 from matchenv.datasets import EVALUATION_ONLY
 from matchenv.rendering import frame_strip, render_search, save_frames
 from matchenv.vector import make_vec_env

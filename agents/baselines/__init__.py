@@ -17,14 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from agents.baselines.base import CostlyMatchWarning, Matcher, MatchResult, check_pair
-from agents.baselines.bbs import BBS
-from agents.baselines.ddis import DDIS
-from agents.baselines.embedding import UNTRAINED, EmbeddingSlidingWindow
-from agents.baselines.mtm import MTMMatcher
-from agents.baselines.ncc import DEFAULT_SCALES, OpenCVMatcher
-from agents.baselines.prior import CentreBox
-from agents.baselines.qatm import QATMMatcher
+from matchenv.agents.baselines.base import CostlyMatchWarning, Matcher, MatchResult, check_pair
+from matchenv.agents.baselines.bbs import BBS
+from matchenv.agents.baselines.ddis import DDIS
+from matchenv.agents.baselines.embedding import UNTRAINED, EmbeddingSlidingWindow
+from matchenv.agents.baselines.mtm import MTMMatcher
+from matchenv.agents.baselines.ncc import DEFAULT_SCALES, OpenCVMatcher
+from matchenv.agents.baselines.prior import CentreBox
+from matchenv.agents.baselines.qatm import QATMMatcher
 
 
 def _ncc(**kwargs: Any) -> Matcher:

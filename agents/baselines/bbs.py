@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.baselines.base import ScoreMapMatcher, check_pair
+from matchenv.agents.baselines.base import ScoreMapMatcher, check_pair
 
 #: Distances are computed in squared grey levels (intensities 0..255, exact integers, see
 #: :func:`_appearance`) instead of the papers' [0, 1] units: the spatial term is multiplied by
@@ -77,7 +77,7 @@ class BBS(ScoreMapMatcher):
 
     A pair expected to take more than 30 s or 1 GiB (the number of windows times the work per
     window: :meth:`expected_cost`, the module docstring's **Cost**) gets a
-    :class:`~agents.baselines.base.CostlyMatchWarning` first, once per matcher; the scores are the same.
+    :class:`~matchenv.agents.baselines.base.CostlyMatchWarning` first, once per matcher; the scores are the same.
     """
 
     name = "bbs"

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.baselines.base import ScoreMapMatcher, check_pair
-from agents.baselines.bbs import _fit, _ranges, _to_tensor  # shared tiling / conversion helpers
+from matchenv.agents.baselines.base import ScoreMapMatcher, check_pair
+from matchenv.agents.baselines.bbs import _fit, _ranges, _to_tensor  # shared tiling / conversion helpers
 
 PATCH = 3  #: side of the dense patches the features are made of, in pixels (the paper's 3x3)
 #: Rough cost per window and template point (``|T|`` per window, the NN field included), one CPU
@@ -65,7 +65,7 @@ class DDIS(ScoreMapMatcher):
 
     A pair expected to take more than 30 s or 1 GiB (the number of windows times the work per
     window: :meth:`expected_cost`, the module docstring's **Cost**) gets a
-    :class:`~agents.baselines.base.CostlyMatchWarning` first, once per matcher; the scores are the same.
+    :class:`~matchenv.agents.baselines.base.CostlyMatchWarning` first, once per matcher; the scores are the same.
     """
 
     name = "ddis"

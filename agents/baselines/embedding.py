@@ -8,7 +8,7 @@ agent cannot beat it by having better features, only by being cheaper. It is the
 matching of Bromley et al., "Signature Verification using a Siamese Time Delay Neural Network",
 NIPS 1993 (shared weights, distance of embeddings), applied as a sliding window.
 
-Shared helpers for matchers built on the agent's CNN (:mod:`agents.baselines.qatm` uses them) live
+Shared helpers for matchers built on the agent's CNN (:mod:`matchenv.agents.baselines.qatm` uses them) live
 here too: loading a trained checkpoint, and turning images into the CNN's input.
 """
 
@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import torch
 
-from agents.baselines.base import Matcher, MatchResult, check_pair
-from agents.siamese import SiameseCNN
+from matchenv.agents.baselines.base import Matcher, MatchResult, check_pair
+from matchenv.agents.siamese import SiameseCNN
 from matchenv.geometry import resize_image
 
 #: :attr:`features` label of a matcher built on a CNN that did not come from a trained checkpoint.
@@ -34,13 +34,13 @@ DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def load_agent_policy(path: Union[str, Path], device: str = "cpu"):
-    """Load the :class:`~agents.policy.SearchLstmPolicy` of a checkpoint written by ``train/ppo_lstm.py``.
+    """Load the :class:`~matchenv.agents.policy.SearchLstmPolicy` of a checkpoint written by ``train/ppo_lstm.py``.
 
     :param path: ``best.zip`` / ``last.zip`` of a training run.
     :return: the policy (in eval mode) on ``device``.
     :raises FileNotFoundError: when ``path`` does not exist.
     """
-    from agents.ppo import load_trained_model  # heavy (sb3-contrib): only when a checkpoint is loaded
+    from matchenv.agents.ppo import load_trained_model  # heavy (sb3-contrib): only when a checkpoint is loaded
 
     return load_trained_model(path, device=device).policy.eval()
 
@@ -48,7 +48,7 @@ def load_agent_policy(path: Union[str, Path], device: str = "cpu"):
 def cnn_input(image: np.ndarray, in_channels: int, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
     """A channel-last uint8 image as the siamese CNN's input.
 
-    :param image: ``(H, W, 1|3)`` uint8 (as returned by :func:`~agents.baselines.base.check_pair`).
+    :param image: ``(H, W, 1|3)`` uint8 (as returned by :func:`~matchenv.agents.baselines.base.check_pair`).
     :param in_channels: the CNN's input channels: colour is converted with ``BGR2GRAY`` for a
         grayscale CNN, grayscale repeated for a colour one.
     :return: ``(1, in_channels, H, W)`` float32 in ``[0, 1]``: SB3 divides uint8 observations by
@@ -69,7 +69,7 @@ class EmbeddingSlidingWindow(Matcher):
 
     Every window of the query's size (every ``stride`` pixels) is embedded with ``cnn`` and
     compared with the query's embedding, by Euclidean distance or by ``match_distance`` (the
-    policy's contrastive match head, :meth:`~agents.policy.SearchLstmPolicy.match_distance`).
+    policy's contrastive match head, :meth:`~matchenv.agents.policy.SearchLstmPolicy.match_distance`).
     The answer is the window of least distance; ``score = -distance``.
 
     The CNN sees what the agent sees: images at its input resolution ``input_size``. A query of

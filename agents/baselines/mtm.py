@@ -22,7 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agents.baselines.base import Matcher, MatchResult, check_pair
+from matchenv.agents.baselines.base import Matcher, MatchResult, check_pair
 
 #: Rough cost of MTM per reference pixel and intensity bin, one CPU thread (a correlation per bin;
 #: measured: 0.7 s for 1000x1000 and a 28x28 query, 48 s for 6000x6000, where memory traffic dominates).
@@ -51,7 +51,7 @@ class MTMMatcher(Matcher):
 
     Cost: ``k`` correlations of the reference and about 100 bytes per reference pixel; a
     reference expected to take more than 30 s or 1 GiB (about 3000x3000 px) gets a
-    :class:`~agents.baselines.base.CostlyMatchWarning` first.
+    :class:`~matchenv.agents.baselines.base.CostlyMatchWarning` first.
     """
 
     name = "mtm"

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from agents.baselines.base import MIN_QUERY_SIDE, Matcher, MatchResult, check_pair
+from matchenv.agents.baselines.base import MIN_QUERY_SIDE, Matcher, MatchResult, check_pair
 from matchenv.geometry import resize_image
 
 #: ``method`` name -> (OpenCV flag, benchmark name, whether lower scores are better).
@@ -66,7 +66,7 @@ class OpenCVMatcher(Matcher):
         :param reference: ``(H, W[, C])`` uint8 image at least as large as the query.
         :return: the best window over all positions (and scales), as a box in reference pixels;
             ``evaluated`` is the number of positions scored, summed over the scales tried.
-        :raises ValueError: for invalid images (see :func:`~agents.baselines.base.check_pair`) or
+        :raises ValueError: for invalid images (see :func:`~matchenv.agents.baselines.base.check_pair`) or
             when no scale of the query fits in the reference.
         """
         q, r = check_pair(query, reference)

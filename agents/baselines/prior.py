@@ -16,7 +16,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from agents.baselines.base import Matcher, MatchResult, check_pair
+from matchenv.agents.baselines.base import Matcher, MatchResult, check_pair
 from matchenv.datasets.base import SearchPair
 from matchenv.datasets.photos import nominal_window
 from matchenv.geometry import iou

@@ -31,13 +31,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.baselines.base import Matcher, MatchResult, check_pair
-from agents.baselines.embedding import UNTRAINED, cnn_input, load_agent_policy
-from agents.siamese import SiameseCNN
+from matchenv.agents.baselines.base import Matcher, MatchResult, check_pair
+from matchenv.agents.baselines.embedding import UNTRAINED, cnn_input, load_agent_policy
+from matchenv.agents.siamese import SiameseCNN
 
 
 class SiameseTrunk(nn.Module):
-    """The first ``layer`` Conv-ReLU pairs of a :class:`~agents.siamese.SiameseCNN`, on channel-last
+    """The first ``layer`` Conv-ReLU pairs of a :class:`~matchenv.agents.siamese.SiameseCNN`, on channel-last
     uint8 images; :attr:`stride` and :attr:`offset` place feature ``i`` on pixel ``stride * i + offset``."""
 
     def __init__(self, cnn: SiameseCNN, layer: int, device: Union[str, torch.device] = "cpu") -> None:
@@ -59,13 +59,13 @@ class SiameseTrunk(nn.Module):
 
 class ImageNetTrunk(nn.Module):
     """ImageNet-pretrained EfficientNet-Lite0, its stem and first ``blocks`` blocks
-    (:mod:`agents.efficientnet_lite`), on RGB uint8 images: the training-free deep features that
+    (:mod:`matchenv.agents.efficientnet_lite`), on RGB uint8 images: the training-free deep features that
     QATM was published with (the paper used VGG-19; Lite0 is the small ImageNet network a ``pip``
     install brings here)."""
 
     def __init__(self, blocks: int = 3) -> None:
         super().__init__()
-        from agents.efficientnet_lite import pretrained_lite_features
+        from matchenv.agents.efficientnet_lite import pretrained_lite_features
 
         self.net = pretrained_lite_features(blocks)
         self.layer = int(blocks)
@@ -74,8 +74,8 @@ class ImageNetTrunk(nn.Module):
 
     def forward(self, image: np.ndarray) -> torch.Tensor:
         """``(H, W, C)`` uint8 RGB -> ``(C', H', W')`` features (edges replicated, see
-        :func:`~agents.efficientnet_lite.padded_features`)."""
-        from agents.efficientnet_lite import lite_input, padded_features
+        :func:`~matchenv.agents.efficientnet_lite.padded_features`)."""
+        from matchenv.agents.efficientnet_lite import lite_input, padded_features
 
         if image.shape[2] == 1:
             image = np.repeat(image, 3, axis=2)
@@ -94,7 +94,7 @@ def conv_geometry(convs: list[nn.Conv2d]) -> tuple[float, float]:
 
 
 class QATMMatcher(Matcher):
-    """QATM over a feature map: the agent's :class:`~agents.siamese.SiameseCNN`, or ImageNet features.
+    """QATM over a feature map: the agent's :class:`~matchenv.agents.siamese.SiameseCNN`, or ImageNet features.
 
     Steps, for a ``(h, w)`` query and ``(H, W)`` reference, both fed to the features at full
     resolution (the networks are fully convolutional):
@@ -115,7 +115,7 @@ class QATMMatcher(Matcher):
     ``(H - h + 1) * (W - w + 1)``.
 
     Use :meth:`from_checkpoint` (the trained agent's CNN) or :meth:`imagenet` (training-free, as
-    the paper). A CNN passed to the constructor is labelled :data:`~agents.baselines.embedding.UNTRAINED`
+    the paper). A CNN passed to the constructor is labelled :data:`~matchenv.agents.baselines.embedding.UNTRAINED`
     in :attr:`features` unless the caller says otherwise; such results test the mechanics only.
 
     :param cnn: the siamese CNN (its ``convs``, Conv-ReLU pairs, are used, not its pooling), or a

@@ -1,6 +1,6 @@
 """Agents shipped with matchenv (small files in this folder) and how each was made.
 
-    from agents.searcher import TemplateSearcher
+    from matchenv.agents.searcher import TemplateSearcher
 
     searcher = TemplateSearcher.from_pretrained("flickrlogos27")
 
@@ -76,7 +76,7 @@ PRETRAINED: dict[str, PretrainedAgent] = {
 
 @dataclass(frozen=True)
 class PretrainedProposer:
-    """A shipped coarse look for :class:`~agents.coarse_to_fine.CoarseToFineSearcher`: its file
+    """A shipped coarse look for :class:`~matchenv.agents.coarse_to_fine.CoarseToFineSearcher`: its file
     in this folder (which names the shipped agent it feeds), what it is for, how it was trained,
     and how the searcher uses it by default: how many of its best cells the agent searches
     (``candidates``), the similarity at which the first search's answer is accepted without
@@ -128,8 +128,8 @@ PROPOSERS: dict[str, PretrainedProposer] = {
 
 @dataclass(frozen=True)
 class PretrainedLook:
-    """A shipped learned multi-scale look (:class:`~agents.multiscale_look.LookSearcher`) or
-    photograph agent (:class:`~agents.look_agent.LookAgentSearcher`): its file in this folder,
+    """A shipped learned multi-scale look (:class:`~matchenv.agents.multiscale_look.LookSearcher`) or
+    photograph agent (:class:`~matchenv.agents.look_agent.LookAgentSearcher`): its file in this folder,
     what it is for, how it was trained."""
 
     filename: str
@@ -178,7 +178,7 @@ PHOTO_SEARCHERS: dict[str, PretrainedLook] = {
 NOT_SHIPPED: dict[str, str] = {
     "photo": "the photograph searcher is not a TemplateSearcher agent: it compares windows with ImageNet-initialised "
     "features (a pixel-level siamese CNN trained from scratch by self-supervised reinforcement learning did not learn "
-    "to localise, about 0.01 test success). Load it with agents.photo_search.PhotoSearcher.from_pretrained('photo'); "
+    "to localise, about 0.01 test success). Load it with matchenv.agents.photo_search.PhotoSearcher.from_pretrained('photo'); "
     "for logos use 'flickrlogos27'",
 }
 
@@ -264,7 +264,7 @@ def export_for_inference(checkpoint: Union[str, "os.PathLike[str]"], out: Union[
     The result loads with ``SearchRecurrentPPO.load`` / ``TemplateSearcher.load`` as usual; training
     it further starts the optimizer afresh.
     """
-    from agents.ppo import load_trained_model
+    from matchenv.agents.ppo import load_trained_model
 
     model = load_trained_model(checkpoint)
     policy = model.policy
