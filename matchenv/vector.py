@@ -170,14 +170,14 @@ class TemplateSearchVecEnv(VecEnv):
         obs = {key: parts[key] for key in self._keys}
 
         info_boxes = boxes.copy()  # the infos and the envs' window lists must not share arrays
-        ious, trials, scales, centers = overlap.tolist(), trial.tolist(), scale.tolist(), self._center.tolist()
+        ious, trials = overlap.tolist(), trial.tolist()
         done_list = terminated.tolist()
         extras = self._per_env_extras
         infos: list[dict[str, Any]] = []
         for i, env in enumerate(self.envs):
             # Mirror the step into the environment: the state TemplateSearchEnv.step would have left.
-            env._center = tuple(centers[i])
-            env._scale = scales[i]
+            env._centre = self._center[i:i + 1]  # (1, 2) and (1,): rows of arrays this step made anew
+            env._scale = scale[i:i + 1]
             env._trial = trials[i]
             env._last_iou = ious[i]
             env._windows.append(boxes[i])
@@ -274,8 +274,8 @@ class TemplateSearchVecEnv(VecEnv):
             t = self._target[i]
             self._target_area[i] = max(t[2] - t[0], 0.0) * max(t[3] - t[1], 0.0)
             self._win[i] = env.window_size[1], env.window_size[0]  # photograph pairs carry their own
-            self._center[i] = env._center
-            self._scale[i] = env._scale
+            self._center[i] = env._centre[0]
+            self._scale[i] = env._scale[0]
             self._trial[i] = env._trial
             self._last_iou[i] = env._last_iou
             self._query[i] = env._query_obs

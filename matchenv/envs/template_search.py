@@ -230,8 +230,11 @@ class TemplateSearchEnv(gym.Env):
         self._query_obs: Optional[np.ndarray] = None
         self._windows: list[np.ndarray] = []
         self._trial = 0
-        self._center = (0.0, 0.0)
-        self._scale = 1.0
+        # the window's state as the batched geometry takes it, a batch of one: (1, 2) centre (x, y)
+        # and (1,) scale; the reference's and the nominal window's (1, 2) (width, height)
+        self._centre = np.zeros((1, 2))
+        self._scale = np.ones(1)
+        self._image_wh = self._window_wh = np.ones((1, 2))
         self._last_iou = 0.0
         self._viewer = None
 
@@ -262,8 +265,10 @@ class TemplateSearchEnv(gym.Env):
             whole = letterbox if self.letterbox else resize_image
             self._overview_obs = np.ascontiguousarray(whole(pair.reference, self.overview_size).transpose(2, 0, 1))
         self._trial = 0
-        self._center = (img_w / 2.0, img_h / 2.0)
-        self._scale = 1.0
+        self._image_wh = np.array([[img_w, img_h]], dtype=np.float64)
+        self._window_wh = np.array([[self.window_size[1], self.window_size[0]]], dtype=np.float64)
+        self._centre = self._image_wh / 2.0
+        self._scale = np.ones(1)
         self._last_iou = 0.0
         self._windows = []
         full = np.array([0.0, 0.0, img_w, img_h])
@@ -282,17 +287,13 @@ class TemplateSearchEnv(gym.Env):
         if self._trial >= self.max_trials:
             raise RuntimeError(f"the episode ended after {self.max_trials} trials: call reset() to start a new one")
         pair = self._pair
-        img_h, img_w = pair.reference.shape[:2]
         # The batched geometry (matchenv.geometry, WindowAction.move) on a batch of one window.
-        image_wh = np.array([[img_w, img_h]], dtype=np.float64)
-        window_wh = np.array([[self.window_size[1], self.window_size[0]]], dtype=np.float64)
-        centre, scale = self.window_action.move(self.window_action.check(action)[None], np.array([self._center], np.float64),
-                                                np.array([self._scale], np.float64), image_wh, window_wh)
-        scale = float(scale[0])
-        box = np.concatenate(place_windows(centre, window_wh * scale, image_wh), axis=1)[0]
+        centre, self._scale = self.window_action.move(self.window_action.check(action)[None], self._centre, self._scale,
+                                                      self._image_wh, self._window_wh)
+        p0, p1 = place_windows(centre, self._window_wh * self._scale[:, None], self._image_wh)
         # Keep the state at the placed window, so relative moves start from what the agent saw.
-        self._center = ((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0)
-        self._scale = scale
+        self._centre = (p0 + p1) / 2.0
+        box = np.concatenate([p0[0], p1[0]])
         self._trial += 1
         self._windows.append(box)
 
@@ -396,8 +397,7 @@ class TemplateSearchEnv(gym.Env):
 
     # ------------------------------------------------------------------ internals
     def _observation(self, window: np.ndarray, box: np.ndarray) -> dict[str, np.ndarray]:
-        img_h, img_w = self._pair.reference.shape[:2]
-        location = window_locations(box[:2], box[2:], np.array([img_w, img_h], dtype=np.float64)).astype(np.float32)
+        location = window_locations(box[:2], box[2:], self._image_wh[0]).astype(np.float32)
         trials_left = np.array([(self.max_trials - self._trial) / self.max_trials], dtype=np.float32)
         window_obs = self._to_obs_image(window)
         # A fresh query array per step: callers may keep or modify what they are given.
