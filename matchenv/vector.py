@@ -34,6 +34,7 @@ results are identical to the single environment); ``render_mode="human"`` draws 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -378,12 +379,17 @@ def _action_params(window_action) -> tuple:
     )
 
 
+#: what :func:`make_vec_env` can build
+VEC_ENV_KINDS = ("batched", "dummy", "subproc")
+
+
 def make_vec_env(
     env_id: str = "TemplateSearch-v0",
     num_envs: int = 1,
     seed: Optional[int] = None,
     batched: bool = True,
     monitor: bool = True,
+    kind: Optional[str] = None,
     **env_kwargs: Any,
 ) -> VecEnv:
     """``num_envs`` TemplateSearch environments as an SB3 ``VecEnv``.
@@ -391,13 +397,20 @@ def make_vec_env(
     :param env_id: a registered id (:data:`matchenv.ENV_IDS`).
     :param num_envs: number of environments.
     :param seed: environment ``i`` is seeded with ``seed + i`` at the first reset (and its action space too).
-    :param batched: :class:`TemplateSearchVecEnv` if true, else SB3's ``DummyVecEnv`` of ``gym.make`` envs
-        (the reference implementation; same episodes for the same seed).
+    :param batched: ``kind="batched"`` if true, else ``"dummy"`` (when ``kind`` is not given).
     :param monitor: record episode returns and lengths in ``info["episode"]`` (``VecMonitor`` around
         the batched VecEnv, SB3's ``Monitor`` per env otherwise), as SB3's own ``make_vec_env`` does.
+    :param kind: ``"batched"``: :class:`TemplateSearchVecEnv`, every env stepped at once in this
+        process (the fastest on one core); ``"dummy"``: SB3's ``DummyVecEnv`` of ``gym.make`` envs
+        (the reference implementation; same episodes for the same seed); ``"subproc"``: SB3's
+        ``SubprocVecEnv``, each env in its own process (``forkserver``), for machines with cores
+        to spare (same episodes for the same seed too).
     :param env_kwargs: :class:`TemplateSearchEnv` arguments.
     """
-    if batched:
+    kind = kind or ("batched" if batched else "dummy")
+    if kind not in VEC_ENV_KINDS:
+        raise ValueError(f"kind must be one of {VEC_ENV_KINDS}, got {kind!r}")
+    if kind == "batched":
         venv = TemplateSearchVecEnv(num_envs, env_id, seed=seed, **env_kwargs)
         if seed is not None:
             for i, env in enumerate(venv.envs):
@@ -405,15 +418,20 @@ def make_vec_env(
         return VecMonitor(venv) if monitor else venv
 
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv
 
+    vec_env_cls = DummyVecEnv if kind == "dummy" else SubprocVecEnv
+    if kind == "subproc" and ":" not in env_id:
+        env_id = f"matchenv:{env_id}"  # a fresh worker process imports matchenv (which registers the ids) first
     if monitor:
-        return sb3_make_vec_env(env_id, n_envs=num_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
-    venv = DummyVecEnv([lambda: gym.make(env_id, **env_kwargs) for _ in range(num_envs)])
+        # SB3 seeds env i with seed + i at the first reset, and its action space
+        return sb3_make_vec_env(env_id, n_envs=num_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=vec_env_cls)
+    venv = vec_env_cls([functools.partial(gym.make, env_id, **env_kwargs) for _ in range(num_envs)])
     if seed is not None:
         venv.seed(seed)
-        for i, env in enumerate(venv.envs):
+        for i, env in enumerate(getattr(venv, "envs", [])):  # (a subprocess's env is not reachable)
             env.action_space.seed(seed + i)
     return venv
 
 
-__all__ = ["TemplateSearchVecEnv", "env_kwargs_for", "make_vec_env"]
+__all__ = ["VEC_ENV_KINDS", "TemplateSearchVecEnv", "env_kwargs_for", "make_vec_env"]

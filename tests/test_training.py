@@ -311,6 +311,19 @@ def test_an_imitation_resume_does_not_burst_evaluations(tiny_run, tmp_path):
     assert len(new) <= 2, new  # the one at the end of imitation (and the final one), not one per iteration
 
 
+def test_ppo_collects_from_subprocesses_as_from_the_batched_env(tmp_path):
+    """--vec-env subproc (SB3's SubprocVecEnv, one process per env) trains, with the same episodes:
+    PPO alone from the same seed reaches the same test result as with the batched env."""
+    results = {}
+    for kind in ("batched", "subproc"):
+        out = tmp_path / kind
+        check_ok(train(*TINY, "--no-imitation", "--vec-env", kind, "--render-pairs", "0", "--out-dir", str(out)))
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["args"]["vec_env"] == kind and summary["ppo_steps"] >= 256
+        results[kind] = summary["final"]
+    assert results["subproc"] == results["batched"]
+
+
 def test_render_pairs_zero_finishes(tmp_path):
     proc = train(*TINY, "--no-ppo", "--imitation-steps", "96", "--render-pairs", "0", "--out-dir", str(tmp_path / "run"))
     check_ok(proc)

@@ -151,6 +151,24 @@ def test_make_vec_env_batched_and_reference_agree():
         assert info_b["episode"]["l"] == info_r["episode"]["l"] == 6
 
 
+def test_make_vec_env_in_subprocesses_gives_the_same_episodes():
+    batched = make_vec_env("TemplateSearch-TranslatedMNIST-v0", num_envs=2, seed=3)
+    subproc = make_vec_env("TemplateSearch-TranslatedMNIST-v0", num_envs=2, seed=3, kind="subproc")
+    try:
+        assert type(subproc.unwrapped).__name__ == "SubprocVecEnv"
+        assert_same(subproc.reset(), batched.reset())
+        actions = np.random.default_rng(0).uniform(-1, 1, (7, 2, 2)).astype(np.float32)
+        for step_actions in actions:  # across an episode end (6 trials) and its reset
+            obs_s, rew_s, done_s, infos_s = subproc.step(step_actions)
+            obs_b, rew_b, done_b, infos_b = batched.step(step_actions)
+            assert_same((obs_s, rew_s.astype(np.float32), done_s), (obs_b, rew_b, done_b))  # (SB3 stacks rewards as float64)
+            assert [i["iou"] for i in infos_s] == [i["iou"] for i in infos_b]
+    finally:
+        subproc.close()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        make_vec_env("TemplateSearch-TranslatedMNIST-v0", kind="threads")
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny networks: one thread is faster and immune to oversubscription on a busy machine."""

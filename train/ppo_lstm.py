@@ -63,7 +63,7 @@ from matchenv.agents.run_dir import RunDir, RunDirError, write_json_atomic
 from matchenv.agents.script_args import dataclass_parser, json_object_arg, parse_dataclass_args
 from matchenv.datasets import EVALUATION_ONLY
 from matchenv.rendering import frame_strip, render_search, save_frames
-from matchenv.vector import make_vec_env
+from matchenv.vector import VEC_ENV_KINDS, make_vec_env
 
 
 @dataclass
@@ -102,6 +102,7 @@ class Args:
     ppo: bool = True  # stage 2 on/off
     ppo_timesteps: int = 200_000  # environment steps (windows placed) of PPO
     n_envs: int = 16  # parallel environments PPO collects from
+    vec_env: str = "batched"  # how they run: "batched" (one process, fastest on few cores), "subproc" (a process each), "dummy"
     n_steps: int = 48  # per env and update: 8 episodes of 6 windows
     batch_size: int = 256  # PPO minibatch size
     n_epochs: int = 4  # PPO passes over each rollout
@@ -120,7 +121,7 @@ class Args:
     overwrite: bool = False  # replace the run already in --out-dir (without it, a folder holding a run is refused)
 
 
-CHOICES = {"reward_mode": ["sparse", "dense"], "teacher": ["auto", "target", "search", "zoom"]}
+CHOICES = {"reward_mode": ["sparse", "dense"], "teacher": ["auto", "target", "search", "zoom"], "vec_env": list(VEC_ENV_KINDS)}
 #: flags that define the task or the network: a resumed run keeps the values of the run it continues
 #: (given again with another value, --resume refuses); every other flag may change on resume
 FIXED_ON_RESUME = ("env_id", "dataset", "max_trials", "overview_size", "lstm_hidden_size", "cnn_channels", "pointer")
@@ -445,7 +446,7 @@ def train(args: Args, out_dir: Path) -> None:
     run_name = args.dataset or args.env_id
 
     # --- the model: one SearchRecurrentPPO object holds the policy through both stages ----------
-    ppo_env = make_vec_env(args.env_id, num_envs=args.n_envs, seed=args.seed, **env_kwargs)
+    ppo_env = make_vec_env(args.env_id, num_envs=args.n_envs, seed=args.seed, kind=args.vec_env, **env_kwargs)
     ppo_kwargs = dict(
         n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs, learning_rate=args.learning_rate,
         gamma=args.gamma, gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef,
@@ -586,6 +587,7 @@ def train(args: Args, out_dir: Path) -> None:
         "args": dataclasses.asdict(args),
     }
     write_json_atomic(out_dir / "summary.json", summary)
+    ppo_env.close()  # (--vec-env subproc: its worker processes)
     print(f"final test success {final['success_rate']:.3f} (mean IoU {final['mean_iou']:.2f}) on {evaluator.n_pairs} pairs; "
           f"imitation {state.minutes_imitation:.1f} min, PPO {state.minutes_ppo:.1f} min")
     print(f"model: {out_dir / 'last.zip'} (best: {out_dir / 'best.zip'}); search paths: {paths_png or 'none (--render-pairs 0)'}")
