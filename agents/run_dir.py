@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 #: files whose presence means a folder holds a run
-RUN_FILES = ("last.zip", "best.zip", "state.json", "summary.json", "args.json", "tb")
+RUN_FILES = ("last.zip", "best.zip", "state.json", "summary.json", "args.json", "tb", "checkpoint", "export.zip")
 #: the lock file: an OS lock (``flock``) on it marks a folder a live run is writing
 LOCK_NAME = ".run.lock"
 
@@ -61,7 +61,7 @@ class RunDir:
 
     @classmethod
     def claim(cls, out_dir: Union[str, Path, None], default: Union[str, Path], resume: Union[str, Path, None] = None,
-              overwrite: bool = False) -> "RunDir":
+              overwrite: bool = False, checkpoint: str = "last.zip") -> "RunDir":
         """The folder to write into, locked against other runs.
 
         - ``out_dir`` given: used if empty, or when resuming, or with ``overwrite``; a folder that
@@ -69,6 +69,7 @@ class RunDir:
         - not given: ``default``, or ``default-2``, ``default-3``, ... if it already holds a run;
         - resuming without ``out_dir``: the resumed checkpoint's folder.
 
+        :param checkpoint: the name of the checkpoint a run leaves in its folder (what ``--resume`` takes).
         :raises RunDirError: the folder holds a run (the message says to use ``--resume``,
             ``--overwrite`` or another ``--out-dir``) or another live process holds its lock.
         """
@@ -77,7 +78,7 @@ class RunDir:
             path = Path(out_dir)
             continues = bool(resume) and path.resolve() == Path(resume).resolve().parent
             if holds_a_run(path) and not continues and not overwrite:
-                raise RunDirError(f"{path} holds an earlier run: pass --resume {path / 'last.zip'} to continue it, "
+                raise RunDirError(f"{path} holds an earlier run: pass --resume {path / checkpoint} to continue it, "
                                   f"--overwrite to replace it, or another --out-dir")
         elif resume:
             path = Path(resume).parent

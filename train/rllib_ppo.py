@@ -1,0 +1,313 @@
+"""Train or fine-tune the search agent with Ray RLlib's PPO, on one machine or a Ray cluster.
+
+    pip install -e ".[rllib]"
+    python train/rllib_ppo.py                                      # Translated MNIST, dense reward, from scratch
+    python train/rllib_ppo.py --init pretrained:cluttered-mnist \\
+        --env-id TemplateSearch-ClutteredMNIST-v0 --reward-mode sparse --lr 1e-5   # fine-tune a shipped agent
+    python train/rllib_ppo.py --address auto --num-env-runners 16  # on a Ray cluster (docs/rllib.md)
+
+The network is the project's agent (``SearchLstmPolicy``: siamese CNN, LSTM, actor and critic
+heads, contrastive match head) inside an RLlib ``RLModule`` (``matchenv/agents/rllib_agent.py``);
+the contrastive match loss is added to PPO's by a custom Learner, its labels read from the
+episodes' infos and never given to the network. ``--init`` starts from a ``train/ppo_lstm.py``
+checkpoint or a shipped agent; every evaluation writes ``export.zip``, an ordinary checkpoint
+that ``matchenv.load(path)`` and ``TemplateSearcher.load(path)`` take (``best.zip``: the best
+evaluated).
+
+Writes into ``--out-dir`` (default ``runs/rllib-<env>-seed<seed>``): ``checkpoint/`` (RLlib's,
+what ``--resume`` continues from), ``state.json``, ``export.zip``, ``best.zip``, ``tb/``
+(TensorBoard and ``progress.csv``), ``args.json`` and ``summary.json``. A folder that holds a run
+is never reused unless ``--resume`` continues it or ``--overwrite`` replaces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Args:
+    """Every hyperparameter of a run, in one place (each is also a command-line flag)."""
+
+    env_id: str = "TemplateSearch-TranslatedMNIST-v0"  # a registered TemplateSearch id (one per dataset)
+    reward_mode: str = "dense"  # "dense" = IoU improvement per step; "sparse" = the paper's success reward
+    max_trials: int = 6  # windows per episode
+    seed: int = 0  # seeds the network, the env runners' episodes and RLlib's sampling
+    out_dir: str = ""  # default: runs/rllib-<env>-seed<seed>
+    overwrite: bool = False  # replace the run already in --out-dir (without it, a folder holding a run is refused)
+    resume: str = ""  # a run's checkpoint folder (<out-dir>/checkpoint) to continue from
+    init: str = ""  # warm start: pretrained:<name> or a train/ppo_lstm.py .zip (its network replaces the flags below)
+    timesteps: int = 300_000  # environment steps (windows placed) to train for, in all
+    # Ray: where it runs
+    address: str = ""  # a Ray cluster to join ("auto" after `ray start`); empty: a Ray on this machine only
+    num_cpus: int = 0  # CPUs of the local Ray (0: all of this machine's)
+    num_env_runners: int = 0  # remote env runner processes (0: sample in this process)
+    num_envs_per_env_runner: int = 8  # environments each runner steps at once
+    num_gpus_per_learner: float = 0.0  # 1: the learner on a GPU (the env runners stay on CPUs)
+    threads: int = 1  # torch CPU threads of this process (the learner, and sampling with 0 runners)
+    # model (ignored with --init: the checkpoint's network)
+    lstm_hidden_size: int = 128  # units of the policy's LSTM
+    cnn_channels: str = "8,16,32,32,32"  # output channels of the siamese CNN's five conv layers
+    # PPO
+    train_batch_size: int = 1536  # environment steps per update
+    minibatch_size: int = 256  # steps per gradient step
+    num_epochs: int = 4  # passes over each batch
+    lr: float = 3e-4  # Adam learning rate
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 0.95  # GAE lambda
+    clip_param: float = 0.2  # PPO's clipping of the policy ratio
+    entropy_coeff: float = 0.0  # entropy bonus weight
+    vf_loss_coeff: float = 0.5  # value loss weight (SB3's default)
+    aux_weight: float = 0.5  # contrastive match loss weight (0: off)
+    aux_margin: float = 1.0  # contrastive margin (with --init: the checkpoint's)
+    # evaluation and checkpoints
+    eval_pairs: int = 500  # first N pairs of the fixed test split
+    eval_every: int = 50_000  # environment steps between evaluations (each also writes export.zip)
+    checkpoint_every: int = 25_000  # environment steps between checkpoint/ writes
+
+
+CHOICES = {"reward_mode": ["sparse", "dense"]}
+#: exit status after a SIGTERM (128 + 15, what a shell reports for a terminated process)
+TERMINATED = 143
+#: RLlib's name for the env creator (any TemplateSearch id, chosen by env_config["env_id"])
+RLLIB_ENV = "matchenv-template-search"
+
+
+def make_env(env_config: dict):
+    """The env creator RLlib calls in every env runner (a remote one too): importing matchenv
+    there registers the ids."""
+    import gymnasium as gym
+
+    import matchenv  # noqa: F401
+
+    kwargs = dict(env_config)
+    kwargs.pop("num_envs", None)
+    return gym.make(kwargs.pop("env_id"), **kwargs)
+
+
+def parse_args() -> Args:
+    sys.path.insert(0, str(HERE.parent))  # (a checkout run without installing: agents/ beside matchenv/)
+    from matchenv.agents.script_args import dataclass_parser, parse_dataclass_args
+
+    parser = dataclass_parser(Args, __doc__, CHOICES)
+    args = parse_dataclass_args(parser, Args)
+    import matchenv
+
+    if args.env_id not in {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}:
+        parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(matchenv.ENV_IDS)}")
+    if args.resume and not (Path(args.resume) / "rllib_checkpoint.json").is_file():
+        parser.error(f"--resume {args.resume}: not an RLlib checkpoint folder (a run writes <out-dir>/checkpoint)")
+    if args.init and not args.init.startswith("pretrained:") and not Path(args.init).is_file():
+        parser.error(f"--init {args.init}: no such checkpoint (pass pretrained:<name> or a train/ppo_lstm.py .zip)")
+    if args.init and args.resume:
+        parser.error("--init starts a new run from a checkpoint's weights; --resume continues a run: pass one")
+    if args.minibatch_size > args.train_batch_size:
+        parser.error(f"--minibatch-size {args.minibatch_size} is larger than --train-batch-size {args.train_batch_size}")
+    try:
+        channels = [int(c) for c in args.cnn_channels.split(",")]
+        if len(channels) != 5 or min(channels) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--cnn-channels must be five positive integers like 8,16,32,32,32, got {args.cnn_channels!r}")
+    return args
+
+
+def build_algorithm(args: Args, policy_kwargs: dict, aux_margin: float):
+    """RLlib's PPO with the project's module, learner and label connector."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.tune.registry import register_env
+
+    from matchenv.agents.rllib_agent import MatchLabels, SearchAgentModule, SearchPPOLearner
+
+    register_env(RLLIB_ENV, make_env)
+    config = (
+        PPOConfig()
+        .environment(RLLIB_ENV, env_config={"env_id": args.env_id, "reward_mode": args.reward_mode,
+                                             "max_trials": args.max_trials})
+        .env_runners(num_env_runners=args.num_env_runners, num_envs_per_env_runner=args.num_envs_per_env_runner,
+                     rollout_fragment_length="auto")
+        .learners(num_learners=0, num_gpus_per_learner=args.num_gpus_per_learner, learner_class=SearchPPOLearner,
+                  learner_connector=lambda observation_space, action_space: MatchLabels(observation_space, action_space),
+                  learner_config_dict={"aux_weight": args.aux_weight, "aux_margin": aux_margin})
+        # max_seq_len: a whole episode and the step PPO's learner appends to it, in one sequence
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=SearchAgentModule,
+                                               model_config={"policy_kwargs": policy_kwargs, "max_seq_len": args.max_trials + 1}))
+        .training(train_batch_size_per_learner=args.train_batch_size, minibatch_size=args.minibatch_size,
+                  num_epochs=args.num_epochs, lr=args.lr, gamma=args.gamma, lambda_=args.gae_lambda,
+                  clip_param=args.clip_param, entropy_coeff=args.entropy_coeff, vf_loss_coeff=args.vf_loss_coeff)
+        .debugging(seed=args.seed, log_level="WARN")
+    )
+    return config.build_algo()
+
+
+_terminated: list[int] = []
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    _terminated.append(signum)
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from matchenv.agents.run_dir import RunDir, RunDirError
+
+    run_name = args.env_id.replace("TemplateSearch-", "").replace("-v0", "").lower()
+    try:
+        run = RunDir.claim(args.out_dir, default=f"runs/rllib-{run_name}-seed{args.seed}", resume=args.resume,
+                           overwrite=args.overwrite, checkpoint="checkpoint")
+    except RunDirError as err:
+        sys.exit(f"error: {err}")
+    for note in run.notes:
+        print(note)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        train(args, run.path)
+    except ValueError as err:  # a checkpoint that cannot start this run (an unsafe or wrong file)
+        sys.exit(f"error: {err}")
+    finally:
+        run.release()
+    if _terminated:
+        sys.exit(TERMINATED)
+
+
+def train(args: Args, out_dir: Path) -> None:
+    import numpy as np
+    import ray
+    import torch
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from matchenv.agents.evaluation import TestSplitEvaluator
+    from matchenv.agents.rllib_agent import export_checkpoint, initial_weights
+    from matchenv.agents.run_dir import write_json_atomic
+
+    torch.set_num_threads(args.threads)
+    state_file = out_dir / "state.json"
+    state = {"timesteps": 0, "best_success": -1.0, "evaluations": [], "minutes": 0.0}
+    if args.resume:
+        state = json.loads(state_file.read_text()) if state_file.is_file() else state
+        saved = json.loads((out_dir / "args.json").read_text())
+        policy_kwargs, aux_margin = saved["policy_kwargs"], saved["aux_margin"]
+    elif args.init:
+        policy_kwargs, init_state, aux_margin = initial_weights(args.init)  # refuses an unsafe file first
+    else:
+        policy_kwargs = {"lstm_hidden_size": args.lstm_hidden_size,
+                         "features_extractor_kwargs": {"channels": [int(c) for c in args.cnn_channels.split(",")]}}
+        aux_margin = args.aux_margin
+    write_json_atomic(out_dir / "args.json", {**dataclasses.asdict(args), "policy_kwargs": policy_kwargs,
+                                              "aux_margin": aux_margin})
+    env_kwargs = {"reward_mode": args.reward_mode, "max_trials": args.max_trials}
+
+    # The workers inherit this process's environment (MATCHENV_DATA, ...) at ray.init.
+    ray.init(address=args.address or None, num_cpus=(args.num_cpus or None) if not args.address else None,
+             include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    try:
+        algo = build_algorithm(args, policy_kwargs, aux_margin)
+        if args.resume:
+            algo.restore_from_path(str(Path(args.resume).resolve()))
+            print(f"resumed from {args.resume} at {state['timesteps']} environment steps")
+        elif args.init:
+            algo.learner_group.set_weights({DEFAULT_MODULE_ID: {f"policy.{k}": v for k, v in init_state.items()}})
+            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+            print(f"starting from the weights of {args.init}")
+        evaluator = TestSplitEvaluator(args.env_id, args.eval_pairs, env_kwargs)
+        writer = SummaryWriter(str(out_dir / "tb"))
+        csv = (out_dir / "tb" / "progress.csv").open("a")
+
+        def learner_policy():
+            return algo.learner_group._learner.module[DEFAULT_MODULE_ID].policy
+
+        def evaluate(step: int) -> dict:
+            policy = learner_policy()
+            scores = evaluator(policy)
+            policy.set_training_mode(True)  # (run_episodes put it in eval mode)
+            export_checkpoint(policy, policy_kwargs, aux_margin, args.env_id, env_kwargs, out_dir / "export.zip")
+            if scores["success_rate"] > state["best_success"]:
+                state["best_success"] = scores["success_rate"]
+                shutil.copyfile(out_dir / "export.zip", out_dir / "best.zip")
+            state["evaluations"].append({"timesteps": step, **scores})
+            writer.add_scalar("eval/success_rate", scores["success_rate"], step)
+            writer.add_scalar("eval/mean_iou", scores["mean_iou"], step)
+            return scores
+
+        def save_checkpoint() -> None:
+            # written beside, then swapped in: a kill while writing leaves the previous checkpoint whole
+            fresh, old = out_dir / "checkpoint.new", out_dir / "checkpoint.old"
+            shutil.rmtree(fresh, ignore_errors=True)
+            algo.save_to_path(str(fresh.resolve()))
+            if (out_dir / "checkpoint").exists():
+                os.replace(out_dir / "checkpoint", old)
+            os.replace(fresh, out_dir / "checkpoint")
+            shutil.rmtree(old, ignore_errors=True)
+            write_json_atomic(state_file, state)
+
+        if not args.resume:
+            first = evaluate(0)
+            print(f"test success before training {first['success_rate']:.3f} on {evaluator.n_pairs} pairs")
+        start, started_at = state["timesteps"], time.time()
+        next_eval = (start // args.eval_every + 1) * args.eval_every
+        next_checkpoint = (start // args.checkpoint_every + 1) * args.checkpoint_every
+        bar = tqdm(total=args.timesteps, initial=start, unit="step", desc="RLlib PPO", dynamic_ncols=True)
+        try:
+            while state["timesteps"] < args.timesteps:
+                result = algo.train()
+                step = state["timesteps"] + int(result["env_runners"]["num_env_steps_sampled"])  # this iteration's
+                bar.update(step - state["timesteps"])
+                state["timesteps"] = step
+                state["minutes"] = round(state.get("minutes", 0.0) + (time.time() - started_at) / 60, 3)
+                started_at = time.time()
+                row = {"timesteps": step, "episode_return_mean": result["env_runners"].get("episode_return_mean", np.nan)}
+                for key, value in result["learners"][DEFAULT_MODULE_ID].items():
+                    if key in ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "match_loss", "match_accuracy"):
+                        row[key] = float(value)
+                for key, value in row.items():
+                    if key != "timesteps":
+                        writer.add_scalar(f"train/{key}", value, step)
+                csv.write(json.dumps(row) + "\n")
+                csv.flush()
+                if step >= next_eval:
+                    scores = evaluate(step)
+                    bar.write(f"{step} steps: test success {scores['success_rate']:.3f}")
+                    next_eval += args.eval_every
+                if step >= next_checkpoint:
+                    save_checkpoint()
+                    next_checkpoint += args.checkpoint_every
+        except KeyboardInterrupt:
+            bar.close()
+            save_checkpoint()
+            print(f"interrupted: saved {out_dir / 'checkpoint'}; continue with --resume {out_dir / 'checkpoint'}")
+            return
+        bar.close()
+        final = evaluate(state["timesteps"])
+        save_checkpoint()
+        writer.close()
+        csv.close()
+        summary = {"env_id": args.env_id, "timesteps": state["timesteps"], "minutes": state["minutes"], "final": final,
+                   "best_success_rate": state["best_success"], "evaluations": state["evaluations"],
+                   "init": args.init or None, "args": dataclasses.asdict(args)}
+        write_json_atomic(out_dir / "summary.json", summary)
+        print(f"final test success {final['success_rate']:.3f} (mean IoU {final['mean_iou']:.2f}) on "
+              f"{evaluator.n_pairs} pairs after {state['timesteps']} steps, {state['minutes']:.1f} min")
+        print(f"model: {out_dir / 'export.zip'} (best: {out_dir / 'best.zip'}; matchenv.load(path) takes either)")
+        algo.stop()
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
