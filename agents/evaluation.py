@@ -22,11 +22,10 @@ class TestSplitEvaluator:
     __test__ = False  # (not a pytest test class)
 
     def __init__(self, env_id: str, n_pairs: int, env_kwargs: dict, batch: int = 100) -> None:
-        dataset = env_kwargs.get("dataset")
-        if dataset is not None and not isinstance(dataset, str):
-            n_pairs = min(n_pairs, dataset.test_size)  # small real test sets (e.g. FlickrLogos-27)
-        self.n_pairs = n_pairs
-        self.envs = [gym.make(env_id, split="test", **env_kwargs).unwrapped for _ in range(min(batch, n_pairs))]
+        first = gym.make(env_id, split="test", **env_kwargs).unwrapped
+        self.n_pairs = min(n_pairs, first.dataset.test_size)  # a test split smaller than asked (FlickrLogos-27: 161)
+        self.envs = [first] + [gym.make(env_id, split="test", **env_kwargs).unwrapped
+                               for _ in range(min(batch, self.n_pairs) - 1)]
 
     def __call__(self, policy) -> dict[str, float]:
         success, ious = [], []

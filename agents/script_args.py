@@ -24,7 +24,7 @@ import shlex
 import textwrap
 import tokenize
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, TypeVar, Union
+from typing import Any, Callable, NoReturn, Optional, Sequence, TypeVar, Union
 
 import torch
 
@@ -263,3 +263,42 @@ def command_line(script: str, args: Any, skip: tuple[str, ...] = ("resume", "out
             parts.append(f"{flag}={shlex.quote(str(value))}" if str(value).startswith("-")
                          else f"{flag} {shlex.quote(str(value))}")
     return " ".join(parts)
+
+
+def given_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The fields named on the command line (not left at their defaults)."""
+    quiet = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:  # the same flags, without defaults
+        if action.option_strings and action.dest != "help":
+            kwargs = {"action": argparse.BooleanOptionalAction} if isinstance(action, argparse.BooleanOptionalAction) else {"type": action.type}
+            quiet.add_argument(*[o for o in action.option_strings if not o.startswith("--no-")], dest=action.dest,
+                               default=argparse.SUPPRESS, **kwargs)
+    return set(vars(quiet.parse_known_args()[0]))
+
+
+def resumed_args(args: Any, given: set[str], parser: argparse.ArgumentParser, saved_file: Path,
+                 fixed: Sequence[str]) -> Any:
+    """``args`` continuing the run whose arguments are in ``saved_file`` (its ``args.json``): every
+    flag not given on the command line takes that run's value (its dataset options, learning
+    rates, step counts...); a flag of ``fixed`` (the task and the network) given with another
+    value is an error naming it.
+
+    :param args: the parsed dataclass (it has ``resume``, ``out_dir`` and ``overwrite``, which never carry over).
+    """
+    if not saved_file.is_file():
+        print(f"note: no {saved_file} beside the checkpoint: the task and network flags are taken as given")
+        return args
+    try:
+        saved = json.loads(saved_file.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        parser.error(f"{saved_file} is damaged ({err}): cannot tell which task {args.resume} was trained on")
+    changed = [f"--{name.replace('_', '-')} {getattr(args, name)!r} (the run used {saved[name]!r})"
+               for name in fixed if name in given and name in saved and getattr(args, name) != saved[name]]
+    if changed:
+        parser.error("--resume continues a run on its own task and network; these flags change them: "
+                     + "; ".join(changed) + ". Start a new run (another --out-dir) to change them.")
+    fields = {f.name for f in dataclasses.fields(args)} - {"resume", "out_dir", "overwrite"}
+    return dataclasses.replace(args, **{name: saved[name] for name in fields if name in saved and name not in given})
+

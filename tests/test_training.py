@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import matchenv
+from matchenv.agents.script_args import resumed_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train" / "ppo_lstm.py"
@@ -293,7 +294,8 @@ def test_resume_takes_the_runs_own_task_flags_and_continues_the_counters(tmp_pat
                         learning_rate=3e-4)
     (run / "args.json").write_text(json.dumps(dataclasses.asdict(saved)))
     parser = argparse.ArgumentParser()
-    args = module._resumed_args(module.Args(resume=str(run / "last.zip"), learning_rate=1e-5), {"learning_rate"}, parser)
+    args = resumed_args(module.Args(resume=str(run / "last.zip"), learning_rate=1e-5), {"learning_rate"}, parser,
+                        run / "args.json", module.FIXED_ON_RESUME)
     assert args.max_trials == 4 and args.cnn_channels == "4,8,8,8,8" and args.dataset_kwargs == '{"root": "x"}'
     assert args.learning_rate == 1e-5  # given again: the new value
 

@@ -60,7 +60,7 @@ from matchenv.agents.imitation import DAggerTrainer, ImitationConfig
 from matchenv.agents.ppo import SearchRecurrentPPO, search_config_of
 from matchenv.agents.evaluation import TestSplitEvaluator
 from matchenv.agents.run_dir import RunDir, RunDirError, write_json_atomic
-from matchenv.agents.script_args import dataclass_parser, json_object_arg, parse_dataclass_args
+from matchenv.agents.script_args import dataclass_parser, given_flags, json_object_arg, parse_dataclass_args, resumed_args
 from matchenv.datasets import EVALUATION_ONLY
 from matchenv.vector import VEC_ENV_KINDS, make_vec_env
 
@@ -155,7 +155,7 @@ def parse_args() -> Args:
     if args.resume:
         if not Path(args.resume).is_file():
             parser.error(f"--resume {args.resume}: no such checkpoint file (a run writes last.zip in its --out-dir)")
-        args = _resumed_args(args, _given_flags(parser), parser)
+        args = resumed_args(args, given_flags(parser), parser, Path(args.resume).parent / "args.json", FIXED_ON_RESUME)
     env_ids = {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}
     if args.env_id not in env_ids:
         parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(env_ids)}")
@@ -179,43 +179,6 @@ def parse_args() -> Args:
     return args
 
 
-def _given_flags(parser: argparse.ArgumentParser) -> set[str]:
-    """The Args fields named on the command line (not left at their defaults)."""
-    quiet = argparse.ArgumentParser(add_help=False)
-    for action in parser._actions:  # the same flags, without defaults
-        if action.option_strings and action.dest != "help":
-            kwargs = {"action": argparse.BooleanOptionalAction} if isinstance(action, argparse.BooleanOptionalAction) else {"type": action.type}
-            quiet.add_argument(*[o for o in action.option_strings if not o.startswith("--no-")], dest=action.dest,
-                               default=argparse.SUPPRESS, **kwargs)
-    return set(vars(quiet.parse_known_args()[0]))
-
-
-def _resumed_args(args: Args, given: set[str], parser: argparse.ArgumentParser) -> Args:
-    """``args`` continuing the run that ``--resume`` names (its ``args.json``): every flag not given
-    on the command line takes that run's value (its dataset options, learning rates, step counts...);
-    a flag of :data:`FIXED_ON_RESUME` given with another value is an error naming it."""
-    saved_file = Path(args.resume).parent / "args.json"
-    if not saved_file.is_file():
-        print(f"note: no {saved_file} beside the checkpoint: the task and network flags are taken as given")
-        return args
-    try:
-        saved = json.loads(saved_file.read_text())
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        parser.error(f"{saved_file} is damaged ({err}): cannot tell which task {args.resume} was trained on")
-    changed = [f"--{name.replace('_', '-')} {getattr(args, name)!r} (the run used {saved[name]!r})"
-               for name in FIXED_ON_RESUME if name in given and name in saved and getattr(args, name) != saved[name]]
-    if changed:
-        parser.error("--resume continues a run on its own task and network; these flags change them: "
-                     + "; ".join(changed) + ". Start a new run (another --out-dir) to change them.")
-    fields = {f.name for f in dataclasses.fields(Args)} - {"resume", "out_dir", "overwrite"}
-    return dataclasses.replace(args, **{name: saved[name] for name in fields if name in saved and name not in given})
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation on the fixed test split
-# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 # Run state: checkpoints that --resume continues from
 # ---------------------------------------------------------------------------------------------

@@ -33,8 +33,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
 
 @dataclass
 class Args:
@@ -54,7 +52,8 @@ class Args:
     num_cpus: int = 0  # CPUs of the local Ray (0: all of this machine's)
     num_env_runners: int = 0  # remote env runner processes (0: sample in this process)
     num_envs_per_env_runner: int = 8  # environments each runner steps at once
-    num_gpus_per_learner: float = 0.0  # 1: the learner on a GPU (the env runners stay on CPUs)
+    num_learners: int = 0  # learner processes (0: in this process; more: data-parallel, each with its GPU if given)
+    num_gpus_per_learner: float = 0.0  # 1: each learner on a GPU (the env runners stay on CPUs)
     threads: int = 1  # torch CPU threads of this process (the learner, and sampling with 0 runners)
     # model (ignored with --init: the checkpoint's network)
     lstm_hidden_size: int = 128  # units of the policy's LSTM
@@ -78,6 +77,8 @@ class Args:
 
 
 CHOICES = {"reward_mode": ["sparse", "dense"]}
+#: flags that define the task or the network: a resumed run keeps the values of the run it continues
+FIXED_ON_RESUME = ("env_id", "reward_mode", "max_trials", "init", "lstm_hidden_size", "cnn_channels")
 #: exit status after a SIGTERM (128 + 15, what a shell reports for a terminated process)
 TERMINATED = 143
 #: RLlib's name for the env creator (any TemplateSearch id, chosen by env_config["env_id"])
@@ -97,20 +98,20 @@ def make_env(env_config: dict):
 
 
 def parse_args() -> Args:
-    sys.path.insert(0, str(HERE.parent))  # (a checkout run without installing: agents/ beside matchenv/)
-    from matchenv.agents.script_args import dataclass_parser, parse_dataclass_args
+    import matchenv
+    from matchenv.agents.script_args import dataclass_parser, given_flags, parse_dataclass_args, resumed_args
 
     parser = dataclass_parser(Args, __doc__, CHOICES)
     args = parse_dataclass_args(parser, Args)
-    import matchenv
-
+    if args.resume:  # the run's own flags, unless given again (its task and network cannot change)
+        if not (Path(args.resume) / "rllib_checkpoint.json").is_file():
+            parser.error(f"--resume {args.resume}: not an RLlib checkpoint folder (a run writes <out-dir>/checkpoint)")
+        args = resumed_args(args, given_flags(parser), parser, Path(args.resume).parent / "args.json", FIXED_ON_RESUME)
     if args.env_id not in {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}:
         parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(matchenv.ENV_IDS)}")
-    if args.resume and not (Path(args.resume) / "rllib_checkpoint.json").is_file():
-        parser.error(f"--resume {args.resume}: not an RLlib checkpoint folder (a run writes <out-dir>/checkpoint)")
     if args.init and not args.init.startswith("pretrained:") and not Path(args.init).is_file():
         parser.error(f"--init {args.init}: no such checkpoint (pass pretrained:<name> or a train/ppo_lstm.py .zip)")
-    if args.init and args.resume:
+    if args.init and args.resume and "init" in given_flags(parser):
         parser.error("--init starts a new run from a checkpoint's weights; --resume continues a run: pass one")
     if args.minibatch_size > args.train_batch_size:
         parser.error(f"--minibatch-size {args.minibatch_size} is larger than --train-batch-size {args.train_batch_size}")
@@ -138,7 +139,8 @@ def build_algorithm(args: Args, policy_kwargs: dict, aux_margin: float):
                                              "max_trials": args.max_trials})
         .env_runners(num_env_runners=args.num_env_runners, num_envs_per_env_runner=args.num_envs_per_env_runner,
                      rollout_fragment_length="auto")
-        .learners(num_learners=0, num_gpus_per_learner=args.num_gpus_per_learner, learner_class=SearchPPOLearner,
+        .learners(num_learners=args.num_learners, num_gpus_per_learner=args.num_gpus_per_learner,
+                  learner_class=SearchPPOLearner,
                   learner_connector=lambda observation_space, action_space: MatchLabels(observation_space, action_space),
                   learner_config_dict={"aux_weight": args.aux_weight, "aux_margin": aux_margin})
         # max_seq_len: a whole episode and the step PPO's learner appends to it, in one sequence
@@ -193,6 +195,7 @@ def train(args: Args, out_dir: Path) -> None:
     from tqdm import tqdm
 
     from matchenv.agents.evaluation import TestSplitEvaluator
+    from matchenv.agents.policy import SearchLstmPolicy
     from matchenv.agents.rllib_agent import export_checkpoint, initial_weights
     from matchenv.agents.run_dir import write_json_atomic
 
@@ -229,13 +232,19 @@ def train(args: Args, out_dir: Path) -> None:
         writer = SummaryWriter(str(out_dir / "tb"))
         csv = (out_dir / "tb" / "progress.csv").open("a")
 
-        def learner_policy():
-            return algo.learner_group._learner.module[DEFAULT_MODULE_ID].policy
+        # The learner's weights (in this process, another, or on a GPU) copied into a local policy.
+        local_policy = SearchLstmPolicy(evaluator.envs[0].observation_space, evaluator.envs[0].action_space,
+                                        lambda _: 0.0, **policy_kwargs)
+
+        def learner_policy() -> SearchLstmPolicy:
+            weights = algo.learner_group.get_weights()[DEFAULT_MODULE_ID]
+            local_policy.load_state_dict({key[len("policy."):]: torch.as_tensor(np.asarray(value))
+                                          for key, value in weights.items()})
+            return local_policy
 
         def evaluate(step: int) -> dict:
             policy = learner_policy()
             scores = evaluator(policy)
-            policy.set_training_mode(True)  # (run_episodes put it in eval mode)
             export_checkpoint(policy, policy_kwargs, aux_margin, args.env_id, env_kwargs, out_dir / "export.zip")
             if scores["success_rate"] > state["best_success"]:
                 state["best_success"] = scores["success_rate"]
@@ -293,7 +302,9 @@ def train(args: Args, out_dir: Path) -> None:
             print(f"interrupted: saved {out_dir / 'checkpoint'}; continue with --resume {out_dir / 'checkpoint'}")
             return
         bar.close()
-        final = evaluate(state["timesteps"])
+        last = state["evaluations"][-1] if state["evaluations"] else {}
+        final = ({k: last[k] for k in ("success_rate", "mean_iou")} if last.get("timesteps") == state["timesteps"]
+                 else evaluate(state["timesteps"]))
         save_checkpoint()
         writer.close()
         csv.close()
