@@ -187,3 +187,39 @@ def test_training_checkpoint_resume_and_export(tmp_path):
         boxes, _, _ = greedy_episode(module, env, index)
         pair = env.unwrapped.dataset.test_pair(index)
         np.testing.assert_array_equal(searcher.locate(pair.query, pair.reference).path, boxes)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--resume", "nowhere/checkpoint"], "not an RLlib checkpoint folder"),
+    (["--init", "nowhere.zip"], "no such checkpoint"),
+    (["--env-id", "TemplateSearch-Nothing-v0"], "unknown --env-id"),
+    (["--minibatch-size", "4096"], "is larger than --train-batch-size"),
+    (["--cnn-channels", "8,16"], "five positive integers"),
+    (["--reward-mode", "shaped"], "invalid choice"),
+])
+def test_bad_command_lines_exit_with_a_message_before_starting_ray(tmp_path, flags, message):
+    run = run_script(*flags, "--out-dir", str(tmp_path / "run"), timeout=60)
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_sigterm_saves_a_checkpoint_to_resume_from(tmp_path):
+    """A scheduler's SIGTERM (Ray installs its own handler, which would end the process at once)
+    saves the checkpoint like Ctrl-C does, then exits 143."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *TINY, "--timesteps", "100000", "--out-dir", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    progress = out / "tb" / "progress.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (progress.exists() and progress.read_text().strip()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "continue with --resume" in stdout
+    assert (out / "checkpoint" / "rllib_checkpoint.json").is_file()
+    assert json.loads((out / "state.json").read_text())["timesteps"] > 0

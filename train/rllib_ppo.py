@@ -175,7 +175,6 @@ def main() -> None:
         sys.exit(f"error: {err}")
     for note in run.notes:
         print(note)
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         train(args, run.path)
     except ValueError as err:  # a checkpoint that cannot start this run (an unsafe or wrong file)
@@ -219,6 +218,8 @@ def train(args: Args, out_dir: Path) -> None:
     # The workers inherit this process's environment (MATCHENV_DATA, ...) at ray.init.
     ray.init(address=args.address or None, num_cpus=(args.num_cpus or None) if not args.address else None,
              include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    # after ray.init, which installs a SIGTERM handler of its own that ends the process at once
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         algo = build_algorithm(args, policy_kwargs, aux_margin)
         if args.resume:
