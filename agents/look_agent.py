@@ -125,10 +125,9 @@ class LookAgentPolicy(nn.Module):
         self.cell = nn.GRUCell(features + 1, config.hidden)
         self.score = nn.Sequential(nn.Linear(features + config.hidden, 64), nn.ReLU(), nn.Linear(64, 1))
 
-    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zeros: the GRU state ``(B, hidden)`` and its first input ``(B, F + 1)`` (nothing seen)."""
-        weight = self.score[0].weight
-        return (weight.new_zeros(batch, self.config.hidden), weight.new_zeros(batch, self.config.window_features + 1))
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """Zeros: the GRU state ``(B, hidden)`` before anything is seen."""
+        return self.score[0].weight.new_zeros(batch, self.config.hidden)
 
     def step(self, features: torch.Tensor, valid: torch.Tensor, state: torch.Tensor,
              last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +178,7 @@ def rollout(policy: LookAgentPolicy, candidates: torch.Tensor, comparisons: torc
     config = policy.config
     batch, windows = valid.shape
     seen = torch.zeros(batch, windows, dtype=torch.bool, device=valid.device)
-    state, _ = policy.initial_state(batch)
+    state = policy.initial_state(batch)
     rows = torch.arange(batch, device=valid.device)
     last_window = torch.zeros(batch, dtype=torch.long, device=valid.device)
     actions, log_probs, entropy, all_logits = [], [], [], []
@@ -390,11 +389,12 @@ class LookAgentSearcher(LookSearcher):
         seen = np.zeros(config.candidates, bool)
         state = np.zeros((1, config.hidden), np.float32)
         placed: list[int] = []
+        decide = self._decide.bound(candidates=seen_view.candidates[None], valid=valid[None])  # the same all search
         for t in range(config.max_trials):
             last_window = np.array([placed[-1] if placed else 0], np.int64)
             trials_left = np.full((1, 1), (config.max_trials - t) / config.max_trials, np.float32)
-            logits, state = self._decide(seen_view.candidates[None], comparisons[None], seen[None], valid[None], state,
-                                         last_window, trials_left, np.full((1, 1), float(t > 0), np.float32))
+            logits, state = decide(comparisons[None], seen[None], state, last_window, trials_left,
+                                   np.full((1, 1), float(t > 0), np.float32))
             window = int(np.argmax(logits[0]))
             if not seen[window]:
                 comparisons[window] = compare(self, seen_view, [window], config)[0]

@@ -106,21 +106,21 @@ class RunningSearch:
 
     def __init__(self, runtime: PolicyRuntime, query_emb: np.ndarray, similarity: np.ndarray) -> None:
         self.runtime = runtime
-        self.similarity = similarity
-        self.bias, self.query_projection, self.best = runtime._start(query_emb, similarity)
+        bias, self.query_projection, best = runtime._start(query_emb, similarity)
+        # what every decision of these searches shares, given to the graph once
+        self._decide = runtime._decide.bound(bias=bias, query_projection=self.query_projection, similarity=similarity,
+                                             best=best)
         self.h = np.zeros((len(query_emb), runtime.hidden), np.float32)
         self.c = np.zeros_like(self.h)
+        self._trials = np.empty((len(query_emb), 1), np.float32)
 
     def step(self, window_emb: np.ndarray, locations: np.ndarray, trials_left) -> np.ndarray:
         """``(N, A)`` mean actions after seeing ``(N, E)`` window embeddings at ``(N, 4)`` locations
         ``(cx, cy, w, h)`` (fractions of the reference); ``trials_left`` one number for every
         search or an ``(N, 1)`` array."""
-        n = len(window_emb)
-        trials = np.empty((n, 1), np.float32)
-        trials[:] = np.asarray(trials_left, np.float32).reshape(-1, 1)
-        mean, self.h, self.c = self.runtime._decide(
-            self.bias, self.query_projection, self.similarity, self.best, np.ascontiguousarray(window_emb, np.float32),
-            np.ascontiguousarray(locations, np.float32), trials, self.h, self.c)
+        self._trials[:] = np.asarray(trials_left, np.float32).reshape(-1, 1)
+        mean, self.h, self.c = self._decide(np.ascontiguousarray(window_emb, np.float32),
+                                            np.ascontiguousarray(locations, np.float32), self._trials, self.h, self.c)
         return mean
 
     def distance(self, window_emb: np.ndarray) -> np.ndarray:

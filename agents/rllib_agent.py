@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -173,7 +173,7 @@ class SearchPPOLearner(PPOTorchLearner):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
         options = config.learner_config_dict
         weight, margin = float(options.get("aux_weight", 0.5)), float(options.get("aux_margin", 1.0))
-        if weight <= 0 or MATCH_LABEL not in batch:
+        if MATCH_LABEL not in batch:
             return loss
         label = batch[MATCH_LABEL]
         labelled = batch[Columns.LOSS_MASK] & (label >= 0)
@@ -191,16 +191,32 @@ class SearchPPOLearner(PPOTorchLearner):
 # ---------------------------------------------------------------------------------------------
 # Weights in and out: the SB3 checkpoints of train/ppo_lstm.py
 # ---------------------------------------------------------------------------------------------
-def initial_weights(spec: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], float]:
-    """What a warm start takes from ``pretrained:<name>`` or a ``train/ppo_lstm.py`` checkpoint:
-    the policy's constructor arguments (``policy_kwargs``), its ``state_dict`` and the
-    contrastive margin it was trained with. Read by the safe loader (nothing in the file runs)."""
+class InitialWeights(NamedTuple):
+    """What a warm start takes from a checkpoint (:func:`initial_weights`)."""
+
+    policy_kwargs: dict[str, Any]  # the policy's constructor arguments
+    state_dict: dict[str, torch.Tensor]  # its weights
+    aux_margin: float  # the contrastive margin it was trained with
+    observation_space: spaces.Space  # what it was trained to see and do: the env must give the same
+    action_space: spaces.Space
+    env_kwargs: dict[str, Any]  # the env arguments its spaces imply: max_trials, overview_size
+
+
+def initial_weights(spec: str) -> InitialWeights:
+    """What a warm start takes from ``pretrained:<name>`` or a ``train/ppo_lstm.py`` checkpoint.
+    Read by the safe loader (nothing in the file runs)."""
     from matchenv.agents.ppo import load_trained_model
     from matchenv.agents.pretrained import pretrained_path
 
     path = pretrained_path(spec.split(":", 1)[1]) if spec.startswith("pretrained:") else spec
     model = load_trained_model(path)
-    return dict(model.policy_kwargs), model.policy.state_dict(), float(model.aux_margin)
+    env_kwargs: dict[str, Any] = {}
+    if "max_trials" in getattr(model, "search_config", {}):
+        env_kwargs["max_trials"] = int(model.search_config["max_trials"])
+    if "overview" in model.observation_space.spaces:
+        env_kwargs["overview_size"] = tuple(int(v) for v in model.observation_space["overview"].shape[1:])
+    return InitialWeights(dict(model.policy_kwargs), model.policy.state_dict(), float(model.aux_margin),
+                          model.observation_space, model.action_space, env_kwargs)
 
 
 def export_checkpoint(policy: SearchLstmPolicy, policy_kwargs: dict[str, Any], aux_margin: float, env_id: str,

@@ -177,8 +177,8 @@ class TemplateSearchVecEnv(VecEnv):
         infos: list[dict[str, Any]] = []
         for i, env in enumerate(self.envs):
             # Mirror the step into the environment: the state TemplateSearchEnv.step would have left.
-            env._centre = self._center[i:i + 1]  # (1, 2) and (1,): rows of arrays this step made anew
-            env._scale = scale[i:i + 1]
+            env._centre = self._center[i:i + 1].copy()  # (1, 2) and (1,): the env's own, as its step leaves them
+            env._scale = scale[i:i + 1].copy()
             env._trial = trials[i]
             env._last_iou = ious[i]
             env._windows.append(boxes[i])
@@ -274,7 +274,7 @@ class TemplateSearchVecEnv(VecEnv):
             self._target[i] = pair.target_box
             t = self._target[i]
             self._target_area[i] = max(t[2] - t[0], 0.0) * max(t[3] - t[1], 0.0)
-            self._win[i] = env.window_size[1], env.window_size[0]  # photograph pairs carry their own
+            self._win[i] = env._window_wh[0]  # the window the env itself places (photograph pairs carry their own)
             self._center[i] = env._centre[0]
             self._scale[i] = env._scale[0]
             self._trial[i] = env._trial
@@ -404,7 +404,8 @@ def make_vec_env(
         process (the fastest on one core); ``"dummy"``: SB3's ``DummyVecEnv`` of ``gym.make`` envs
         (the reference implementation; same episodes for the same seed); ``"subproc"``: SB3's
         ``SubprocVecEnv``, each env in its own process (``forkserver``), for machines with cores
-        to spare (same episodes for the same seed too).
+        to spare (same episodes for the same seed too; its action spaces are seeded only with
+        ``monitor=True``, by SB3).
     :param env_kwargs: :class:`TemplateSearchEnv` arguments.
     """
     kind = kind or ("batched" if batched else "dummy")

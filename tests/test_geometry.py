@@ -163,9 +163,23 @@ def test_the_window_geometry_is_the_same_in_numpy_and_in_a_traced_torch_graph():
         np.testing.assert_array_equal(g.numpy(), e)
     p0, p1, _ = expected
     assert (p0 >= 0).all() and (p1 <= image_wh).all() and (p1 - p0 >= 1).all()
-    for i in range(0, n, 97):  # and one window at a time, as the env places it
-        box = place_window(*absolute_centres(action[i], image_wh[i], window_wh[i]), *window_wh[i], *image_wh[i])
-        np.testing.assert_array_equal(box, np.concatenate([p0[i], p1[i]]))
+    for i in range(0, n, 7):  # and as the env placed windows before the batched geometry (Python scalars)
+        np.testing.assert_array_equal(scalar_window(action[i], image_wh[i], window_wh[i]), np.concatenate([p0[i], p1[i]]))
+        np.testing.assert_array_equal(place_window(*absolute_centres(action[i], image_wh[i], window_wh[i]),
+                                                   *window_wh[i], *image_wh[i]), np.concatenate([p0[i], p1[i]]))
+
+
+def scalar_window(action, image_wh, window_wh) -> np.ndarray:
+    """The env's window geometry of 2026-12-05, in plain Python: an independent check of the batched one."""
+    (img_w, img_h), (win_w, win_h) = image_wh.tolist(), window_wh.tolist()
+    win_w, win_h = min(win_w, img_w), min(win_h, img_h)
+    cx = win_w / 2 + (action[0] + 1.0) / 2.0 * (img_w - win_w)
+    cy = win_h / 2 + (action[1] + 1.0) / 2.0 * (img_h - win_h)
+    w = int(min(max(round(window_wh[0]), 1), img_w))
+    h = int(min(max(round(window_wh[1]), 1), img_h))
+    x0 = int(min(max(round(cx - w / 2), 0), img_w - w))
+    y0 = int(min(max(round(cy - h / 2), 0), img_h - h))
+    return np.array([x0, y0, x0 + w, y0 + h], dtype=np.float64)
 
 
 # ============================================================================ crop_window

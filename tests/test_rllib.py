@@ -127,12 +127,13 @@ def test_match_labels_go_to_the_loss_and_never_to_the_module():
 def test_warm_start_and_export_round_trip(tmp_path):
     """A shipped agent's weights into the module and back out as a checkpoint: the searchers load
     it and place the windows the module's greedy actions place, which are the shipped agent's."""
-    policy_kwargs, state, margin = initial_weights("pretrained:cluttered-mnist")
-    env = gym.make("TemplateSearch-ClutteredMNIST-v0", split="test")
-    module = module_for(env, policy_kwargs)
-    module.policy.load_state_dict(state)
-    path = export_checkpoint(module.policy, policy_kwargs, margin, "TemplateSearch-ClutteredMNIST-v0", {},
-                             tmp_path / "export.zip")
+    warm = initial_weights("pretrained:cluttered-mnist")
+    env = gym.make("TemplateSearch-ClutteredMNIST-v0", split="test", **warm.env_kwargs)
+    assert env.observation_space == warm.observation_space and env.action_space == warm.action_space
+    module = module_for(env, warm.policy_kwargs)
+    module.policy.load_state_dict(warm.state_dict)
+    path = export_checkpoint(module.policy, warm.policy_kwargs, warm.aux_margin, "TemplateSearch-ClutteredMNIST-v0",
+                             warm.env_kwargs, tmp_path / "export.zip")
     exported = TemplateSearcher.load(path)
     shipped = TemplateSearcher.from_pretrained("cluttered-mnist", refine=False)
     assert matchenv.load(str(path)).kind == "agent"
@@ -196,6 +197,8 @@ def test_training_checkpoint_resume_and_export(tmp_path):
     (["--minibatch-size", "4096"], "is larger than --train-batch-size"),
     (["--cnn-channels", "8,16"], "five positive integers"),
     (["--reward-mode", "shaped"], "invalid choice"),
+    (["--init", "pretrained:flickrlogos27"], "pass the --env-id (and --overview-size) it was trained on"),
+    (["--init", "pretrained:no-such-agent"], "--init pretrained:no-such-agent"),
 ])
 def test_bad_command_lines_exit_with_a_message_before_starting_ray(tmp_path, flags, message):
     run = run_script(*flags, "--out-dir", str(tmp_path / "run"), timeout=60)

@@ -346,6 +346,9 @@ class AgentMatcher:
             names = [info.name[:len(info.name) - len(suffix)] for info in matchenv.list_models(kind)]
             if spec in names:
                 spec += suffix
+            elif prefix == "pretrained:":
+                raise ValueError(f"{spec!r} is not a shipped agent ({', '.join(names)}); pass a checkpoint file "
+                                 "without the 'pretrained:' prefix")
             elif not Path(spec).is_file():
                 what, file = self.KIND_NAMES[kind]
                 raise FileNotFoundError(f"{spec!r} is neither a shipped {what} ({', '.join(names)}) nor a {file}")

@@ -40,7 +40,8 @@ class Args:
 
     env_id: str = "TemplateSearch-TranslatedMNIST-v0"  # a registered TemplateSearch id (one per dataset)
     reward_mode: str = "dense"  # "dense" = IoU improvement per step; "sparse" = the paper's success reward
-    max_trials: int = 6  # windows per episode
+    max_trials: int = 6  # windows per episode (with --init: the checkpoint's)
+    overview_size: int = 0  # >0: also observe the whole reference at this side (with --init: the checkpoint's)
     seed: int = 0  # seeds the network, the env runners' episodes and RLlib's sampling
     out_dir: str = ""  # default: runs/rllib-<env>-seed<seed>
     overwrite: bool = False  # replace the run already in --out-dir (without it, a folder holding a run is refused)
@@ -59,8 +60,8 @@ class Args:
     lstm_hidden_size: int = 128  # units of the policy's LSTM
     cnn_channels: str = "8,16,32,32,32"  # output channels of the siamese CNN's five conv layers
     # PPO
-    train_batch_size: int = 1536  # environment steps per update
-    minibatch_size: int = 256  # steps per gradient step
+    train_batch_size: int = 1536  # environment steps per update (split among --num-learners)
+    minibatch_size: int = 256  # steps per gradient step (split among --num-learners)
     num_epochs: int = 4  # passes over each batch
     lr: float = 3e-4  # Adam learning rate
     gamma: float = 0.99  # discount factor
@@ -78,7 +79,7 @@ class Args:
 
 CHOICES = {"reward_mode": ["sparse", "dense"]}
 #: flags that define the task or the network: a resumed run keeps the values of the run it continues
-FIXED_ON_RESUME = ("env_id", "reward_mode", "max_trials", "init", "lstm_hidden_size", "cnn_channels")
+FIXED_ON_RESUME = ("env_id", "reward_mode", "max_trials", "overview_size", "init", "lstm_hidden_size", "cnn_channels")
 #: exit status after a SIGTERM (128 + 15, what a shell reports for a terminated process)
 TERMINATED = 143
 #: RLlib's name for the env creator (any TemplateSearch id, chosen by env_config["env_id"])
@@ -97,22 +98,57 @@ def make_env(env_config: dict):
     return gym.make(kwargs.pop("env_id"), **kwargs)
 
 
+def env_kwargs_of(args: Args) -> dict:
+    """The env's arguments (beside its id) for a run's flags."""
+    kwargs = {"reward_mode": args.reward_mode, "max_trials": args.max_trials}
+    if args.overview_size:
+        kwargs["overview_size"] = (args.overview_size, args.overview_size)
+    return kwargs
+
+
 def parse_args() -> Args:
+    import gymnasium as gym
+
     import matchenv
     from matchenv.agents.script_args import dataclass_parser, given_flags, parse_dataclass_args, resumed_args
 
     parser = dataclass_parser(Args, __doc__, CHOICES)
     args = parse_dataclass_args(parser, Args)
+    given = given_flags(parser)
     if args.resume:  # the run's own flags, unless given again (its task and network cannot change)
+        folder = Path(args.resume).parent
         if not (Path(args.resume) / "rllib_checkpoint.json").is_file():
             parser.error(f"--resume {args.resume}: not an RLlib checkpoint folder (a run writes <out-dir>/checkpoint)")
-        args = resumed_args(args, given_flags(parser), parser, Path(args.resume).parent / "args.json", FIXED_ON_RESUME)
-    if args.env_id not in {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}:
-        parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(matchenv.ENV_IDS)}")
-    if args.init and not args.init.startswith("pretrained:") and not Path(args.init).is_file():
-        parser.error(f"--init {args.init}: no such checkpoint (pass pretrained:<name> or a train/ppo_lstm.py .zip)")
-    if args.init and args.resume and "init" in given_flags(parser):
-        parser.error("--init starts a new run from a checkpoint's weights; --resume continues a run: pass one")
+        if args.out_dir and Path(args.out_dir).resolve() != folder.resolve():
+            parser.error(f"--resume continues the run in its own folder {folder}: leave --out-dir out (or pass that folder)")
+        if not (folder / "args.json").is_file() or not (folder / "state.json").is_file():
+            parser.error(f"--resume {args.resume}: {folder} has no args.json and state.json beside the checkpoint, "
+                         "so the run's network and counters are unknown")
+        if "init" in given:
+            parser.error("--init starts a new run from a checkpoint's weights; --resume continues a run: pass one")
+        args = resumed_args(args, given, parser, folder / "args.json", FIXED_ON_RESUME)
+    env_ids = {**matchenv.ENV_IDS, **matchenv.DOWNLOAD_ENV_IDS}
+    if args.env_id not in env_ids:
+        parser.error(f"unknown --env-id {args.env_id!r}; registered: {', '.join(env_ids)}")
+    if args.init and not args.resume:
+        if not args.init.startswith("pretrained:") and not Path(args.init).is_file():
+            parser.error(f"--init {args.init}: no such checkpoint (pass pretrained:<name> or a train/ppo_lstm.py .zip)")
+        from matchenv.agents.rllib_agent import initial_weights
+
+        try:
+            start = initial_weights(args.init)
+        except (ValueError, OSError, KeyError) as err:  # an unknown name, an unsafe or unreadable file
+            parser.error(f"--init {args.init}: {err}")
+        # the checkpoint's episode length and overview, unless given; then its spaces must be the env's
+        if "max_trials" in start.env_kwargs and "max_trials" not in given:
+            args = dataclasses.replace(args, max_trials=start.env_kwargs["max_trials"])
+        if "overview_size" in start.env_kwargs and "overview_size" not in given:
+            args = dataclasses.replace(args, overview_size=start.env_kwargs["overview_size"][0])
+        env = gym.make(args.env_id, **env_kwargs_of(args))
+        if env.observation_space != start.observation_space or env.action_space != start.action_space:
+            parser.error(f"--init {args.init} was trained on observations {start.observation_space} and actions "
+                         f"{start.action_space}; --env-id {args.env_id} gives {env.observation_space} and "
+                         f"{env.action_space}: pass the --env-id (and --overview-size) it was trained on")
     if args.minibatch_size > args.train_batch_size:
         parser.error(f"--minibatch-size {args.minibatch_size} is larger than --train-batch-size {args.train_batch_size}")
     try:
@@ -135,8 +171,7 @@ def build_algorithm(args: Args, policy_kwargs: dict, aux_margin: float):
     register_env(RLLIB_ENV, make_env)
     config = (
         PPOConfig()
-        .environment(RLLIB_ENV, env_config={"env_id": args.env_id, "reward_mode": args.reward_mode,
-                                             "max_trials": args.max_trials})
+        .environment(RLLIB_ENV, env_config={"env_id": args.env_id, **env_kwargs_of(args)})
         .env_runners(num_env_runners=args.num_env_runners, num_envs_per_env_runner=args.num_envs_per_env_runner,
                      rollout_fragment_length="auto")
         .learners(num_learners=args.num_learners, num_gpus_per_learner=args.num_gpus_per_learner,
@@ -146,9 +181,14 @@ def build_algorithm(args: Args, policy_kwargs: dict, aux_margin: float):
         # max_seq_len: a whole episode and the step PPO's learner appends to it, in one sequence
         .rl_module(rl_module_spec=RLModuleSpec(module_class=SearchAgentModule,
                                                model_config={"policy_kwargs": policy_kwargs, "max_seq_len": args.max_trials + 1}))
-        .training(train_batch_size_per_learner=args.train_batch_size, minibatch_size=args.minibatch_size,
+        # (RLlib's sizes are per learner: the flags are the update's, split among the learners)
+        .training(train_batch_size_per_learner=args.train_batch_size // max(1, args.num_learners),
+                  minibatch_size=args.minibatch_size // max(1, args.num_learners),
                   num_epochs=args.num_epochs, lr=args.lr, gamma=args.gamma, lambda_=args.gae_lambda,
                   clip_param=args.clip_param, entropy_coeff=args.entropy_coeff, vf_loss_coeff=args.vf_loss_coeff)
+        # several learners: DDP must allow parameters without a gradient in a step (the pointer
+        # head's gate is trained by imitation only; the match head when --aux-weight is 0)
+        .framework(torch_ddp_kwargs={"find_unused_parameters": True})
         .debugging(seed=args.seed, log_level="WARN")
     )
     return config.build_algo()
@@ -203,17 +243,18 @@ def train(args: Args, out_dir: Path) -> None:
     state = {"timesteps": 0, "best_success": -1.0, "evaluations": [], "minutes": 0.0}
     if args.resume:
         state = json.loads(state_file.read_text()) if state_file.is_file() else state
-        saved = json.loads((out_dir / "args.json").read_text())
+        saved = json.loads((out_dir / "args.json").read_text())  # (parse_args: out_dir is the checkpoint's folder)
         policy_kwargs, aux_margin = saved["policy_kwargs"], saved["aux_margin"]
     elif args.init:
-        policy_kwargs, init_state, aux_margin = initial_weights(args.init)  # refuses an unsafe file first
+        warm = initial_weights(args.init)
+        policy_kwargs, aux_margin = warm.policy_kwargs, warm.aux_margin
     else:
         policy_kwargs = {"lstm_hidden_size": args.lstm_hidden_size,
                          "features_extractor_kwargs": {"channels": [int(c) for c in args.cnn_channels.split(",")]}}
         aux_margin = args.aux_margin
     write_json_atomic(out_dir / "args.json", {**dataclasses.asdict(args), "policy_kwargs": policy_kwargs,
                                               "aux_margin": aux_margin})
-    env_kwargs = {"reward_mode": args.reward_mode, "max_trials": args.max_trials}
+    env_kwargs = env_kwargs_of(args)
 
     # The workers inherit this process's environment (MATCHENV_DATA, ...) at ray.init.
     ray.init(address=args.address or None, num_cpus=(args.num_cpus or None) if not args.address else None,
@@ -226,7 +267,7 @@ def train(args: Args, out_dir: Path) -> None:
             algo.restore_from_path(str(Path(args.resume).resolve()))
             print(f"resumed from {args.resume} at {state['timesteps']} environment steps")
         elif args.init:
-            algo.learner_group.set_weights({DEFAULT_MODULE_ID: {f"policy.{k}": v for k, v in init_state.items()}})
+            algo.learner_group.set_weights({DEFAULT_MODULE_ID: {f"policy.{k}": v for k, v in warm.state_dict.items()}})
             algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
             print(f"starting from the weights of {args.init}")
         evaluator = TestSplitEvaluator(args.env_id, args.eval_pairs, env_kwargs)
@@ -317,6 +358,9 @@ def train(args: Args, out_dir: Path) -> None:
               f"{evaluator.n_pairs} pairs after {state['timesteps']} steps, {state['minutes']:.1f} min")
         print(f"model: {out_dir / 'export.zip'} (best: {out_dir / 'best.zip'}; matchenv.load(path) takes either)")
         algo.stop()
+    except KeyboardInterrupt:  # before the training loop (or after it): the loop's own handler saves
+        print("interrupted outside the training loop: nothing new saved"
+              + (f"; the last checkpoint is {out_dir / 'checkpoint'}" if (out_dir / "checkpoint").exists() else ""))
     finally:
         ray.shutdown()
 
