@@ -18,7 +18,9 @@
   features, then windows compared by a verifier, chosen by a recurrent policy;
 - :mod:`matchenv.agents.pretrained`: the shipped agents (``TemplateSearcher.from_pretrained(name)``), proposers, looks
   and photograph agents;
-- :mod:`matchenv.agents.baselines`: classic matchers (NCC/SSD, MTM, BBS, DDIS, QATM, exhaustive embedding).
+- :mod:`matchenv.agents.baselines`: classic matchers (NCC/SSD, MTM, BBS, DDIS, QATM, exhaustive embedding);
+- :mod:`matchenv.agents.rllib_agent`: the agent as a Ray RLlib module and learner (the ``rllib`` extra;
+  ``train/rllib_ppo.py``).
 """
 
 from matchenv.agents.policy import PointerHead, SearchLstmPolicy

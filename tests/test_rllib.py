@@ -166,7 +166,7 @@ def test_training_checkpoint_resume_and_export(tmp_path):
     for name in ("checkpoint", "export.zip", "best.zip", "state.json", "summary.json", "args.json"):
         assert (out / name).exists(), name
     assert list((out / "tb").glob("events.out.tfevents.*"))
-    rows = [json.loads(line) for line in (out / "tb" / "progress.csv").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "tb" / "progress.jsonl").read_text().splitlines()]
     assert rows and "match_loss" in rows[-1] and rows[-1]["timesteps"] >= 500
     refused = run_script(*TINY, "--out-dir", str(out))
     assert refused.returncode != 0 and "holds an earlier run" in refused.stderr
@@ -176,7 +176,7 @@ def test_training_checkpoint_resume_and_export(tmp_path):
     assert "resumed from" in resumed.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["timesteps"] >= 1000
-    assert len([json.loads(line) for line in (out / "tb" / "progress.csv").read_text().splitlines()]) > len(rows)
+    assert len([json.loads(line) for line in (out / "tb" / "progress.jsonl").read_text().splitlines()]) > len(rows)
 
     # the RLlib checkpoint's module and the exported checkpoint search alike
     from ray.rllib.core.rl_module.rl_module import RLModule
@@ -216,7 +216,7 @@ def test_sigterm_saves_a_checkpoint_to_resume_from(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *TINY, "--timesteps", "100000", "--out-dir", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    progress = out / "tb" / "progress.csv"
+    progress = out / "tb" / "progress.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not (progress.exists() and progress.read_text().strip()):
         time.sleep(0.5)

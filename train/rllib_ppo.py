@@ -16,7 +16,7 @@ evaluated).
 
 Writes into ``--out-dir`` (default ``runs/rllib-<env>-seed<seed>``): ``checkpoint/`` (RLlib's,
 what ``--resume`` continues from), ``state.json``, ``export.zip``, ``best.zip``, ``tb/``
-(TensorBoard and ``progress.csv``), ``args.json`` and ``summary.json``. A folder that holds a run
+(TensorBoard and ``progress.jsonl``), ``args.json`` and ``summary.json``. A folder that holds a run
 is never reused unless ``--resume`` continues it or ``--overwrite`` replaces it.
 """
 
@@ -272,7 +272,7 @@ def train(args: Args, out_dir: Path) -> None:
             print(f"starting from the weights of {args.init}")
         evaluator = TestSplitEvaluator(args.env_id, args.eval_pairs, env_kwargs)
         writer = SummaryWriter(str(out_dir / "tb"))
-        csv = (out_dir / "tb" / "progress.csv").open("a")
+        log = (out_dir / "tb" / "progress.jsonl").open("a")  # one JSON object per iteration (keys vary)
 
         # The learner's weights (in this process, another, or on a GPU) copied into a local policy.
         local_policy = SearchLstmPolicy(evaluator.envs[0].observation_space, evaluator.envs[0].action_space,
@@ -329,8 +329,8 @@ def train(args: Args, out_dir: Path) -> None:
                 for key, value in row.items():
                     if key != "timesteps":
                         writer.add_scalar(f"train/{key}", value, step)
-                csv.write(json.dumps(row) + "\n")
-                csv.flush()
+                log.write(json.dumps(row) + "\n")
+                log.flush()
                 if step >= next_eval:
                     scores = evaluate(step)
                     bar.write(f"{step} steps: test success {scores['success_rate']:.3f}")
@@ -349,7 +349,7 @@ def train(args: Args, out_dir: Path) -> None:
                  else evaluate(state["timesteps"]))
         save_checkpoint()
         writer.close()
-        csv.close()
+        log.close()
         summary = {"env_id": args.env_id, "timesteps": state["timesteps"], "minutes": state["minutes"], "final": final,
                    "best_success_rate": state["best_success"], "evaluations": state["evaluations"],
                    "init": args.init or None, "args": dataclasses.asdict(args)}
