@@ -33,7 +33,6 @@ a live run is writing.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -45,7 +44,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import gymnasium as gym
 import numpy as np

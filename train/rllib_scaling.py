@@ -42,7 +42,6 @@ def main() -> None:
     options = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     sys.path.insert(0, str(HERE))
-    import gymnasium as gym
     import ray
     import torch
 
