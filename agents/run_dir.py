@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 #: files whose presence means a folder holds a run
 RUN_FILES = ("last.zip", "best.zip", "state.json", "summary.json", "args.json", "tb", "checkpoint", "export.zip")
@@ -153,3 +155,40 @@ def write_json_atomic(path: Union[str, Path], contents: Any, indent: Optional[in
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: exit status after a SIGTERM (128 + 15, what a shell reports for a terminated process)
+TERMINATED = 143
+_terminated: list[int] = []
+
+
+def terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM handler: a scheduler's or ``kill``'s SIGTERM becomes a ``KeyboardInterrupt``, so the
+    script saves its checkpoint as on Ctrl-C; :func:`train_in_run_folder` then exits
+    :data:`TERMINATED`. (A script that starts Ray sets it again after ``ray.init``.)"""
+    _terminated.append(signum)
+    raise KeyboardInterrupt
+
+
+def train_in_run_folder(train: Callable[[Path], None], out_dir: Union[str, Path, None], default: Union[str, Path],
+                        resume: Union[str, Path, None] = None, overwrite: bool = False, checkpoint: str = "last.zip",
+                        errors: tuple[type[BaseException], ...] = ()) -> None:
+    """A training script's ``main`` after its arguments: claim the run folder (:meth:`RunDir.claim`),
+    run ``train(folder)`` with SIGTERM saving like Ctrl-C, release the folder, and exit with a
+    message for a refused folder or one of ``errors``, and with :data:`TERMINATED` after a SIGTERM."""
+    try:
+        run = RunDir.claim(out_dir, default=default, resume=resume, overwrite=overwrite, checkpoint=checkpoint)
+    except RunDirError as err:
+        sys.exit(f"error: {err}")
+    for note in run.notes:
+        print(note)
+    signal.signal(signal.SIGTERM, terminate_as_interrupt)
+    try:
+        train(run.path)
+    except errors as err:
+        sys.exit(f"error: {err}")
+    finally:
+        run.release()
+    if _terminated:
+        sys.exit(TERMINATED)
+

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -57,7 +57,7 @@ import matchenv
 from matchenv.agents.imitation import DAggerTrainer, ImitationConfig
 from matchenv.agents.ppo import SearchRecurrentPPO, search_config_of
 from matchenv.agents.evaluation import TestSplitEvaluator
-from matchenv.agents.run_dir import RunDir, RunDirError, write_json_atomic
+from matchenv.agents.run_dir import train_in_run_folder, write_json_atomic
 from matchenv.agents.script_args import dataclass_parser, given_flags, json_object_arg, parse_dataclass_args, resumed_args
 from matchenv.datasets import EVALUATION_ONLY
 from matchenv.vector import VEC_ENV_KINDS, make_vec_env
@@ -326,36 +326,11 @@ def unreadable_draws(vec_env, envs: list) -> dict[str, int]:
     return {"skipped": sum(d.unreadable_draws for d in datasets), "drawn": sum(d.training_draws for d in datasets)}
 
 
-#: exit status after a SIGTERM (128 + 15, what a shell reports for a terminated process)
-TERMINATED = 143
-_terminated = []
-
-
-def _terminate_as_interrupt(signum, frame) -> None:
-    # SIGTERM (a scheduler or `kill`) saves last.zip like Ctrl-C does, then exits TERMINATED
-    _terminated.append(signum)
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run = RunDir.claim(args.out_dir, default=f"runs/{args.dataset or args.env_id}-seed{args.seed}",
-                           resume=args.resume, overwrite=args.overwrite)
-    except RunDirError as err:
-        sys.exit(f"error: {err}")
-    for note in run.notes:
-        print(note)
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    try:
-        train(args, run.path)
-    except (CheckpointWriteError, ResumeError) as err:
-        sys.exit(f"error: {err}")
-    finally:
-        run.release()
-    if _terminated:
-        sys.exit(TERMINATED)
+    train_in_run_folder(functools.partial(train, args), args.out_dir, f"runs/{args.dataset or args.env_id}-seed{args.seed}",
+                        resume=args.resume, overwrite=args.overwrite, errors=(CheckpointWriteError, ResumeError))
 
 
 def train(args: Args, out_dir: Path) -> None:

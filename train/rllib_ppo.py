@@ -23,12 +23,12 @@ is never reused unless ``--resume`` continues it or ``--overwrite`` replaces it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +80,6 @@ class Args:
 CHOICES = {"reward_mode": ["sparse", "dense"]}
 #: flags that define the task or the network: a resumed run keeps the values of the run it continues
 FIXED_ON_RESUME = ("env_id", "reward_mode", "max_trials", "overview_size", "init", "lstm_hidden_size", "cnn_channels")
-#: exit status after a SIGTERM (128 + 15, what a shell reports for a terminated process)
-TERMINATED = 143
 #: RLlib's name for the env creator (any TemplateSearch id, chosen by env_config["env_id"])
 RLLIB_ENV = "matchenv-template-search"
 
@@ -194,35 +192,15 @@ def build_algorithm(args: Args, policy_kwargs: dict, aux_margin: float):
     return config.build_algo()
 
 
-_terminated: list[int] = []
-
-
-def _terminate_as_interrupt(signum, frame) -> None:
-    _terminated.append(signum)
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from matchenv.agents.run_dir import RunDir, RunDirError
+    from matchenv.agents.run_dir import train_in_run_folder
 
     run_name = args.env_id.replace("TemplateSearch-", "").replace("-v0", "").lower()
-    try:
-        run = RunDir.claim(args.out_dir, default=f"runs/rllib-{run_name}-seed{args.seed}", resume=args.resume,
-                           overwrite=args.overwrite, checkpoint="checkpoint")
-    except RunDirError as err:
-        sys.exit(f"error: {err}")
-    for note in run.notes:
-        print(note)
-    try:
-        train(args, run.path)
-    except ValueError as err:  # a checkpoint that cannot start this run (an unsafe or wrong file)
-        sys.exit(f"error: {err}")
-    finally:
-        run.release()
-    if _terminated:
-        sys.exit(TERMINATED)
+    # errors: a checkpoint that cannot start this run (an unsafe or wrong file)
+    train_in_run_folder(functools.partial(train, args), args.out_dir, f"runs/rllib-{run_name}-seed{args.seed}",
+                        resume=args.resume, overwrite=args.overwrite, checkpoint="checkpoint", errors=(ValueError,))
 
 
 def train(args: Args, out_dir: Path) -> None:
@@ -236,7 +214,7 @@ def train(args: Args, out_dir: Path) -> None:
     from matchenv.agents.evaluation import TestSplitEvaluator
     from matchenv.agents.policy import SearchLstmPolicy
     from matchenv.agents.rllib_agent import export_checkpoint, initial_weights
-    from matchenv.agents.run_dir import write_json_atomic
+    from matchenv.agents.run_dir import terminate_as_interrupt, write_json_atomic
 
     torch.set_num_threads(args.threads)
     state_file = out_dir / "state.json"
@@ -260,7 +238,7 @@ def train(args: Args, out_dir: Path) -> None:
     ray.init(address=args.address or None, num_cpus=(args.num_cpus or None) if not args.address else None,
              include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     # after ray.init, which installs a SIGTERM handler of its own that ends the process at once
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    signal.signal(signal.SIGTERM, terminate_as_interrupt)
     try:
         algo = build_algorithm(args, policy_kwargs, aux_margin)
         if args.resume:
