@@ -302,3 +302,14 @@ def resumed_args(args: Any, given: set[str], parser: argparse.ArgumentParser, sa
     fields = {f.name for f in dataclasses.fields(args)} - {"resume", "out_dir", "overwrite"}
     return dataclasses.replace(args, **{name: saved[name] for name in fields if name in saved and name not in given})
 
+
+def cnn_channels_arg(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
+    """``--cnn-channels``: the siamese CNN's five conv layers' output channels, or a parser error."""
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+        if len(channels) != 5 or min(channels) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--cnn-channels must be five positive integers like 8,16,32,32,32, got {text!r}")
+    return channels
+

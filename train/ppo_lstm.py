@@ -58,7 +58,8 @@ from matchenv.agents.imitation import DAggerTrainer, ImitationConfig
 from matchenv.agents.ppo import SearchRecurrentPPO, search_config_of
 from matchenv.agents.evaluation import TestSplitEvaluator
 from matchenv.agents.run_dir import train_in_run_folder, write_json_atomic
-from matchenv.agents.script_args import dataclass_parser, given_flags, json_object_arg, parse_dataclass_args, resumed_args
+from matchenv.agents.script_args import (cnn_channels_arg, dataclass_parser, given_flags, json_object_arg,
+                                             parse_dataclass_args, resumed_args)
 from matchenv.datasets import EVALUATION_ONLY
 from matchenv.vector import VEC_ENV_KINDS, make_vec_env
 
@@ -166,12 +167,7 @@ def parse_args() -> Args:
                      "and pass --eval-dataset KTM")
     for flag, text in (("--dataset-kwargs", args.dataset_kwargs), ("--eval-dataset-kwargs", args.eval_dataset_kwargs)):
         json_object_arg(parser, flag, text)
-    try:
-        channels = [int(c) for c in args.cnn_channels.split(",")]
-        if len(channels) != 5 or min(channels) < 1:
-            raise ValueError
-    except ValueError:
-        parser.error(f"--cnn-channels must be five positive integers like 8,16,32,32,32, got {args.cnn_channels!r}")
+    cnn_channels_arg(parser, args.cnn_channels)
     if not (args.imitation or args.ppo):
         parser.error("--no-imitation and --no-ppo together leave nothing to train")
     return args

@@ -108,7 +108,8 @@ def parse_args() -> Args:
     import gymnasium as gym
 
     import matchenv
-    from matchenv.agents.script_args import dataclass_parser, given_flags, parse_dataclass_args, resumed_args
+    from matchenv.agents.script_args import (cnn_channels_arg, dataclass_parser, given_flags, parse_dataclass_args,
+                                             resumed_args)
 
     parser = dataclass_parser(Args, __doc__, CHOICES)
     args = parse_dataclass_args(parser, Args)
@@ -149,12 +150,7 @@ def parse_args() -> Args:
                          f"{env.action_space}: pass the --env-id (and --overview-size) it was trained on")
     if args.minibatch_size > args.train_batch_size:
         parser.error(f"--minibatch-size {args.minibatch_size} is larger than --train-batch-size {args.train_batch_size}")
-    try:
-        channels = [int(c) for c in args.cnn_channels.split(",")]
-        if len(channels) != 5 or min(channels) < 1:
-            raise ValueError
-    except ValueError:
-        parser.error(f"--cnn-channels must be five positive integers like 8,16,32,32,32, got {args.cnn_channels!r}")
+    cnn_channels_arg(parser, args.cnn_channels)
     return args
 
 
