@@ -28,7 +28,7 @@ from matchenv.agents.box_refiner import BoxRefiner, RefinerRuntime, load_refiner
 from matchenv.agents.cnn_runtime import make_cnn_runtime
 from matchenv.agents.fused_search import FusedSearch
 from matchenv.agents.policy import SearchLstmPolicy
-from matchenv.agents.policy_runtime import PolicyRuntime, RunningSearch
+from matchenv.agents.policy_runtime import PolicyRuntime
 from matchenv.envs.actions import AbsoluteAction
 from matchenv.datasets.photos import nominal_window, to_working_size
 from matchenv.geometry import crop_letterboxed, crop_window, letterbox, place_windows, resize_image, window_locations
@@ -290,10 +290,6 @@ class TemplateSearcher:
                 warnings.warn(f"could not fuse the search into one ONNX Runtime call ({err}); searching step by step",
                               RuntimeWarning, stacklevel=2)
 
-    def _start(self, query_emb: np.ndarray, similarity: np.ndarray) -> RunningSearch:
-        """The actor and the match head over one batch of searches, keeping the LSTM state between windows."""
-        return self._policy_runtime.start(query_emb, similarity)
-
     @classmethod
     def load(cls, path: Union[str, Path], device: str = "cpu", **kwargs) -> "TemplateSearcher":
         """Load a checkpoint written by ``train/ppo_lstm.py`` (``best.zip`` / ``last.zip``).
@@ -460,7 +456,7 @@ class TemplateSearcher:
         lengths = np.full(n, self.max_trials)  # windows placed per search
         active = np.arange(n)  # searches still going (all of them unless stop_score ends some)
         window_embs: list[np.ndarray] = []
-        search = self._start(query_emb, similarity)
+        search = self._policy_runtime.start(query_emb, similarity)  # the actor and the match head, with the LSTM state
         for t in range(self.max_trials):
             # Decisions for the whole batch (rows are independent; those of finished searches are ignored).
             actions = search.step(window_emb, locations, (self.max_trials - t) / self.max_trials)
