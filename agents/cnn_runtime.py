@@ -62,15 +62,10 @@ class CNNRuntime:
         """:param images: ``(N, H, W, C)`` uint8. :return: ``(N, embedding_dim)`` float32."""
         return self.cnn(self._tensor(images)).cpu().numpy()
 
-    @torch.no_grad()
-    def feature_map(self, images: np.ndarray) -> np.ndarray:
-        """:return: ``(N, embedding_dim, h', w')`` float32, the last conv layer before pooling."""
-        return self.cnn.feature_map(self._tensor(images)).cpu().numpy()
-
 
 class TorchScriptCNN(CNNRuntime):
     """:meth:`embed` through a frozen TorchScript trace (about 1.6x faster than eager at batch 1)
-    of images of ``image_shape`` (``(C, H, W)``); the feature map stays eager."""
+    of images of ``image_shape`` (``(C, H, W)``)."""
 
     name = "torchscript"
 
@@ -83,17 +78,6 @@ class TorchScriptCNN(CNNRuntime):
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self.traced(self._tensor(images)).cpu().numpy()
-
-
-class FeatureMap(nn.Module):
-    """``cnn.feature_map`` as a module's forward (what export and tracing take)."""
-
-    def __init__(self, cnn: SiameseCNN) -> None:
-        super().__init__()
-        self.cnn = cnn
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.cnn.feature_map(images)
 
 
 def on_0_255_pixels(cnn: SiameseCNN) -> SiameseCNN:
@@ -181,18 +165,12 @@ class OnnxRuntimeCNN(CNNRuntime):
         super().__init__(cnn)
         # The graph takes float pixels 0-255 in (N, C, H, W): converting the uint8 crops in numpy
         # and folding the 1/255 into the first convolution costs less than doing both in the graph.
-        cnn_0_255 = on_0_255_pixels(self.cnn)
         axes = {"images": {0: "n", 2: "h", 3: "w"}, "out": {0: "n"}}
-        self._sessions = {
-            name: onnx_session(module, (torch.zeros(1, *image_shape),), ["images"], ["out"], axes, threads)
-            for name, module in (("embed", cnn_0_255), ("feature_map", FeatureMap(cnn_0_255)))
-        }
+        self._session = onnx_session(on_0_255_pixels(self.cnn), (torch.zeros(1, *image_shape),), ["images"], ["out"], axes,
+                                     threads)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        return self._sessions["embed"].run(None, {"images": images.transpose(0, 3, 1, 2).astype(np.float32)})[0]
-
-    def feature_map(self, images: np.ndarray) -> np.ndarray:
-        return self._sessions["feature_map"].run(None, {"images": images.transpose(0, 3, 1, 2).astype(np.float32)})[0]
+        return self._session.run(None, {"images": images.transpose(0, 3, 1, 2).astype(np.float32)})[0]
 
 
 def make_cnn_runtime(

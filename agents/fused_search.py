@@ -3,10 +3,9 @@
 At batch 1 a search of T windows is ~T CNN calls and T decisions, each a few dozen tiny
 operations; from Python every one of them costs a call's overhead (and the working set of the
 LSTM and the CNN evicts each other from the cache between calls). :class:`SearchGraph` writes
-the whole search -- the first decision on the global view, then for every trial: the decision,
-the window's placement (the env's own :func:`~matchenv.geometry.absolute_centres`,
-:func:`~matchenv.geometry.place_windows` and :func:`~matchenv.geometry.window_locations` on float64
-tensors), the crop, the CNN -- as one PyTorch graph,
+the whole search -- the opening and first decision on the global view, then for every trial:
+the window's placement (the env's own geometry on float64 tensors), the crop, the CNN and the next
+decision: the step modules of :mod:`matchenv.agents.search_step` unrolled -- as one PyTorch graph,
 exported to ONNX once; :class:`FusedSearch` runs it in ONNX Runtime, so a query is one call.
 
 It covers the common case of fixed-size agents (Noisy MNIST): windows of the query's size in
@@ -23,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from matchenv.agents.cnn_runtime import FeatureMap, on_0_255_pixels, onnx_session
+from matchenv.agents.cnn_runtime import on_0_255_pixels, onnx_session
 from matchenv.agents.policy import PolicyStep, SearchLstmPolicy
-from matchenv.geometry import absolute_centres, place_windows, window_locations
+from matchenv.agents.search_step import SearchOpening, WindowDistance, WindowStep, placed_windows
+from matchenv.envs.actions import AbsoluteAction
 
 
 class SearchGraph(nn.Module):
@@ -44,48 +44,39 @@ class SearchGraph(nn.Module):
 
     def __init__(self, policy: SearchLstmPolicy, max_trials: int) -> None:
         super().__init__()
-        self.policy = policy
-        self.step = PolicyStep(policy)
-        self.cnn = on_0_255_pixels(policy.features_extractor.cnn)
-        self.feature_map = FeatureMap(self.cnn)
+        step = PolicyStep(policy)
+        cnn = on_0_255_pixels(policy.features_extractor.cnn)
+        # the modules the step-by-step search calls one by one (matchenv.agents.search_step)
+        self.opening, self.window_step, self.distance = SearchOpening(step, cnn), WindowStep(step, cnn), WindowDistance(step)
+        self.action_map = AbsoluteAction(None)  # windows of the query's size
         self.max_trials = int(max_trials)
         self.window_h, self.window_w = policy.observation_space["query"].shape[1:]
 
     def forward(self, query, view, reference, image_size, overview: Optional[torch.Tensor] = None):
         n, channels = query.shape[0], query.shape[1]
-        both = self.cnn(torch.cat([query, view], dim=0))
-        query_emb, window_emb = both[:n], both[n:]
-        if overview is not None:
-            similarity = self.policy.features_extractor.cell_similarity(query_emb, self.feature_map(overview))
-        else:
-            similarity = query_emb[:, :0]
-        constants = self.step.start(query_emb, similarity)
+        bias, query_projection, best, similarity, mean, h, c = self.opening(torch.cat([query, view], dim=0), overview)
         # Windows of the query's size (scale 1), (x, y) pairs in float64 like the env's.
-        window_wh = image_size.new_tensor([float(self.window_w), float(self.window_h)])
-        location = query_emb.new_tensor([0.5, 0.5, 1.0, 1.0]).expand(n, 4)
-        hidden = self.policy.lstm_actor.hidden_size
-        h = query_emb.new_zeros(n, hidden)
-        c = query_emb.new_zeros(n, hidden)
+        window_wh = image_size.new_tensor([float(self.window_w), float(self.window_h)]).expand(n, 2)
+        image_wh = image_size.expand(n, 2)
         # Flat pixel indices of a window whose top-left corner is (0, 0).
         width_long = image_size[0].to(torch.int64)
         offsets = (torch.arange(self.window_h)[:, None] * width_long + torch.arange(self.window_w)[None, :]).reshape(1, 1, -1)
         flat = reference.flatten(2)
         boxes, window_embs = [], []
         for t in range(self.max_trials):
-            trials_left = query_emb.new_full((n, 1), (self.max_trials - t) / self.max_trials)
-            mean, h, c = self.step.decide(constants, window_emb, location, trials_left, h, c)
-            action = torch.clamp(mean[:, :2].to(torch.float64), -1.0, 1.0)  # (x, y)
-            corner, far = place_windows(absolute_centres(action, image_size, window_wh), window_wh, image_size)
-            boxes.append(torch.cat([corner, far], dim=1))
-            location = window_locations(corner, far, image_size).to(query.dtype)
-            pixel = corner.to(torch.int64)
-            start = (pixel[:, 1] * width_long + pixel[:, 0]).reshape(-1, 1, 1)
+            box, location = placed_windows(self.action_map, mean, image_wh, window_wh)
+            boxes.append(box)
+            start = (box[:, 1].to(torch.int64) * width_long + box[:, 0].to(torch.int64)).reshape(-1, 1, 1)
             index = (start + offsets).expand(-1, channels, -1)
             crop = flat.gather(2, index).reshape(n, channels, self.window_h, self.window_w).to(query.dtype)
-            window_emb = self.cnn(crop)
+            if t + 1 < self.max_trials:  # the window and the next decision
+                trials_left = query.new_full((n, 1), (self.max_trials - t - 1) / self.max_trials)
+                window_emb, mean, h, c = self.window_step(crop, location, trials_left, h, c, bias, query_projection,
+                                                          similarity, best)
+            else:  # the last window: no decision follows
+                window_emb = self.window_step.cnn(crop)
             window_embs.append(window_emb)
-        distances = self.policy.match_head.projected_distance(constants.query_projection.repeat(self.max_trials, 1),
-                                                              torch.cat(window_embs))
+        distances = self.distance(query_projection.repeat(self.max_trials, 1), torch.cat(window_embs))
         return torch.stack(boxes), distances.reshape(self.max_trials, n)
 
 

@@ -393,10 +393,16 @@ class PolicyStep(nn.Module):
         bias = query_emb @ w_ih[:, :e].T + lstm.bias_ih_l0 + lstm.bias_hh_l0
         if self.policy.features_extractor.map_size is not None:  # (a fixed choice: no branch in a traced graph)
             bias = bias + similarity @ w_ih[:, 2 * e + 5:].T
-        step_weight = torch.cat([w_ih[:, e:2 * e + 5], lstm.weight_hh_l0], dim=1).T
         head = self.policy.pointer_head
         best = None if head is None else head.soft_argmax(similarity)
-        return SearchConstants(bias, step_weight, self.policy.match_head.projection(query_emb), similarity, best)
+        return SearchConstants(bias, self.step_weight(), self.policy.match_head.projection(query_emb), similarity, best)
+
+    def step_weight(self) -> torch.Tensor:
+        """:attr:`SearchConstants.step_weight`: the same for every search (a graph that takes the
+        other constants as inputs computes it from the weights, and its runtime folds it once)."""
+        # The embedding size as a Python number (not a tensor's shape): see start().
+        lstm, e = self.policy.lstm_actor, self.policy.features_extractor.cnn.embedding_dim
+        return torch.cat([lstm.weight_ih_l0[:, e:2 * e + 5], lstm.weight_hh_l0], dim=1).T
 
     def decide(
         self,

@@ -1,11 +1,13 @@
-"""Where a searcher runs the search policy's decisions: :class:`~matchenv.agents.policy.PolicyStep`
-exported (:class:`~matchenv.agents.exported_module.ExportedModule`), so the fast path and the trained
-module are one definition.
+"""Where a searcher runs the search policy: the step modules of :mod:`matchenv.agents.search_step`
+exported (:class:`~matchenv.agents.exported_module.ExportedModule`), so the fast path and the
+trained modules are one definition.
 
-A search calls the policy three ways: once per search for what every decision shares
-(:meth:`PolicyStep.start`), once per window for the decision (:meth:`PolicyStep.decide`), and
-for the match head's verdict on windows. Each is a small graph with tensor inputs and outputs,
-exported on its own.
+A search of ``T`` windows makes ``T + 2`` calls: :class:`~matchenv.agents.search_step.SearchOpening`
+(the query and the global view through the CNN, the constants, the first decision), then
+:class:`~matchenv.agents.search_step.WindowStep` per window (the CNN and the next decision; the
+last window through the CNN alone) and :class:`~matchenv.agents.search_step.WindowDistance` for
+the match scores of all of them. At batch 1 a runtime call costs several microseconds besides its
+arithmetic, so the parts are grouped into as few calls as the search allows.
 """
 
 from __future__ import annotations
@@ -16,117 +18,132 @@ import numpy as np
 import torch
 from torch import nn
 
+from matchenv.agents.cnn_runtime import on_0_255_pixels
 from matchenv.agents.exported_module import ExportedModule
-from matchenv.agents.policy import PolicyStep, SearchConstants, SearchLstmPolicy
+from matchenv.agents.policy import PolicyStep, SearchLstmPolicy
+from matchenv.agents.search_step import SearchOpening, WindowDistance, WindowStep
+
+#: the constants of a search, in the order WindowStep takes them after its varying inputs
+_CONSTANTS = ["bias", "query_projection", "similarity", "best"]
 
 
-class _Start(nn.Module):
-    """:meth:`PolicyStep.start` with tensor outputs: ``bias``, ``query_projection``, ``best``
-    (``(N, 2)`` zeros without a pointer head)."""
+class _PixelsTo01(nn.Module):
+    """The CNN on pixels 0-255, scaled as it runs: the eager runtime keeps following the policy's
+    weights (the exported ones fold the scale into a snapshot, :func:`on_0_255_pixels`)."""
 
-    def __init__(self, step: PolicyStep) -> None:
+    def __init__(self, cnn: nn.Module) -> None:
         super().__init__()
-        self.step = step
+        self.cnn = cnn
 
-    def forward(self, query_emb: torch.Tensor, similarity: torch.Tensor):
-        constants = self.step.start(query_emb, similarity)
-        best = query_emb.new_zeros(query_emb.shape[0], 2) if constants.best is None else constants.best
-        return constants.bias, constants.query_projection, best
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.cnn(images / 255.0)
 
-
-class _Decide(nn.Module):
-    """:meth:`PolicyStep.decide` with the constants as tensor inputs (the weight product,
-    the same for every search, is computed in the graph and folded by ONNX Runtime)."""
-
-    def __init__(self, step: PolicyStep) -> None:
-        super().__init__()
-        self.step = step
-
-    def forward(self, bias, query_projection, similarity, best, window_emb, location, trials_left, h, c):
-        policy = self.step.policy
-        # A Python number, not window_emb.shape[1]: a traced shape would make the weight product
-        # an input-dependent computation instead of a constant the runtime folds once.
-        lstm, e = policy.lstm_actor, policy.features_extractor.cnn.embedding_dim
-        step_weight = torch.cat([lstm.weight_ih_l0[:, e:2 * e + 5], lstm.weight_hh_l0], dim=1).T
-        constants = SearchConstants(bias, step_weight, query_projection, similarity,
-                                    None if policy.pointer_head is None else best)
-        return self.step.decide(constants, window_emb, location, trials_left, h, c)
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        return self.cnn.feature_map(images / 255.0)
 
 
-class _Distance(nn.Module):
-    """The match head's distances of windows to queries already projected."""
-
-    def __init__(self, policy: SearchLstmPolicy) -> None:
-        super().__init__()
-        self.match_head = policy.match_head
-
-    def forward(self, query_projection: torch.Tensor, window_emb: torch.Tensor) -> torch.Tensor:
-        return self.match_head.projected_distance(query_projection, window_emb)
+def _pixels(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W, C)`` uint8 -> ``(N, C, H, W)`` float32 pixels 0-255, what the graphs take."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 class PolicyRuntime:
-    """A trained policy's decisions and match head, from numpy embeddings.
+    """A trained policy's search steps, from numpy arrays.
 
     :param policy: a trained policy with a one-layer actor LSTM.
     :param kind: the runtime (:data:`matchenv.agents.exported_module.KINDS`; a GPU policy runs in PyTorch).
+    :param overview_size: ``(H', W')`` of the overview for a policy that has one, else ``None``.
     :param threads: ONNX Runtime's intra-op threads (default ``torch.get_num_threads()``).
     """
 
-    def __init__(self, policy: SearchLstmPolicy, kind: str = "auto", threads: Optional[int] = None) -> None:
+    def __init__(self, policy: SearchLstmPolicy, kind: str = "auto", overview_size: Optional[tuple[int, int]] = None,
+                 threads: Optional[int] = None) -> None:
         step = PolicyStep(policy).eval()
-        e = policy.features_extractor.cnn.embedding_dim
+        trained = policy.features_extractor.cnn
+        cnn = _PixelsTo01(trained) if kind == "torch" or policy.device.type != "cpu" else on_0_255_pixels(trained)
         map_size = policy.features_extractor.map_size
         cells = 0 if map_size is None else map_size[0] * map_size[1]
+        if (map_size is None) != (overview_size is None):
+            raise ValueError(f"overview_size {overview_size} does not fit a policy {'with' if map_size else 'without'} an overview")
         self.hidden = policy.lstm_actor.hidden_size
         projection = policy.match_head.projection[-1].out_features
+        image = policy.observation_space["query"].shape
         zeros = lambda *shape: torch.zeros(1, *shape)  # noqa: E731
-        self._start = ExportedModule(_Start(step), [zeros(e), zeros(cells)], ["query_emb", "similarity"],
-                                     ["bias", "query_projection", "best"], kind, threads)
-        self._decide = ExportedModule(
-            _Decide(step), [zeros(4 * self.hidden), zeros(projection), zeros(cells), zeros(2), zeros(e), zeros(4), zeros(1),
-                            zeros(self.hidden), zeros(self.hidden)],
-            ["bias", "query_projection", "similarity", "best", "window_emb", "location", "trials_left", "h", "c"],
-            ["mean", "h_next", "c_next"], kind, threads)
-        self._distance = ExportedModule(_Distance(policy), [zeros(projection), zeros(e)], ["query_projection", "window_emb"],
-                                        ["distance"], kind, threads)
+        self.has_overview = overview_size is not None
+        opening_inputs, names = [torch.zeros(2, *image)], ["images"]
+        if self.has_overview:
+            opening_inputs.append(zeros(image[0], *overview_size))
+            names.append("overview")
+        self._opening = ExportedModule(SearchOpening(step, cnn), opening_inputs, names,
+                                       ["bias", "query_projection", "best", "similarity", "mean", "h", "c"], kind, threads)
+        self._window = ExportedModule(
+            WindowStep(step, cnn),
+            [zeros(*image), zeros(4), zeros(1), zeros(self.hidden), zeros(self.hidden),
+             zeros(4 * self.hidden), zeros(projection), zeros(cells), zeros(2)],
+            ["window", "location", "trials_left", "h", "c", *_CONSTANTS], ["window_emb", "mean", "h_next", "c_next"],
+            kind, threads)
+        self._distance = ExportedModule(WindowDistance(step), [zeros(projection), zeros(trained.embedding_dim)],
+                                        ["query_projection", "window_emb"], ["distance"], kind, threads)
         #: the runtime in use: "onnxruntime", "torchscript" or "torch"
-        self.name = self._decide.name
+        self.name = self._window.name
 
-    def start(self, query_emb: np.ndarray, similarity: np.ndarray) -> "RunningSearch":
-        """Begin searches for ``(N, E)`` query embeddings and their ``(N, h' * w')`` (or ``(N, 0)``)
-        similarity maps."""
-        return RunningSearch(self, np.ascontiguousarray(query_emb, np.float32), np.ascontiguousarray(similarity, np.float32))
+    def start(self, images: np.ndarray, overviews: Optional[np.ndarray], max_trials: int) -> "RunningSearch":
+        """Open ``N`` searches of ``max_trials`` windows each (the decisions see the trials left).
+
+        :param images: ``(2 N, h, w, C)`` uint8 at the observation size: the queries, then the
+            views (the whole references). :param overviews: ``(N, H', W', C)`` uint8 for a policy
+            with an overview, else ``None``.
+        """
+        if (overviews is None) == self.has_overview:
+            raise ValueError("pass overviews exactly when the policy has an overview")
+        opened = self._opening(_pixels(images)) if overviews is None else self._opening(_pixels(images), _pixels(overviews))
+        return RunningSearch(self, opened, int(max_trials))
 
 
 class RunningSearch:
-    """``N`` searches in progress: the LSTM state and what every decision shares.
+    """``N`` searches in progress, in step: the LSTM state and what every decision shares.
 
-    :meth:`step` decides the next windows, :meth:`distance` is the match head's verdict on windows.
+    :attr:`actions` is the latest decision; :meth:`look` shows the searches the windows they
+    asked for and decides again, :meth:`distance` scores windows.
     """
 
-    def __init__(self, runtime: PolicyRuntime, query_emb: np.ndarray, similarity: np.ndarray) -> None:
+    def __init__(self, runtime: PolicyRuntime, opened: tuple[np.ndarray, ...], max_trials: int) -> None:
         self.runtime = runtime
-        bias, self.query_projection, best = runtime._start(query_emb, similarity)
+        bias, query_projection, best, similarity, mean, self.h, self.c = opened
+        self._constants = dict(zip(_CONSTANTS, (bias, query_projection, similarity, best)))
         # what every decision of these searches shares, given to the graph once
-        self._decide = runtime._decide.bound(bias=bias, query_projection=self.query_projection, similarity=similarity,
-                                             best=best)
-        self.h = np.zeros((len(query_emb), runtime.hidden), np.float32)
-        self.c = np.zeros_like(self.h)
-        self._trials = np.empty((len(query_emb), 1), np.float32)
+        self._window = runtime._window.bound(**self._constants)
+        self.max_trials = max_trials
+        self.looks = 1  #: windows seen so far (the global view counts)
+        #: ``(N, A)`` the latest decision of every search (before clipping)
+        self.actions: np.ndarray = mean
 
-    def step(self, window_emb: np.ndarray, locations: np.ndarray, trials_left) -> np.ndarray:
-        """``(N, A)`` mean actions after seeing ``(N, E)`` window embeddings at ``(N, 4)`` locations
-        ``(cx, cy, w, h)`` (fractions of the reference); ``trials_left`` one number for every
-        search or an ``(N, 1)`` array."""
-        self._trials[:] = np.asarray(trials_left, np.float32).reshape(-1, 1)
-        mean, self.h, self.c = self._decide(np.ascontiguousarray(window_emb, np.float32),
-                                            np.ascontiguousarray(locations, np.float32), self._trials, self.h, self.c)
-        return mean
+    def look(self, images: np.ndarray, locations: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """Show the searches ``rows`` (all of them by default) the windows they asked for, and
+        decide again (:attr:`actions` of those rows).
 
-    def distance(self, window_emb: np.ndarray) -> np.ndarray:
-        """``(M,)`` match-head distances of ``(M, E)`` windows to the queries, ``M`` a multiple of
-        ``N`` (windows of several trials stacked trial by trial); small means a match."""
-        query = self.query_projection
+        :param images: ``(M, h, w, C)`` uint8, one per row, at the observation size; ``locations``
+            ``(M, 4)`` their places ``(cx, cy, w, h)``, fractions of the references.
+        :return: ``(M, E)`` the windows' embeddings (for :meth:`distance`).
+        """
+        trials = np.full((len(images), 1), (self.max_trials - self.looks) / self.max_trials, np.float32)
+        locations = np.ascontiguousarray(locations, np.float32)  # (a float32 array passes as it is)
+        self.looks += 1
+        if rows is None:
+            window_emb, self.actions, self.h, self.c = self._window(_pixels(images), locations, trials, self.h, self.c)
+            return window_emb
+        constants = [self._constants[name][rows] for name in _CONSTANTS]
+        window_emb, mean, h, c = self.runtime._window(_pixels(images), locations, trials, self.h[rows], self.c[rows], *constants)
+        self.h[rows], self.c[rows], self.actions[rows] = h, c, mean
+        return window_emb
+
+    def distance(self, window_emb: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """``(M,)`` match-head distances of ``(M, E)`` windows to the queries of ``rows`` (all
+        searches by default; ``M`` may be a multiple of their number, windows stacked trial by
+        trial); small means a match."""
+        query = self._constants["query_projection"]
+        if rows is not None:
+            query = query[rows]
         if len(window_emb) != len(query):
             query = np.tile(query, (len(window_emb) // len(query), 1))
         return self.runtime._distance(query, np.ascontiguousarray(window_emb, np.float32))[0]

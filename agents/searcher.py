@@ -31,7 +31,7 @@ from matchenv.agents.policy import SearchLstmPolicy
 from matchenv.agents.policy_runtime import PolicyRuntime
 from matchenv.envs.actions import AbsoluteAction
 from matchenv.datasets.photos import nominal_window, to_working_size
-from matchenv.geometry import crop_letterboxed, crop_window, letterbox, place_windows, resize_image, window_locations
+from matchenv.geometry import crop_letterboxed, crop_window, letterbox, resize_image
 
 
 @dataclass
@@ -253,7 +253,6 @@ class TemplateSearcher:
         if action_dims not in ((2,), (3,)):
             raise ValueError(f"TemplateSearcher needs an 'absolute' action policy (shape (2,) or (3,)), got {action_dims}")
         self.scale_range = None if action_dims == (2,) else (float(scale_range[0]), float(scale_range[1]))
-        self._action = AbsoluteAction(self.scale_range)  # the env's action map: the same windows for the same actions
         self.device = policy.device  # SB3 computes it from the parameters on every access
         if fast is None:
             fast = policy.device.type == "cpu" and policy.lstm_actor.num_layers == 1
@@ -271,9 +270,10 @@ class TemplateSearcher:
             self._refiner = RefinerRuntime(refiner.to(self.device), onnx=self._cnn.name == "onnxruntime")
         #: where the box refiner runs: "onnxruntime" or "torch"; None without a refiner
         self.refiner_runtime: Optional[str] = None if self._refiner is None else self._refiner.name
-        # The policy's decisions run where the CNN does: exported to ONNX Runtime or TorchScript on
-        # the fast path, the modules themselves otherwise.
-        self._policy_runtime = PolicyRuntime(policy, self._cnn.name)
+        self._action = AbsoluteAction(self.scale_range)  # the env's action map: the same windows for the same actions
+        # The search steps run where the CNN does: exported to ONNX Runtime or TorchScript on the
+        # fast path, the modules themselves otherwise.
+        self._policy_runtime = PolicyRuntime(policy, self._cnn.name, self.overview_size)
         # The whole search as one ONNX Runtime call, for agents whose windows are plain crops.
         eligible = (self._cnn.name == "onnxruntime" and self.scale_range is None and not self.letterbox
                     and self.max_side is None and self.window_fraction is None)
@@ -434,58 +434,49 @@ class TemplateSearcher:
         return results
 
     def _search(self, query_views, references, windows, factors) -> list[SearchResult]:
-        """The search step by step: a CNN call and a decision per window (every agent and option).
+        """The search step by step: a call of the policy runtime per window (every agent and option).
 
         :param query_views: the prepared queries as the agent sees them (:meth:`_view`)."""
         n = len(query_views)
-        # The query (embedded once per search) and the global view, in one CNN call.
-        both = self._cnn.embed(np.stack(list(query_views) + [self._view(r) for r in references]))
-        query_emb, window_emb = both[:n], both[n:]
-        similarity = np.zeros((n, 0), np.float32)
+        overviews = None
         if self.overview_size is not None:  # the sharper first look, once per search
             whole = letterbox if self.letterbox else resize_image
-            cells = self._cnn.feature_map(np.stack([whole(r, self.overview_size) for r in references]))
-            similarity = self.policy.features_extractor.cell_similarity(torch.from_numpy(query_emb),
-                                                                        torch.from_numpy(cells)).numpy()
-        locations = np.tile(np.array([0.5, 0.5, 1.0, 1.0], dtype=np.float32), (n, 1))
-        image_wh = np.array([(r.shape[1], r.shape[0]) for r in references], dtype=np.float64)
-        window_wh = np.array([(w, h) for h, w in windows], dtype=np.float64)
-        ones = np.ones(n)
+            overviews = np.stack([whole(r, self.overview_size) for r in references])
+        # The actor and the match head, with the LSTM state: opened on the query and the global view.
+        search = self._policy_runtime.start(np.stack(list(query_views) + [self._view(r) for r in references]), overviews,
+                                            self.max_trials)
         paths = np.zeros((self.max_trials, n, 4))
         distances = np.zeros((self.max_trials, n))
         lengths = np.full(n, self.max_trials)  # windows placed per search
         active = np.arange(n)  # searches still going (all of them unless stop_score ends some)
         window_embs: list[np.ndarray] = []
-        search = self._policy_runtime.start(query_emb, similarity)  # the actor and the match head, with the LSTM state
         for t in range(self.max_trials):
-            # Decisions for the whole batch (rows are independent; those of finished searches are ignored).
-            actions = search.step(window_emb, locations, (self.max_trials - t) / self.max_trials)
-            if not np.isfinite(actions[active]).all():
-                raise RuntimeError(f"the policy produced a non-finite action at trial {t}: {actions[active].tolist()}")
-            # The env's geometry (matchenv.geometry) for the searches still going, in float64.
-            # (np.minimum/np.maximum: np.clip costs more than the geometry itself at batch 1)
-            clipped = np.minimum(np.maximum(actions[active], -1.0), 1.0).astype(np.float64)
-            image, window = (image_wh, window_wh) if len(active) == n else (image_wh[active], window_wh[active])
-            centre, scale = self._action.move(clipped, image, ones[:len(active)], image, window)  # absolute: no centre
-            p0, p1 = place_windows(centre, window * scale[:, None], image)
-            rows = slice(None) if len(active) == n else active
-            paths[t, rows] = np.concatenate([p0, p1], axis=1)
-            locations[rows] = window_locations(p0, p1, image)
-            crops = [self._window(references[i], paths[t, i]) for i in active.tolist()]
-            if len(active) == n:
+            actions = search.actions if len(active) == n else search.actions[active]
+            if not np.isfinite(actions).all():
+                raise RuntimeError(f"the policy produced a non-finite action at trial {t}: {actions.tolist()}")
+            # The env's window for each decision, one at a time on Python floats (AbsoluteAction.place)
+            crops, locations = [], np.empty((len(active), 4), np.float32)
+            clipped = np.minimum(np.maximum(actions, -1.0), 1.0).tolist()  # (np.clip costs more at batch 1)
+            for row, (i, action) in enumerate(zip(active.tolist(), clipped)):
+                reference = references[i]
+                box, locations[row] = self._action.place(action, (reference.shape[1], reference.shape[0]), windows[i][::-1])
+                paths[t, i] = box
+                crops.append(self._window(reference, paths[t, i]))
+            rows = None if len(active) == n else active
+            if t + 1 < self.max_trials:  # the window and the next decision
+                window_emb = search.look(np.stack(crops), locations, rows)
+            else:  # the last window: no decision follows
                 window_emb = self._cnn.embed(np.stack(crops))
-            else:
-                window_emb = window_emb.copy()
-                window_emb[active] = self._cnn.embed(np.stack(crops))
-            window_embs.append(window_emb)
             if self.stop_score is not None:  # the match head accepts the window: that search ends here
-                distances[t, active] = search.distance(window_emb)[active]
+                distances[t, active] = search.distance(window_emb, rows)
                 accepted = 1.0 - distances[t, active] / self.margin >= self.stop_score
                 lengths[active[accepted]] = t + 1
                 active = active[~accepted]
                 if len(active) == 0:
                     break
-        if self.stop_score is None:  # score every window in one call of the match head
+            else:
+                window_embs.append(window_emb)
+        if self.stop_score is None:  # every window scored in one call of the match head
             distances = search.distance(np.concatenate(window_embs)).reshape(self.max_trials, n)
         return self._results(paths, distances, lengths, factors)
 

@@ -83,11 +83,14 @@ def cxcywh_to_xyxy(boxes: BoxLike, width: float, height: float) -> np.ndarray:
 
 
 # The window geometry of a search -- where an action puts a window, its whole-pixel box and what the
-# agent observes of its place -- written once, batched, for the environment, the vector env and the
-# searchers (numpy float64), and for the fused search graph (torch float64, traced for export).
-# Each helper below takes numpy arrays or torch tensors alike; the torch path avoids anything a
+# agent observes of its place -- written once, batched, for the environment and the vector env
+# (numpy float64), the step-by-step searcher (Python floats, one window at a time) and the exported
+# search graphs (torch float64, traced for export).
+# Each helper below takes numpy arrays or torch tensors alike, or Python floats for one axis of one
+# window (window_locations then gives a (centre, size) pair); the torch path avoids anything a
 # trace would freeze (Python numbers from tensors, numpy calls).
-def _torch_tensor(x) -> bool:
+def is_torch_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor (checked without importing torch)."""
     return type(x).__module__.startswith("torch")
 
 
@@ -108,13 +111,13 @@ class _TorchOps:
     def minimum(a, b):
         import torch
 
-        return torch.minimum(a, b) if _torch_tensor(b) else torch.clamp(a, max=b)
+        return torch.minimum(a, b) if is_torch_tensor(b) else torch.clamp(a, max=b)
 
     @staticmethod
     def maximum(a, b):
         import torch
 
-        return torch.maximum(a, b) if _torch_tensor(b) else torch.clamp(a, min=b)
+        return torch.maximum(a, b) if is_torch_tensor(b) else torch.clamp(a, min=b)
 
     @staticmethod
     def round(a):
@@ -129,8 +132,25 @@ class _TorchOps:
         return torch.cat(parts, dim=-1)
 
 
+class _FloatOps:
+    """The same on Python floats, one axis at a time (one window: numpy's per-call overhead would
+    be most of the geometry's time). ``round`` rounds half to even, as the others do."""
+
+    minimum, maximum = staticmethod(min), staticmethod(max)
+
+    @staticmethod
+    def round(a):
+        return float(round(a))
+
+    @staticmethod
+    def concat(parts):
+        return tuple(parts)
+
+
 def _ops(x) -> type:
-    return _TorchOps if _torch_tensor(x) else _NumpyOps
+    if isinstance(x, float):
+        return _FloatOps
+    return _TorchOps if is_torch_tensor(x) else _NumpyOps
 
 
 def absolute_centres(action, image_wh, window_wh):

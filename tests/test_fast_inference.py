@@ -13,6 +13,8 @@ from matchenv.agents.policy_runtime import PolicyRuntime
 from matchenv.agents.policy import PolicyStep, SearchLstmPolicy
 from matchenv.agents.searcher import TemplateSearcher
 from matchenv.agents.siamese import SiameseCNN
+from matchenv.envs.actions import AbsoluteAction
+from matchenv.geometry import place_windows, window_locations
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -39,29 +41,62 @@ RUNTIME_KINDS = ["torch", "torchscript"] + (["onnxruntime"] if onnxruntime_avail
 
 @pytest.mark.parametrize("kind", RUNTIME_KINDS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_exported_decisions_equal_the_torch_step(case, kind):
-    policy, _ = random_policy(case)
+def test_exported_search_steps_equal_the_torch_modules(case, kind):
+    """The exported opening, looks and match distances compute what the policy's modules compute."""
+    policy, env = random_policy(case)
     rng = np.random.default_rng(0)
-    n, emb = 16, policy.features_extractor.cnn.embedding_dim
-    cells = 0 if policy.features_extractor.map_size is None else int(np.prod(policy.features_extractor.map_size))
-    location = np.concatenate([rng.uniform(0.1, 0.9, (n, 2)), rng.uniform(0.2, 1.0, (n, 2))], axis=1)
-    inputs = [rng.normal(size=(n, emb)), rng.normal(size=(n, emb)), location, rng.uniform(0, 1, (n, 1)),
-              rng.uniform(-1, 1, (n, cells))]
-    query, window, location, trials, similarity = [np.asarray(x, dtype=np.float32) for x in inputs]
-    runtime = PolicyRuntime(policy, kind)
+    n = 16
+    channels, height, width = policy.observation_space["query"].shape
+    overview_size = env.unwrapped.overview_size
+    to_tensor = lambda images: torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    images = lambda *size: rng.integers(0, 256, (n, *(size or (height, width)), channels), dtype=np.uint8)  # noqa: E731
+    queries, views = images(), images()
+    overviews = None if overview_size is None else images(*overview_size)
+    runtime = PolicyRuntime(policy, kind, overview_size)
     assert runtime.name == kind
-    search = runtime.start(query, similarity)
-    step = PolicyStep(policy)
-    h = c = torch.zeros(n, 32)
-    for t in range(3):  # the state carried between decisions too
-        got = search.step(window, location, trials)
+    search = runtime.start(np.concatenate([queries, views]), overviews, max_trials=4)
+    step, cnn = PolicyStep(policy), policy.features_extractor.cnn
+    with torch.no_grad():
+        query, window = cnn(to_tensor(queries)), cnn(to_tensor(views))
+        similarity = (torch.zeros(n, 0) if overviews is None
+                      else policy.features_extractor.cell_similarity(query, cnn.feature_map(to_tensor(overviews))))
+        h = c = torch.zeros(n, 32)
+        location = torch.tensor([[0.5, 0.5, 1.0, 1.0]]).repeat(n, 1)
+        expected, h, c = step(query, window, location, torch.ones(n, 1), similarity, h, c)
+    np.testing.assert_allclose(search.actions, expected.numpy(), rtol=1e-4, atol=1e-4)
+    for t in range(1, 4):  # the state carried between looks too
+        crops = images()
+        location = np.concatenate([rng.uniform(0.1, 0.9, (n, 2)), rng.uniform(0.2, 1.0, (n, 2))], axis=1).astype(np.float32)
+        rows = None if t < 3 else np.arange(1, n, 2)  # some searches ended (stop_score)
+        picked = slice(None) if rows is None else rows
+        window_emb = search.look(crops[picked], location[picked], rows)
+        distance = search.distance(window_emb, rows)
         with torch.no_grad():
-            expected, h, c = step(*(torch.from_numpy(x) for x in (query, window, location, trials, similarity)), h, c)
-            distance = policy.match_head(torch.from_numpy(query), torch.from_numpy(window))
-        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(search.h, h.numpy(), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(search.distance(window), distance.numpy(), rtol=1e-5, atol=1e-5)
-        window = window[::-1].copy()
+            window = cnn(to_tensor(crops))
+            expected, h, c = step(query, window, torch.from_numpy(location), torch.full((n, 1), (4 - t) / 4), similarity, h, c)
+            expected_distance = policy.match_head(query, window)
+        np.testing.assert_allclose(window_emb, window.numpy()[picked], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(search.actions[picked], expected.numpy()[picked], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(distance, expected_distance.numpy()[picked], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(search.h[picked], h.numpy()[picked], rtol=1e-4, atol=1e-4)
+
+
+def test_one_window_placed_on_floats_is_the_batched_geometry_window():
+    """The searcher places each window with AbsoluteAction.place (Python floats, axis by axis):
+    the env's batched numpy geometry gives the same box and location, bit for bit."""
+    rng = np.random.default_rng(2)
+    n = 3000
+    image_wh = rng.integers(20, 400, (n, 2)).astype(np.float64)
+    window_wh = np.where(rng.random((n, 2)) < 0.3, rng.integers(1, 60, (n, 2)) + 0.5, rng.uniform(1, 80, (n, 2)))
+    for scale_range in (None, (0.5, 2.0)):
+        action_map = AbsoluteAction(scale_range)
+        actions = np.clip(np.round(rng.uniform(-1.2, 1.2, (n, 3 if scale_range else 2)) * 8) / 8, -1.0, 1.0)
+        centre, scale = action_map.move(actions, None, np.ones(n), image_wh, window_wh)
+        p0, p1 = place_windows(centre, window_wh * scale[:, None], image_wh)
+        locations = window_locations(p0, p1, image_wh)
+        for i in range(n):
+            box, location = action_map.place(actions[i].tolist(), image_wh[i], window_wh[i])
+            assert box == tuple(np.concatenate([p0[i], p1[i]]).tolist()) and location == tuple(locations[i].tolist())
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -187,10 +222,7 @@ def test_cnn_runtimes_compute_the_trained_cnn(kind, channels):
         images = rng.integers(0, 256, (*shape, channels), dtype=np.uint8)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad():
-            expected_emb, expected_map = cnn(x).numpy(), cnn.feature_map(x).numpy()
-        if shape[1:] == (28, 28):
-            np.testing.assert_allclose(runtime.embed(images), expected_emb, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(runtime.feature_map(images), expected_map, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(runtime.embed(images), cnn(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", RUNTIME_KINDS)
@@ -239,7 +271,7 @@ def test_cnn_runtime_choice_is_checked(monkeypatch):
     assert make_cnn_runtime("auto", cnn, (1, 28, 28)).name == "torchscript"  # without onnxruntime
     # the policy's decisions fall back the same way
     monkeypatch.setattr("matchenv.agents.exported_module.onnxruntime_available", lambda: False)
-    assert PolicyRuntime(random_policy("pointer")[0], "auto").name == "torchscript"
+    assert PolicyRuntime(random_policy("pointer")[0], "auto", (48, 48)).name == "torchscript"
     with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
         PolicyRuntime(random_policy("plain")[0], "onnxruntime")
 

@@ -169,6 +169,35 @@ def test_the_window_geometry_is_the_same_in_numpy_and_in_a_traced_torch_graph():
                                                    *window_wh[i], *image_wh[i]), np.concatenate([p0[i], p1[i]]))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+def test_the_absolute_action_map_with_scales_is_the_same_in_numpy_and_in_a_traced_torch_graph():
+    """The exported search step moves windows with the env's AbsoluteAction on torch tensors; its
+    scale (torch.exp, not math.exp) places the same whole-pixel windows."""
+    import torch
+
+    from matchenv.envs.actions import AbsoluteAction
+    from matchenv.geometry import place_windows, window_locations
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    image_wh = rng.integers(20, 400, (n, 2)).astype(np.float64)
+    window_wh = rng.uniform(4, 60, (n, 2))
+    action = np.clip(rng.uniform(-1.2, 1.2, (n, 3)), -1.0, 1.0)
+    action_map = AbsoluteAction((0.5, 2.0))
+
+    def geometry(action, image_wh, window_wh):
+        centre, scale = action_map.move(action, None, None, image_wh, window_wh)
+        p0, p1 = place_windows(centre, window_wh * scale[:, None], image_wh)
+        return p0, p1, window_locations(p0, p1, image_wh)
+
+    expected = geometry(action, image_wh, window_wh)
+    example = (torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64) * 9, torch.ones(2, 2, dtype=torch.float64))
+    traced = torch.jit.trace(geometry, example)
+    got = traced(*(torch.from_numpy(a) for a in (action, image_wh, window_wh)))
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g.numpy(), e)
+
+
 def scalar_window(action, image_wh, window_wh) -> np.ndarray:
     """The env's window geometry of 2026-12-05, in plain Python: an independent check of the batched one."""
     (img_w, img_h), (win_w, win_h) = image_wh.tolist(), window_wh.tolist()

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from gymnasium import spaces
 
-from matchenv.geometry import absolute_centres
+from matchenv.geometry import absolute_centres, is_torch_tensor, place_windows, window_locations
 
 ACTION_TYPES = ("absolute", "relative", "discrete")
 
@@ -95,11 +95,21 @@ class WindowAction(abc.ABC):
         return spaces.Box(-1.0, 1.0, shape=(3 if self.has_scale else 2,), dtype=np.float32)
 
 
-def log_uniform_scales(component: np.ndarray, scale_range: tuple[float, float]) -> np.ndarray:
+def log_uniform_scales(component, scale_range: tuple[float, float]):
     """``(N,)`` window scales for ``(N,)`` action components in ``[-1, 1]``, log-uniform in
-    ``scale_range``. ``math.exp`` value by value: numpy's vectorised exp may round the last bit
-    differently by batch length, and a batch must place the windows one env would."""
+    ``scale_range`` (a float for a float).
+
+    On numpy arrays ``math.exp`` value by value: numpy's vectorised exp may round the last bit
+    differently by batch length, and a batch must place the windows one env would. On torch
+    tensors (the exported search step) ``torch.exp``, which may round the last bit differently
+    from ``math.exp``: a window's whole-pixel box then differs only if its size lies within that
+    bit of a half pixel.
+    """
     lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
+    if isinstance(component, float):  # one window (AbsoluteAction.place)
+        return math.exp(lo + (component + 1.0) / 2.0 * (hi - lo))
+    if is_torch_tensor(component):
+        return (lo + (component + 1.0) / 2.0 * (hi - lo)).exp()
     return np.array([math.exp(lo + (v + 1.0) / 2.0 * (hi - lo)) for v in component.tolist()], dtype=np.float64)
 
 
@@ -112,6 +122,26 @@ class AbsoluteAction(WindowAction):
         if self.has_scale:
             scale = log_uniform_scales(actions[:, 2], self.scale_range)
         return absolute_centres(actions[:, :2], image_wh, window_wh * scale[:, None]), scale
+
+    def place(self, action: Sequence[float], image_wh: Sequence[float], window_wh: Sequence[float]
+              ) -> tuple[tuple[float, float, float, float], tuple[float, float, float, float]]:
+        """The window one action places: :meth:`move`, :func:`~matchenv.geometry.place_windows`
+        and :func:`~matchenv.geometry.window_locations` on Python floats, axis by axis (the same
+        functions, without numpy's per-call overhead, which is most of their cost on one row).
+
+        :param action: checked and clipped action components (floats).
+        :param image_wh: the reference ``(width, height)``; ``window_wh`` the nominal window, pixels.
+        :return: the whole-pixel box ``(x0, y0, x1, y1)`` and the location ``(cx, cy, w, h)`` the
+            agent observes, both float.
+        """
+        scale = log_uniform_scales(float(action[2]), self.scale_range) if self.has_scale else 1.0
+        axes = []
+        for axis in (0, 1):
+            image, window = float(image_wh[axis]), float(window_wh[axis]) * scale
+            p0, p1 = place_windows(absolute_centres(float(action[axis]), image, window), window, image)
+            axes.append((p0, p1, *window_locations(p0, p1, image)))
+        (x0, x1, cx, w), (y0, y1, cy, h) = axes
+        return (x0, y0, x1, y1), (cx, cy, w, h)
 
 
 class RelativeAction(WindowAction):
