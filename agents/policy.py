@@ -29,6 +29,15 @@ def contrastive_loss(distance: torch.Tensor, match: torch.Tensor, margin: float)
     return (match * distance.pow(2) + (1.0 - match) * F.relu(margin - distance).pow(2)).mean()
 
 
+def match_label(info: dict, match_iou: float) -> float:
+    """The contrastive loss's label of the observation an env returned with ``info``: 1.0 where its
+    window matches the target (``info["iou"] > match_iou``), 0.0 where it does not, -1.0 (no
+    label) for the reset view (trial 0, the whole reference) or an info without an IoU."""
+    if "iou" not in info or info.get("trial", 0) == 0:
+        return -1.0
+    return float(info["iou"] > match_iou)
+
+
 class MatchHead(nn.Module):
     """Projects query and window embeddings into a space where distance means 'does not match'.
 

@@ -24,7 +24,7 @@ from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import explained_variance
 
-from matchenv.agents.policy import SearchLstmPolicy, contrastive_loss
+from matchenv.agents.policy import SearchLstmPolicy, contrastive_loss, match_label
 
 #: Key under which match labels ride along with observations inside the rollout buffer only.
 MATCH_LABEL_KEY = "match_label"
@@ -69,7 +69,7 @@ class _MatchLabelTracker(BaseCallback):
         buffer.pending_labels = self.current.copy()
         infos, dones = self.locals["infos"], self.locals["dones"]
         for i, (info, done) in enumerate(zip(infos, dones)):
-            self.current[i] = -1.0 if done else float(info["iou"] > self.match_iou)
+            self.current[i] = -1.0 if done else match_label(info, self.match_iou)
         return True
 
 

@@ -30,7 +30,7 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from stable_baselines3.common.preprocessing import preprocess_obs
 
-from matchenv.agents.policy import SearchLstmPolicy, contrastive_loss
+from matchenv.agents.policy import SearchLstmPolicy, contrastive_loss, match_label
 
 #: the train batch's column of match labels: 1 (the window matches), 0 (it does not), -1 (no label)
 MATCH_LABEL = "match_label"
@@ -136,9 +136,10 @@ class SearchAgentModule(TorchRLModule, ValueFunctionAPI):
 class MatchLabels(ConnectorV2):
     """Learner connector piece: each observation's match label into the train batch.
 
-    The label of an observation is that of its window: 1 where ``info["iou"] > match_iou``, 0
-    where not, and -1 (no label) for the reset view of the whole reference (``info["trial"] == 0``)
-    and for what the env does not label. ``get_infos(t)`` is the info returned with observation
+    The label of an observation is that of its window (:func:`~matchenv.agents.policy.match_label`,
+    the rule the SB3 path uses too): 1 where ``info["iou"] > match_iou``, 0 where not, and -1 (no
+    label) for the reset view of the whole reference and for what the env does not label.
+    ``get_infos(t)`` is the info returned with observation
     ``t``; RLlib's later pieces give the column the train batch's ``(B, T)`` layout.
 
     :param match_iou: the IoU above which a window matches.
@@ -151,17 +152,10 @@ class MatchLabels(ConnectorV2):
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         for episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             steps = len(episode)
-            labels = np.array([label_of(info, self.match_iou) for info in episode.get_infos(slice(0, steps))],
+            labels = np.array([match_label(info, self.match_iou) for info in episode.get_infos(slice(0, steps))],
                               dtype=np.float32)
             self.add_n_batch_items(batch, MATCH_LABEL, items_to_add=labels, num_items=steps, single_agent_episode=episode)
         return batch
-
-
-def label_of(info: dict, match_iou: float) -> float:
-    """An observation's match label from the info returned with it (see :class:`MatchLabels`)."""
-    if "iou" not in info or info.get("trial", 0) == 0:
-        return -1.0
-    return float(info["iou"] > match_iou)
 
 
 class SearchPPOLearner(PPOTorchLearner):

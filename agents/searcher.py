@@ -458,9 +458,9 @@ class TemplateSearcher:
             crops, locations = [], np.empty((len(active), 4), np.float32)
             clipped = np.minimum(np.maximum(actions, -1.0), 1.0).tolist()  # (np.clip costs more at batch 1)
             for row, (i, action) in enumerate(zip(active.tolist(), clipped)):
-                reference = references[i]
-                box, locations[row] = self._action.place(action, (reference.shape[1], reference.shape[0]), windows[i][::-1])
-                paths[t, i] = box
+                reference = references[i]  # ("absolute" actions: no centre; the scale is the action's)
+                placed = self._action.place(action, (0.0, 0.0), 1.0, (reference.shape[1], reference.shape[0]), windows[i][::-1])
+                paths[t, i], locations[row] = placed.box, placed.location
                 crops.append(self._window(reference, paths[t, i]))
             rows = None if len(active) == n else active
             if t + 1 < self.max_trials:  # the window and the next decision

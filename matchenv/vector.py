@@ -172,13 +172,13 @@ class TemplateSearchVecEnv(VecEnv):
 
         info_boxes = boxes.copy()  # the infos and the envs' window lists must not share arrays
         ious, trials = overlap.tolist(), trial.tolist()
+        centres, scales = self._center.tolist(), scale.tolist()
         done_list = terminated.tolist()
         extras = self._per_env_extras
         infos: list[dict[str, Any]] = []
         for i, env in enumerate(self.envs):
             # Mirror the step into the environment: the state TemplateSearchEnv.step would have left.
-            env._centre = self._center[i:i + 1].copy()  # (1, 2) and (1,): the env's own, as its step leaves them
-            env._scale = scale[i:i + 1].copy()
+            env._centre, env._scale = tuple(centres[i]), scales[i]  # floats, as the env's step leaves them
             env._trial = trials[i]
             env._last_iou = ious[i]
             env._windows.append(boxes[i])
@@ -274,9 +274,9 @@ class TemplateSearchVecEnv(VecEnv):
             self._target[i] = pair.target_box
             t = self._target[i]
             self._target_area[i] = max(t[2] - t[0], 0.0) * max(t[3] - t[1], 0.0)
-            self._win[i] = env._window_wh[0]  # the window the env itself places (photograph pairs carry their own)
-            self._center[i] = env._centre[0]
-            self._scale[i] = env._scale[0]
+            self._win[i] = env._window_wh  # the window the env itself places (photograph pairs carry their own)
+            self._center[i] = env._centre
+            self._scale[i] = env._scale
             self._trial[i] = env._trial
             self._last_iou[i] = env._last_iou
             self._query[i] = env._query_obs

@@ -619,3 +619,33 @@ def test_features_are_the_encoder_applied_to_the_pixels(env_id, encoder_name):
             np.testing.assert_allclose(feat[key], reference_encoder(pix[key][None])[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(feat["location"], pix["location"])
         np.testing.assert_array_equal(feat["trials_left"], pix["trials_left"])
+
+
+@pytest.mark.parametrize("action_type", ["absolute", "relative", "discrete"])
+@pytest.mark.parametrize("scale_range", [None, (0.5, 2.0)])
+def test_one_window_placed_on_floats_is_the_batched_window(action_type, scale_range):
+    """The env and the searcher place one window with WindowAction.place (Python floats, axis by
+    axis); the vector env moves a batch with WindowAction.move on numpy arrays: the same boxes,
+    locations and scales, bit for bit (half-pixel ties included)."""
+    from matchenv.envs.actions import make_window_action
+    from matchenv.geometry import place_windows, window_locations
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    action_map = make_window_action(action_type, scale_range)
+    image_wh = rng.integers(20, 400, (n, 2)).astype(np.float64)
+    window_wh = np.where(rng.random((n, 2)) < 0.3, rng.integers(1, 60, (n, 2)) + 0.5, rng.uniform(1, 80, (n, 2)))
+    centre = rng.uniform(0, 1, (n, 2)) * image_wh
+    scale = rng.uniform(0.5, 2.0, n) if scale_range else np.ones(n)
+    if action_type == "discrete":
+        actions = rng.integers(0, action_map.space.n, (n, 1)).astype(np.float64)
+    else:
+        actions = np.clip(np.round(rng.uniform(-1.2, 1.2, (n, action_map.space.shape[0])) * 8) / 8, -1.0, 1.0)
+    moved, new_scale = action_map.move(actions, centre, scale, image_wh, window_wh)
+    p0, p1 = place_windows(moved, window_wh * new_scale[:, None], image_wh)
+    boxes, locations = np.concatenate([p0, p1], axis=1), window_locations(p0, p1, image_wh)
+    for i in range(n):
+        placed = action_map.place(action_map.check(actions[i]), tuple(centre[i].tolist()), float(scale[i]), image_wh[i],
+                                  window_wh[i])
+        assert placed.box == tuple(boxes[i].tolist()) and placed.location == tuple(locations[i].tolist())
+        assert placed.scale == float(new_scale[i])

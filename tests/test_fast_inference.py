@@ -13,8 +13,6 @@ from matchenv.agents.policy_runtime import PolicyRuntime
 from matchenv.agents.policy import PolicyStep, SearchLstmPolicy
 from matchenv.agents.searcher import TemplateSearcher
 from matchenv.agents.siamese import SiameseCNN
-from matchenv.envs.actions import AbsoluteAction
-from matchenv.geometry import place_windows, window_locations
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -79,24 +77,6 @@ def test_exported_search_steps_equal_the_torch_modules(case, kind):
         np.testing.assert_allclose(search.actions[picked], expected.numpy()[picked], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(distance, expected_distance.numpy()[picked], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(search.h[picked], h.numpy()[picked], rtol=1e-4, atol=1e-4)
-
-
-def test_one_window_placed_on_floats_is_the_batched_geometry_window():
-    """The searcher places each window with AbsoluteAction.place (Python floats, axis by axis):
-    the env's batched numpy geometry gives the same box and location, bit for bit."""
-    rng = np.random.default_rng(2)
-    n = 3000
-    image_wh = rng.integers(20, 400, (n, 2)).astype(np.float64)
-    window_wh = np.where(rng.random((n, 2)) < 0.3, rng.integers(1, 60, (n, 2)) + 0.5, rng.uniform(1, 80, (n, 2)))
-    for scale_range in (None, (0.5, 2.0)):
-        action_map = AbsoluteAction(scale_range)
-        actions = np.clip(np.round(rng.uniform(-1.2, 1.2, (n, 3 if scale_range else 2)) * 8) / 8, -1.0, 1.0)
-        centre, scale = action_map.move(actions, None, np.ones(n), image_wh, window_wh)
-        p0, p1 = place_windows(centre, window_wh * scale[:, None], image_wh)
-        locations = window_locations(p0, p1, image_wh)
-        for i in range(n):
-            box, location = action_map.place(actions[i].tolist(), image_wh[i], window_wh[i])
-            assert box == tuple(np.concatenate([p0[i], p1[i]]).tolist()) and location == tuple(locations[i].tolist())
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

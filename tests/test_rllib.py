@@ -22,8 +22,8 @@ from matchenv.agents.rllib_agent import (  # noqa: E402
     SearchAgentModule,
     export_checkpoint,
     initial_weights,
-    label_of,
 )
+from matchenv.agents.policy import match_label  # noqa: E402
 from matchenv.agents.searcher import TemplateSearcher  # noqa: E402
 from ray.rllib.core.columns import Columns  # noqa: E402
 
@@ -120,8 +120,8 @@ def test_match_labels_go_to_the_loss_and_never_to_the_module():
     # labels for the 6 observations that precede an action: the reset view has none
     assert labels.tolist() == [-1.0] + [float(iou > 0.5) for iou in ious[1:6]]
     assert set(batch) == {MATCH_LABEL}  # the connector adds no observation
-    assert label_of({"iou": 0.9, "trial": 0}, 0.5) == -1.0 and label_of({"iou": 0.9, "trial": 2}, 0.5) == 1.0
-    assert label_of({}, 0.5) == -1.0
+    assert match_label({"iou": 0.9, "trial": 0}, 0.5) == -1.0 and match_label({"iou": 0.9, "trial": 2}, 0.5) == 1.0
+    assert match_label({}, 0.5) == -1.0
 
 
 def test_warm_start_and_export_round_trip(tmp_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 from gymnasium import spaces
@@ -30,11 +30,27 @@ from matchenv.geometry import absolute_centres, is_torch_tensor, place_windows, 
 ACTION_TYPES = ("absolute", "relative", "discrete")
 
 
+class PlacedWindow(NamedTuple):
+    """One window an action placed (:meth:`WindowAction.place`), on Python floats.
+
+    ``box``: the whole-pixel window ``(x0, y0, x1, y1)``; ``location``: what the agent observes of
+    its place, ``(cx, cy, w, h)`` as fractions of the reference; ``scale``: its factor on the
+    nominal window size (the state a relative or discrete move starts from next).
+    """
+
+    box: tuple[float, float, float, float]
+    location: tuple[float, float, float, float]
+    scale: float
+
+
 class WindowAction(abc.ABC):
     """Maps actions to window placements. ``scale_range=None`` means a fixed window size.
 
-    :meth:`move` is the batched map (the vector env calls it for a whole batch);
-    :meth:`apply` checks one action and moves one window with it.
+    Each action type says once how an action moves the window (:meth:`_next_scale` and
+    :meth:`_next_centre`, element-wise arithmetic); :meth:`move` applies it to a batch (numpy
+    arrays; torch tensors for ``"absolute"``), :meth:`place` to one window on Python floats, axis
+    by axis (numpy's per-call overhead would be most of the cost of one window), with the same
+    results to the bit. :meth:`check` checks one action.
     """
 
     space: spaces.Space
@@ -46,39 +62,64 @@ class WindowAction(abc.ABC):
     def has_scale(self) -> bool:
         return self.scale_range is not None
 
-    def clamp_scale(self, scale: np.ndarray) -> np.ndarray:
-        """``scale`` clamped to :attr:`scale_range` (ones without one)."""
+    def clamp_scale(self, scale):
+        """``scale`` (an array or a float) clamped to :attr:`scale_range` (ones without one)."""
         if self.scale_range is None:
-            return np.ones_like(scale)
+            return 1.0 if isinstance(scale, float) else np.ones_like(scale)
+        if isinstance(scale, float):
+            return min(max(scale, self.scale_range[0]), self.scale_range[1])
         return np.minimum(np.maximum(scale, self.scale_range[0]), self.scale_range[1])
 
-    @abc.abstractmethod
     def move(
-        self, actions: np.ndarray, centre: np.ndarray, scale: np.ndarray, image_wh: np.ndarray, window_wh: np.ndarray
+        self, actions: np.ndarray, centre: Optional[np.ndarray], scale: np.ndarray, image_wh: np.ndarray, window_wh: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The next window centres and scales of a batch: ``(N, 2)`` pixels ``(x, y)`` and ``(N,)`` factors.
 
         :param actions: ``(N, *space.shape)`` float64, checked (finite, clipped to ``[-1, 1]``;
             discrete: whole indices in range).
-        :param centre: ``(N, 2)`` current centres ``(x, y)``; ``scale`` ``(N,)`` current factors on
-            ``window_wh``; ``image_wh`` ``(N, 2)`` references ``(width, height)``; ``window_wh``
-            ``(N, 2)`` nominal windows ``(width, height)``, all float64.
+        :param centre: ``(N, 2)`` current centres ``(x, y)`` (``"absolute"`` ignores it);
+            ``scale`` ``(N,)`` current factors on ``window_wh``; ``image_wh`` ``(N, 2)`` references
+            ``(width, height)``; ``window_wh`` ``(N, 2)`` nominal windows ``(width, height)``, all float64.
         """
+        offsets, zoom = self._components(actions)
+        scale = self._next_scale(zoom, scale)
+        return self._next_centre(offsets, centre, image_wh, window_wh * scale[:, None]), scale
 
-    def check(self, action) -> np.ndarray:
-        """One action as the float64 row :meth:`move` takes; ``ValueError`` naming what is wrong."""
+    def place(self, action: Sequence[float], centre: tuple[float, float], scale: float, image_wh: Sequence[float],
+              window_wh: Sequence[float]) -> PlacedWindow:
+        """The window one action places: :meth:`move`, :func:`~matchenv.geometry.place_windows` and
+        :func:`~matchenv.geometry.window_locations` on Python floats, axis by axis.
+
+        :param action: the checked action (:meth:`check`) as floats.
+        :param centre: the current centre ``(x, y)``; ``scale`` the current factor; ``image_wh``
+            the reference ``(width, height)``; ``window_wh`` the nominal window, pixels.
+        """
+        offsets, zoom = self._components_of_one(action)
+        scale = self._next_scale(zoom, scale)
+        axes = []
+        for offset, middle, image, window in zip(offsets, centre, image_wh, window_wh):
+            image, window = float(image), float(window) * scale
+            p0, p1 = place_windows(self._next_centre(float(offset), float(middle), image, window), window, image)
+            axes.append((p0, p1, *window_locations(p0, p1, image)))
+        (x0, x1, cx, w), (y0, y1, cy, h) = axes
+        return PlacedWindow((x0, y0, x1, y1), (cx, cy, w, h), scale)
+
+    def check(self, action) -> list[float]:
+        """One action as the floats :meth:`place` takes; ``ValueError`` naming what is wrong."""
         arr = np.asarray(action, dtype=np.float64).reshape(-1)
         if arr.shape != self.space.shape:
             raise ValueError(f"expected an action of shape {self.space.shape}, got shape {np.shape(action)}")
-        if not np.all(np.isfinite(arr)):
+        values = arr.tolist()
+        if not all(map(math.isfinite, values)):
             raise ValueError(f"action contains NaN or inf: {np.asarray(action).tolist()}; actions must be finite")
-        return np.clip(arr, -1.0, 1.0)
+        return [min(max(v, -1.0), 1.0) for v in values]
 
     def apply(
         self, action: np.ndarray, center: tuple[float, float], scale: float, image_size: tuple[int, int],
         window_size: tuple[float, float],
     ) -> tuple[float, float, float]:
-        """Return the next ``(center_x, center_y, scale)`` (pixels, pixels, factor) of one window.
+        """Return the next ``(center_x, center_y, scale)`` (pixels, pixels, factor) of one window
+        (before it is placed in whole pixels).
 
         :param action: a member of :attr:`space` (checked here).
         :param center: current window centre in pixels ``(x, y)``.
@@ -86,10 +127,28 @@ class WindowAction(abc.ABC):
         :param image_size: reference ``(height, width)`` in pixels.
         :param window_size: nominal window ``(height, width)`` in pixels.
         """
-        centre, new_scale = self.move(self.check(action)[None], np.array([center], np.float64), np.array([float(scale)]),
-                                      np.array([[image_size[1], image_size[0]]], np.float64),
-                                      np.array([[window_size[1], window_size[0]]], np.float64))
-        return float(centre[0, 0]), float(centre[0, 1]), float(new_scale[0])
+        offsets, zoom = self._components_of_one(self.check(action))
+        scale = self._next_scale(zoom, float(scale))
+        x, y = (self._next_centre(float(o), float(c), float(i), float(w) * scale)
+                for o, c, i, w in zip(offsets, center, image_size[::-1], window_size[::-1]))
+        return x, y, scale
+
+    @abc.abstractmethod
+    def _components(self, actions):
+        """``(N, 2)`` offsets and ``(N,)`` zoom components (``None`` without a scale) of a batch."""
+
+    @abc.abstractmethod
+    def _components_of_one(self, action: Sequence[float]):
+        """The same for one action: two floats and a float (``None`` without a scale)."""
+
+    @abc.abstractmethod
+    def _next_scale(self, zoom, scale):
+        """The next scales from the zoom components and the current scales (arrays or floats)."""
+
+    @abc.abstractmethod
+    def _next_centre(self, offset, centre, image, window):
+        """The next centres, element-wise: per axis from the offset components, the current
+        centres, the image sizes and the window sizes at the next scale (arrays or floats)."""
 
     def _box_space(self) -> spaces.Box:
         return spaces.Box(-1.0, 1.0, shape=(3 if self.has_scale else 2,), dtype=np.float32)
@@ -106,57 +165,54 @@ def log_uniform_scales(component, scale_range: tuple[float, float]):
     bit of a half pixel.
     """
     lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
-    if isinstance(component, float):  # one window (AbsoluteAction.place)
+    if isinstance(component, float):
         return math.exp(lo + (component + 1.0) / 2.0 * (hi - lo))
     if is_torch_tensor(component):
         return (lo + (component + 1.0) / 2.0 * (hi - lo)).exp()
     return np.array([math.exp(lo + (v + 1.0) / 2.0 * (hi - lo)) for v in component.tolist()], dtype=np.float64)
 
 
-class AbsoluteAction(WindowAction):
+def _powers(base: float, exponents):
+    """``base ** exponents``: Python's pow value by value (as :func:`log_uniform_scales` does exp)."""
+    if isinstance(exponents, float):
+        return base ** exponents
+    return np.array([base ** v for v in exponents.tolist()], dtype=np.float64)
+
+
+class _ContinuousAction(WindowAction):
+    """A ``Box(-1, 1)`` action: ``(x, y)`` then, with a scale, the zoom component."""
+
     def __init__(self, scale_range: Optional[tuple[float, float]]) -> None:
         super().__init__(scale_range)
         self.space = self._box_space()
 
-    def move(self, actions, centre, scale, image_wh, window_wh):
-        if self.has_scale:
-            scale = log_uniform_scales(actions[:, 2], self.scale_range)
-        return absolute_centres(actions[:, :2], image_wh, window_wh * scale[:, None]), scale
+    def _components(self, actions):
+        return actions[:, :2], (actions[:, 2] if self.has_scale else None)
 
-    def place(self, action: Sequence[float], image_wh: Sequence[float], window_wh: Sequence[float]
-              ) -> tuple[tuple[float, float, float, float], tuple[float, float, float, float]]:
-        """The window one action places: :meth:`move`, :func:`~matchenv.geometry.place_windows`
-        and :func:`~matchenv.geometry.window_locations` on Python floats, axis by axis (the same
-        functions, without numpy's per-call overhead, which is most of their cost on one row).
-
-        :param action: checked and clipped action components (floats).
-        :param image_wh: the reference ``(width, height)``; ``window_wh`` the nominal window, pixels.
-        :return: the whole-pixel box ``(x0, y0, x1, y1)`` and the location ``(cx, cy, w, h)`` the
-            agent observes, both float.
-        """
-        scale = log_uniform_scales(float(action[2]), self.scale_range) if self.has_scale else 1.0
-        axes = []
-        for axis in (0, 1):
-            image, window = float(image_wh[axis]), float(window_wh[axis]) * scale
-            p0, p1 = place_windows(absolute_centres(float(action[axis]), image, window), window, image)
-            axes.append((p0, p1, *window_locations(p0, p1, image)))
-        (x0, x1, cx, w), (y0, y1, cy, h) = axes
-        return (x0, y0, x1, y1), (cx, cy, w, h)
+    def _components_of_one(self, action):
+        return action[:2], (float(action[2]) if self.has_scale else None)
 
 
-class RelativeAction(WindowAction):
+class AbsoluteAction(_ContinuousAction):
+    def _next_scale(self, zoom, scale):
+        return log_uniform_scales(zoom, self.scale_range) if self.has_scale else scale
+
+    def _next_centre(self, offset, centre, image, window):
+        return absolute_centres(offset, image, window)
+
+
+class RelativeAction(_ContinuousAction):
     def __init__(self, scale_range: Optional[tuple[float, float]], max_step: float = 0.25, max_zoom: float = 1.5):
         super().__init__(scale_range)
         if not (max_step > 0 and max_zoom > 1):
             raise ValueError(f"need max_step > 0 and max_zoom > 1, got {max_step}, {max_zoom}")
         self.max_step, self.max_zoom = float(max_step), float(max_zoom)
-        self.space = self._box_space()
 
-    def move(self, actions, centre, scale, image_wh, window_wh):
-        centre = centre + actions[:, :2] * self.max_step * image_wh
-        if self.has_scale:  # Python's pow value by value, as log_uniform_scales does exp
-            scale = self.clamp_scale(scale * np.array([self.max_zoom**v for v in actions[:, 2].tolist()]))
-        return centre, scale
+    def _next_scale(self, zoom, scale):
+        return self.clamp_scale(scale * _powers(self.max_zoom, zoom)) if self.has_scale else scale
+
+    def _next_centre(self, offset, centre, image, window):
+        return centre + offset * self.max_step * image
 
 
 # (dx, dy, zoom exponent) per discrete action, in units of `step` and `max_zoom`.
@@ -176,7 +232,7 @@ class DiscreteAction(WindowAction):
         self.moves = np.array(_MOVES + (_ZOOMS if self.has_scale else []), dtype=np.float64)
         self.space = spaces.Discrete(len(self.moves))
 
-    def check(self, action) -> np.ndarray:
+    def check(self, action) -> list[float]:
         arr = np.asarray(action)
         value = arr.item() if arr.size == 1 else None
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
@@ -184,14 +240,21 @@ class DiscreteAction(WindowAction):
         index = int(value)
         if not 0 <= index < self.space.n:
             raise ValueError(f"discrete action {index} is out of range [0, {self.space.n}): {DISCRETE_ACTION_NAMES[: self.space.n]}")
-        return np.array([index], dtype=np.float64)
+        return [float(index)]
 
-    def move(self, actions, centre, scale, image_wh, window_wh):
+    def _components(self, actions):
         moves = self.moves[actions.reshape(-1).astype(np.int64)]
-        centre = centre + moves[:, :2] * self.step * image_wh
-        if self.has_scale:
-            scale = self.clamp_scale(scale * np.array([self.max_zoom**v for v in moves[:, 2].tolist()]))
-        return centre, scale
+        return moves[:, :2], (moves[:, 2] if self.has_scale else None)
+
+    def _components_of_one(self, action):
+        dx, dy, zoom = self.moves[int(action[0])].tolist()
+        return (dx, dy), (zoom if self.has_scale else None)
+
+    def _next_scale(self, zoom, scale):
+        return self.clamp_scale(scale * _powers(self.max_zoom, zoom)) if self.has_scale else scale
+
+    def _next_centre(self, offset, centre, image, window):
+        return centre + offset * self.step * image
 
 
 def make_window_action(action_type: str, scale_range: Optional[tuple[float, float]], **kwargs) -> WindowAction:

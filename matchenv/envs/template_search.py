@@ -18,9 +18,7 @@ from matchenv.geometry import (
     iou,
     letterbox,
     letterbox_placement,
-    place_windows,
     resize_image,
-    window_locations,
 )
 
 REWARD_MODES = ("sparse", "dense")
@@ -230,11 +228,11 @@ class TemplateSearchEnv(gym.Env):
         self._query_obs: Optional[np.ndarray] = None
         self._windows: list[np.ndarray] = []
         self._trial = 0
-        # the window's state as the batched geometry takes it, a batch of one: (1, 2) centre (x, y)
-        # and (1,) scale; the reference's and the nominal window's (1, 2) (width, height)
-        self._centre = np.zeros((1, 2))
-        self._scale = np.ones(1)
-        self._image_wh = self._window_wh = np.ones((1, 2))
+        # the window's state as WindowAction.place takes it, Python floats: centre (x, y) and scale;
+        # the reference's and the nominal window's (width, height)
+        self._centre = (0.0, 0.0)
+        self._scale = 1.0
+        self._image_wh = self._window_wh = (1.0, 1.0)
         self._last_iou = 0.0
         self._viewer = None
 
@@ -265,15 +263,15 @@ class TemplateSearchEnv(gym.Env):
             whole = letterbox if self.letterbox else resize_image
             self._overview_obs = np.ascontiguousarray(whole(pair.reference, self.overview_size).transpose(2, 0, 1))
         self._trial = 0
-        self._image_wh = np.array([[img_w, img_h]], dtype=np.float64)
-        self._window_wh = np.array([[self.window_size[1], self.window_size[0]]], dtype=np.float64)
-        self._centre = self._image_wh / 2.0
-        self._scale = np.ones(1)
+        self._image_wh = (float(img_w), float(img_h))
+        self._window_wh = (float(self.window_size[1]), float(self.window_size[0]))
+        self._centre = (img_w / 2.0, img_h / 2.0)
+        self._scale = 1.0
         self._last_iou = 0.0
         self._windows = []
         full = np.array([0.0, 0.0, img_w, img_h])
         global_view = self.window_image(full)
-        obs = self._observation(global_view, full)
+        obs = self._observation(global_view, (0.5, 0.5, 1.0, 1.0))  # the whole reference
         info = {"window_box": full, "iou": iou(full, self._pair.target_box), "trial": 0}
         if self.expose_privileged:
             info["privileged"] = self.privileged_info()
@@ -287,17 +285,17 @@ class TemplateSearchEnv(gym.Env):
         if self._trial >= self.max_trials:
             raise RuntimeError(f"the episode ended after {self.max_trials} trials: call reset() to start a new one")
         pair = self._pair
-        # The batched geometry (matchenv.geometry, WindowAction.move) on a batch of one window.
-        centre, self._scale = self.window_action.move(self.window_action.check(action)[None], self._centre, self._scale,
-                                                      self._image_wh, self._window_wh)
-        p0, p1 = place_windows(centre, self._window_wh * self._scale[:, None], self._image_wh)
+        # The window geometry (WindowAction.place: matchenv.geometry on Python floats, one window).
+        placed = self.window_action.place(self.window_action.check(action), self._centre, self._scale, self._image_wh,
+                                          self._window_wh)
+        x0, y0, x1, y1 = placed.box
         # Keep the state at the placed window, so relative moves start from what the agent saw.
-        self._centre = (p0 + p1) / 2.0
-        box = np.concatenate([p0[0], p1[0]])
+        self._centre, self._scale = ((x0 + x1) / 2.0, (y0 + y1) / 2.0), placed.scale
+        box = np.array(placed.box)
         self._trial += 1
         self._windows.append(box)
 
-        obs = self._observation(self.window_image(box), box)
+        obs = self._observation(self.window_image(box), placed.location)
         overlap = iou(box, pair.target_box)
         terminated = self._trial >= self.max_trials
         success = terminated and overlap > self.iou_threshold
@@ -396,8 +394,9 @@ class TemplateSearchEnv(gym.Env):
         return x0 + x * new_w / img_w, y0 + y * new_h / img_h
 
     # ------------------------------------------------------------------ internals
-    def _observation(self, window: np.ndarray, box: np.ndarray) -> dict[str, np.ndarray]:
-        location = window_locations(box[:2], box[2:], self._image_wh[0]).astype(np.float32)
+    def _observation(self, window: np.ndarray, location: tuple[float, float, float, float]) -> dict[str, np.ndarray]:
+        """:param location: the window's ``(cx, cy, w, h)``, fractions of the reference."""
+        location = np.array(location, dtype=np.float32)
         trials_left = np.array([(self.max_trials - self._trial) / self.max_trials], dtype=np.float32)
         window_obs = self._to_obs_image(window)
         # A fresh query array per step: callers may keep or modify what they are given.
