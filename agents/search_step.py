@@ -12,8 +12,8 @@ runtime calls as the search allows:
 * :class:`WindowDistance`: the match head's verdict on the windows seen, one call per search.
 
 The searcher's step-by-step path (:mod:`matchenv.agents.policy_runtime`) runs them exported and
-places windows between calls on Python floats (:meth:`AbsoluteAction.place
-<matchenv.envs.actions.AbsoluteAction.place>`: in a graph runtime each of the geometry's few dozen
+places windows between calls on Python floats (:meth:`WindowAction.place
+<matchenv.envs.actions.WindowAction.place>`: in a graph runtime each of the geometry's few dozen
 float64 operations costs about a microsecond, more than all of them together on floats); the
 fused search (:mod:`matchenv.agents.fused_search`) unrolls them with the crops and the same
 geometry on tensors (:func:`placed_windows`) into one graph.

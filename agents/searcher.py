@@ -454,7 +454,7 @@ class TemplateSearcher:
             actions = search.actions if len(active) == n else search.actions[active]
             if not np.isfinite(actions).all():
                 raise RuntimeError(f"the policy produced a non-finite action at trial {t}: {actions.tolist()}")
-            # The env's window for each decision, one at a time on Python floats (AbsoluteAction.place)
+            # The env's window for each decision, one at a time on Python floats (WindowAction.place)
             crops, locations = [], np.empty((len(active), 4), np.float32)
             clipped = np.minimum(np.maximum(actions, -1.0), 1.0).tolist()  # (np.clip costs more at batch 1)
             for row, (i, action) in enumerate(zip(active.tolist(), clipped)):
