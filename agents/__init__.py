@@ -5,7 +5,8 @@
 - :mod:`matchenv.agents.ppo`: ``SearchRecurrentPPO`` (RecurrentPPO with the contrastive loss in the same step);
 - :mod:`matchenv.agents.imitation`, :mod:`matchenv.agents.teacher`, :mod:`matchenv.agents.rollout`: the DAgger warm start;
 - :mod:`matchenv.agents.searcher`, :mod:`matchenv.agents.search_step`, :mod:`matchenv.agents.policy_runtime`,
-  :mod:`matchenv.agents.exported_module`, :mod:`matchenv.agents.cnn_runtime`, :mod:`matchenv.agents.fused_search`:
+  :mod:`matchenv.agents.exported_module`, :mod:`matchenv.agents.onnx_export`, :mod:`matchenv.agents.cnn_runtime`,
+  :mod:`matchenv.agents.fused_search`:
   ``TemplateSearcher``, the inference API, and its CPU fast path;
 - :mod:`matchenv.agents.coarse_to_fine`: ``CoarseToFineSearcher``, a trained coarse look then the agent on a crop
   (large references);

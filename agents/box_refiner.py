@@ -180,7 +180,7 @@ class RefinerRuntime:
     """
 
     def __init__(self, refiner: BoxRefiner, onnx: bool = True, threads: Optional[int] = None) -> None:
-        from matchenv.agents.cnn_runtime import onnx_session, onnxruntime_available
+        from matchenv.agents.onnx_export import onnx_session, onnxruntime_available
 
         self.refiner = refiner.eval()
         self.config = refiner.config

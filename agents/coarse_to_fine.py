@@ -184,7 +184,7 @@ class _ProposerRuntime:
         self.proposer = proposer.eval()
         self.session = None
         try:
-            from matchenv.agents.cnn_runtime import onnx_session, onnxruntime_available
+            from matchenv.agents.onnx_export import onnx_session, onnxruntime_available
 
             if onnxruntime_available():
                 example = (torch.zeros(1, proposer.channels, 32, 32),)

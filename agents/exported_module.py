@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from matchenv.agents.cnn_runtime import onnx_session, onnxruntime_available
+from matchenv.agents.onnx_export import onnx_session, onnxruntime_available
 
 KINDS = ("auto", "onnxruntime", "torchscript", "torch")
 
@@ -37,10 +37,13 @@ class ExportedModule:
         when installed, else TorchScript; each falls back to the next with a warning if the export
         fails). A module on a GPU always runs in PyTorch.
     :param threads: ONNX Runtime's intra-op threads (default ``torch.get_num_threads()``).
+    :param free_axes: further axes left free besides the batch, ``{input or output name: {axis:
+        name}}`` (e.g. an image's height and width).
     """
 
     def __init__(self, module: nn.Module, example: Sequence[torch.Tensor], input_names: Sequence[str],
-                 output_names: Sequence[str], kind: str = "auto", threads: Optional[int] = None) -> None:
+                 output_names: Sequence[str], kind: str = "auto", threads: Optional[int] = None,
+                 free_axes: Optional[dict[str, dict[int, str]]] = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if kind == "onnxruntime" and not onnxruntime_available():
@@ -57,7 +60,7 @@ class ExportedModule:
             return
         if kind == "onnxruntime" or (kind == "auto" and onnxruntime_available()):
             try:
-                axes = {name: {0: "n"} for name in [*self.input_names, *self.output_names]}
+                axes = {name: {0: "n", **(free_axes or {}).get(name, {})} for name in [*self.input_names, *self.output_names]}
                 self._session = onnx_session(module, tuple(example), self.input_names, self.output_names, axes, threads)
                 # The exporter drops inputs the graph does not read (e.g. a similarity map a
                 # policy without a pointer head ignores): feed only those it kept.

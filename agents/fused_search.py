@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from matchenv.agents.cnn_runtime import on_0_255_pixels, onnx_session
+from matchenv.agents.cnn_runtime import on_0_255_pixels
+from matchenv.agents.onnx_export import onnx_session
 from matchenv.agents.policy import PolicyStep, SearchLstmPolicy
 from matchenv.agents.search_step import SearchOpening, WindowDistance, WindowStep, placed_windows
 from matchenv.envs.actions import AbsoluteAction

@@ -93,7 +93,7 @@ class LookRuntime:
         self.score_sessions: dict[int, Any] = {}
         self.name = "torch"
         try:
-            from matchenv.agents.cnn_runtime import onnxruntime_available
+            from matchenv.agents.onnx_export import onnxruntime_available
 
             if onnx and onnxruntime_available():
                 self._score_session(1)
@@ -107,7 +107,7 @@ class LookRuntime:
     def _score_session(self, count: int):
         """The ONNX Runtime session of :class:`_RowScores` for ``count`` images at a time (built once)."""
         if count not in self.score_sessions:
-            from matchenv.agents.cnn_runtime import onnx_session
+            from matchenv.agents.onnx_export import onnx_session
 
             cfg, k = self.look.config, self.look.config.kernel_cells
             example = (torch.zeros(count, 3, 4 * cfg.canvas, 4 * cfg.canvas), torch.zeros(1, cfg.channels[3], k, k))
@@ -120,7 +120,7 @@ class LookRuntime:
     def _kernel_session(self, side: int):
         """The ONNX Runtime session of :class:`_Kernel` for canvases of ``side`` pixels (built once)."""
         if side not in self.kernel_sessions:
-            from matchenv.agents.cnn_runtime import onnx_session
+            from matchenv.agents.onnx_export import onnx_session
 
             k = side // STRIDE
             example = (torch.zeros(1, 3, side, side), torch.zeros(1, k, k))

@@ -194,11 +194,11 @@ class PhotoSearchRuntime:
         self.net = net.eval()
         self.name = "torch"
         self._look = self._embed = self._decide = self._cosine = None
-        from matchenv.agents.cnn_runtime import onnxruntime_available
+        from matchenv.agents.onnx_export import onnxruntime_available
 
         if onnx and onnxruntime_available():
             try:
-                from matchenv.agents.cnn_runtime import onnx_session
+                from matchenv.agents.onnx_export import onnx_session
 
                 self._look = onnx_session(_LookExport(self.net), (torch.zeros(1, 3, 64, 64),), ["pixels"], ["features"],
                                           {"pixels": {2: "height", 3: "width"}, "features": {2: "rows", 3: "cols"}},

@@ -16,35 +16,14 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch import nn
 
-from matchenv.agents.cnn_runtime import on_0_255_pixels
+from matchenv.agents.cnn_runtime import as_pixels, pixels_0_255_cnn
 from matchenv.agents.exported_module import ExportedModule
 from matchenv.agents.policy import PolicyStep, SearchLstmPolicy
 from matchenv.agents.search_step import SearchOpening, WindowDistance, WindowStep
 
 #: the constants of a search, in the order WindowStep takes them after its varying inputs
 _CONSTANTS = ["bias", "query_projection", "similarity", "best"]
-
-
-class _PixelsTo01(nn.Module):
-    """The CNN on pixels 0-255, scaled as it runs: the eager runtime keeps following the policy's
-    weights (the exported ones fold the scale into a snapshot, :func:`on_0_255_pixels`)."""
-
-    def __init__(self, cnn: nn.Module) -> None:
-        super().__init__()
-        self.cnn = cnn
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.cnn(images / 255.0)
-
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        return self.cnn.feature_map(images / 255.0)
-
-
-def _pixels(images: np.ndarray) -> np.ndarray:
-    """``(N, H, W, C)`` uint8 -> ``(N, C, H, W)`` float32 pixels 0-255, what the graphs take."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 class PolicyRuntime:
@@ -60,7 +39,7 @@ class PolicyRuntime:
                  threads: Optional[int] = None) -> None:
         step = PolicyStep(policy).eval()
         trained = policy.features_extractor.cnn
-        cnn = _PixelsTo01(trained) if kind == "torch" or policy.device.type != "cpu" else on_0_255_pixels(trained)
+        cnn = pixels_0_255_cnn(trained, eager=kind == "torch" or policy.device.type != "cpu")
         map_size = policy.features_extractor.map_size
         cells = 0 if map_size is None else map_size[0] * map_size[1]
         if (map_size is None) != (overview_size is None):
@@ -96,8 +75,8 @@ class PolicyRuntime:
         """
         if (overviews is None) == self.has_overview:
             raise ValueError("pass overviews exactly when the policy has an overview")
-        opened = self._opening(_pixels(images)) if overviews is None else self._opening(_pixels(images), _pixels(overviews))
-        return RunningSearch(self, opened, int(max_trials))
+        arrays = [as_pixels(images)] if overviews is None else [as_pixels(images), as_pixels(overviews)]
+        return RunningSearch(self, self._opening(*arrays), int(max_trials))
 
 
 class RunningSearch:
@@ -130,10 +109,10 @@ class RunningSearch:
         locations = np.ascontiguousarray(locations, np.float32)  # (a float32 array passes as it is)
         self.looks += 1
         if rows is None:
-            window_emb, self.actions, self.h, self.c = self._window(_pixels(images), locations, trials, self.h, self.c)
+            window_emb, self.actions, self.h, self.c = self._window(as_pixels(images), locations, trials, self.h, self.c)
             return window_emb
         constants = [self._constants[name][rows] for name in _CONSTANTS]
-        window_emb, mean, h, c = self.runtime._window(_pixels(images), locations, trials, self.h[rows], self.c[rows], *constants)
+        window_emb, mean, h, c = self.runtime._window(as_pixels(images), locations, trials, self.h[rows], self.c[rows], *constants)
         self.h[rows], self.c[rows], self.actions[rows] = h, c, mean
         return window_emb
 

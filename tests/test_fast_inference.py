@@ -225,7 +225,7 @@ class _CorrelateWithGivenKernel(torch.nn.Module):
 
 @pytest.mark.skipif(not onnxruntime_available(), reason='needs onnx and onnxruntime (dependencies of matchenv): pip install onnx onnxruntime')
 def test_onnx_session_takes_run_time_convolution_weights_of_any_size():
-    from matchenv.agents.cnn_runtime import onnx_session
+    from matchenv.agents.onnx_export import onnx_session
 
     example = (torch.zeros(1, 4, 20, 20), torch.zeros(2, 4, 3, 3))
     axes = {"images": {2: "height", 3: "width"}, "out": {2: "rows", 3: "cols"}}
@@ -245,12 +245,13 @@ def test_cnn_runtime_choice_is_checked(monkeypatch):
     cnn = SiameseCNN()
     with pytest.raises(ValueError, match="cnn_runtime must be one of"):
         make_cnn_runtime("tensorrt", cnn, (1, 28, 28))
+    # without onnxruntime (both places that ask: the explicit choice and the runtime chain)
     monkeypatch.setattr("matchenv.agents.cnn_runtime.onnxruntime_available", lambda: False)
+    monkeypatch.setattr("matchenv.agents.exported_module.onnxruntime_available", lambda: False)
     with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
         make_cnn_runtime("onnxruntime", cnn, (1, 28, 28))
-    assert make_cnn_runtime("auto", cnn, (1, 28, 28)).name == "torchscript"  # without onnxruntime
+    assert make_cnn_runtime("auto", cnn, (1, 28, 28)).name == "torchscript"
     # the policy's decisions fall back the same way
-    monkeypatch.setattr("matchenv.agents.exported_module.onnxruntime_available", lambda: False)
     assert PolicyRuntime(random_policy("pointer")[0], "auto", (48, 48)).name == "torchscript"
     with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
         PolicyRuntime(random_policy("plain")[0], "onnxruntime")
