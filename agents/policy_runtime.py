@@ -54,7 +54,8 @@ class PolicyRuntime:
             opening_inputs.append(zeros(image[0], *overview_size))
             names.append("overview")
         self._opening = ExportedModule(SearchOpening(step, cnn), opening_inputs, names,
-                                       ["bias", "query_projection", "best", "similarity", "mean", "h", "c"], kind, threads)
+                                       ["bias", "query_projection", "best", "similarity", "mean", "h", "c"], kind, threads,
+                                       free_axes={"images": {0: "two_n"}})  # queries and views: twice the searches
         self._window = ExportedModule(
             WindowStep(step, cnn),
             [zeros(*image), zeros(4), zeros(1), zeros(self.hidden), zeros(self.hidden),
