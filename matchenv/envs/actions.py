@@ -94,12 +94,11 @@ class WindowAction(abc.ABC):
         :param centre: the current centre ``(x, y)``; ``scale`` the current factor; ``image_wh``
             the reference ``(width, height)``; ``window_wh`` the nominal window, pixels.
         """
-        offsets, zoom = self._components_of_one(action)
-        scale = self._next_scale(zoom, scale)
+        centre, scale, windows = self._move_one(action, centre, scale, image_wh, window_wh)
         axes = []
-        for offset, middle, image, window in zip(offsets, centre, image_wh, window_wh):
-            image, window = float(image), float(window) * scale
-            p0, p1 = place_windows(self._next_centre(float(offset), float(middle), image, window), window, image)
+        for middle, image, window in zip(centre, image_wh, windows):
+            image = float(image)
+            p0, p1 = place_windows(middle, window, image)
             axes.append((p0, p1, *window_locations(p0, p1, image)))
         (x0, x1, cx, w), (y0, y1, cy, h) = axes
         return PlacedWindow((x0, y0, x1, y1), (cx, cy, w, h), scale)
@@ -127,11 +126,19 @@ class WindowAction(abc.ABC):
         :param image_size: reference ``(height, width)`` in pixels.
         :param window_size: nominal window ``(height, width)`` in pixels.
         """
-        offsets, zoom = self._components_of_one(self.check(action))
-        scale = self._next_scale(zoom, float(scale))
-        x, y = (self._next_centre(float(o), float(c), float(i), float(w) * scale)
-                for o, c, i, w in zip(offsets, center, image_size[::-1], window_size[::-1]))
+        (x, y), scale, _ = self._move_one(self.check(action), center, scale, image_size[::-1], window_size[::-1])
         return x, y, scale
+
+    def _move_one(self, action: Sequence[float], centre: Sequence[float], scale: float, image_wh: Sequence[float],
+                  window_wh: Sequence[float]) -> tuple[tuple[float, float], float, tuple[float, float]]:
+        """:meth:`move` for one window on Python floats: the next centre ``(x, y)``, the next scale
+        and the window ``(width, height)`` at that scale (arguments as for :meth:`place`)."""
+        (dx, dy), zoom = self._components_of_one(action)
+        scale = self._next_scale(zoom, float(scale))
+        w, h = float(window_wh[0]) * scale, float(window_wh[1]) * scale
+        x = self._next_centre(float(dx), float(centre[0]), float(image_wh[0]), w)
+        y = self._next_centre(float(dy), float(centre[1]), float(image_wh[1]), h)
+        return (x, y), scale, (w, h)
 
     @abc.abstractmethod
     def _components(self, actions):
@@ -165,11 +172,15 @@ def log_uniform_scales(component, scale_range: tuple[float, float]):
     bit of a half pixel.
     """
     lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
+
+    def exponent(v):
+        return lo + (v + 1.0) / 2.0 * (hi - lo)
+
     if isinstance(component, float):
-        return math.exp(lo + (component + 1.0) / 2.0 * (hi - lo))
+        return math.exp(exponent(component))
     if is_torch_tensor(component):
-        return (lo + (component + 1.0) / 2.0 * (hi - lo)).exp()
-    return np.array([math.exp(lo + (v + 1.0) / 2.0 * (hi - lo)) for v in component.tolist()], dtype=np.float64)
+        return exponent(component).exp()
+    return np.array([math.exp(exponent(v)) for v in component.tolist()], dtype=np.float64)
 
 
 def _powers(base: float, exponents):
