@@ -93,6 +93,7 @@ class TemplateSearchVecEnv(VecEnv):
         n = self.num_envs
         # Batch episode state; x and y side by side in (N, 2) arrays. Mirrored into the envs every step.
         self._img = np.ones((n, 2))  # reference (width, height)
+        self._win = np.ones((n, 2))  # the pair's nominal window (width, height), as its env places it
         self._center = np.zeros((n, 2))
         self._scale = np.ones(n)
         self._trial = np.zeros(n, dtype=np.int64)
@@ -240,7 +241,6 @@ class TemplateSearchVecEnv(VecEnv):
         self._iou_threshold = np.array([e.iou_threshold for e in envs], dtype=np.float64)
         self._dense = np.array([e.reward_mode == "dense" for e in envs], dtype=bool)
         self._any_dense = bool(self._dense.any())
-        self._win = np.array([(e.window_size[1], e.window_size[0]) for e in envs], dtype=np.float64)
         self._query_size = envs[0].query_size
         if any(e.query_size != self._query_size for e in envs):
             raise ValueError("all environments of a TemplateSearchVecEnv must share one query_size")
@@ -274,7 +274,7 @@ class TemplateSearchVecEnv(VecEnv):
             self._target[i] = pair.target_box
             t = self._target[i]
             self._target_area[i] = max(t[2] - t[0], 0.0) * max(t[3] - t[1], 0.0)
-            self._win[i] = env._window_wh  # the window the env itself places (photograph pairs carry their own)
+            self._win[i] = env._window_wh  # the pair's own window for photographs
             self._center[i] = env._centre
             self._scale[i] = env._scale
             self._trial[i] = env._trial
