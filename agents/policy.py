@@ -325,6 +325,16 @@ class SearchLstmPolicy(RecurrentActorCriticPolicy):
         """``(N,)`` distances of the match head; small means the window matches the query."""
         return self.match_head(query_emb, window_emb)
 
+    def match_loss(self, query_emb: torch.Tensor, window_emb: torch.Tensor, label: torch.Tensor,
+                   margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The contrastive loss (:func:`contrastive_loss`) of ``(N, E)`` labelled windows and the
+        match head's accuracy on them (no gradient; a window counts as a match where its distance
+        is under ``margin / 2``). :param label: ``(N,)`` float, 1 for a match, 0 for none."""
+        distance = self.match_distance(query_emb, window_emb)
+        with torch.no_grad():
+            accuracy = ((distance < margin / 2).float() == label).float().mean()
+        return contrastive_loss(distance, label, margin), accuracy
+
     def actor_step(
         self, features: torch.Tensor, lstm_state: Optional[tuple[torch.Tensor, torch.Tensor]]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:

@@ -24,7 +24,7 @@ from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import explained_variance
 
-from matchenv.agents.policy import SearchLstmPolicy, contrastive_loss, match_label
+from matchenv.agents.policy import SearchLstmPolicy, match_label
 
 #: Key under which match labels ride along with observations inside the rollout buffer only.
 MATCH_LABEL_KEY = "match_label"
@@ -227,13 +227,11 @@ class SearchRecurrentPPO(RecurrentPPO):
                 labelled = mask & (match_label >= 0)  # aux: reset views and padding have no label
                 if self.aux_weight > 0 and bool(labelled.any()):  # aux
                     query_emb, window_emb = self.policy.last_embeddings
-                    distance = self.policy.match_distance(query_emb[labelled], window_emb[labelled])
-                    aux_loss = contrastive_loss(distance, match_label[labelled], self.aux_margin)
+                    aux_loss, accuracy = self.policy.match_loss(query_emb[labelled], window_emb[labelled],
+                                                                match_label[labelled], self.aux_margin)
                     loss = loss + self.aux_weight * aux_loss
                     aux_losses.append(aux_loss.item())
-                    with th.no_grad():
-                        predicted = (distance < self.aux_margin / 2).float()
-                        match_accuracies.append((predicted == match_label[labelled]).float().mean().item())
+                    match_accuracies.append(accuracy.item())
 
                 with th.no_grad():
                     log_ratio = log_prob - rollout_data.old_log_prob

@@ -28,9 +28,8 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
-from stable_baselines3.common.preprocessing import preprocess_obs
 
-from matchenv.agents.policy import SearchLstmPolicy, contrastive_loss, match_label
+from matchenv.agents.policy import SearchLstmPolicy, match_label
 
 #: the train batch's column of match labels: 1 (the window matches), 0 (it does not), -1 (no label)
 MATCH_LABEL = "match_label"
@@ -70,8 +69,7 @@ class SearchAgentModule(TorchRLModule, ValueFunctionAPI):
         """``(B * T, features_dim)`` features of ``(B, T, ...)`` observations (rows batch-major)."""
         batch, steps = next(iter(obs.values())).shape[:2]
         flat = {key: value.reshape(batch * steps, *value.shape[2:]) for key, value in obs.items()}
-        preprocessed = preprocess_obs(flat, self.policy.observation_space, normalize_images=self.policy.normalize_images)
-        return self.policy.features_extractor(preprocessed), batch, steps
+        return self.policy.extract_features(flat), batch, steps
 
     def _recurrent(self, lstm: torch.nn.LSTM, features: torch.Tensor, batch: int, steps: int,
                    h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -94,26 +92,30 @@ class SearchAgentModule(TorchRLModule, ValueFunctionAPI):
         out = {Columns.ACTION_DIST_INPUTS: inputs.reshape(b, t, -1), Columns.STATE_OUT: {"h_pi": h, "c_pi": c}}
         return out, features, latent, b, t
 
-    def _critic(self, batch: dict[str, Any], features: torch.Tensor, latent_pi: torch.Tensor, b: int,
-                t: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(B, T)`` values and the critic LSTM's new state (as SB3's recurrent policy computes them)."""
-        state_out = {}
+    def _critic_latent(self, batch: dict[str, Any], features: torch.Tensor, latent_pi: Optional[torch.Tensor], b: int,
+                       t: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic's latent and its LSTM's new state (as SB3's recurrent policy computes them);
+        ``latent_pi``, the actor LSTM's output, is read only with a shared LSTM."""
         if self._critic_lstm:
             state = batch[Columns.STATE_IN]
             latent, h, c = self._recurrent(self.policy.lstm_critic, features, b, t, state["h_vf"], state["c_vf"])
-            state_out = {"h_vf": h, "c_vf": c}
-        elif self.policy.shared_lstm:
-            latent = latent_pi.detach()
-        else:
-            latent = self.policy.critic(features)
+            return latent, {"h_vf": h, "c_vf": c}
+        if self.policy.shared_lstm:
+            return latent_pi.detach(), {}
+        return self.policy.critic(features), {}
+
+    def _critic(self, batch: dict[str, Any], features: torch.Tensor, latent_pi: Optional[torch.Tensor], b: int,
+                t: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(B, T)`` values and the critic LSTM's new state."""
+        latent, state_out = self._critic_latent(batch, features, latent_pi, b, t)
         values = self.policy.value_net(self.policy.mlp_extractor.forward_critic(latent))
         return values.reshape(b, t), state_out
 
     # ------------------------------------------------------------------ RLModule API
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         out, features, latent, b, t = self._actor(batch)
-        if self._critic_lstm:  # the critic's state moves along, so that training starts from it
-            _, state = self._critic(batch, features, latent, b, t)
+        if self._critic_lstm:  # the critic's state moves along, so that training starts from it (no values needed)
+            _, state = self._critic_latent(batch, features, latent, b, t)
             out[Columns.STATE_OUT].update(state)
         return out
 
@@ -129,8 +131,12 @@ class SearchAgentModule(TorchRLModule, ValueFunctionAPI):
     def compute_values(self, batch: dict[str, Any], embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
         if embeddings is not None:
             return embeddings
-        out, features, latent, b, t = self._actor(batch)
-        return self._critic(batch, features, latent, b, t)[0]
+        features, b, t = self._features(batch[Columns.OBS])
+        latent_pi = None
+        if self.policy.shared_lstm:  # only then does the critic read the actor's LSTM
+            state = batch[Columns.STATE_IN]
+            latent_pi, _, _ = self._recurrent(self.policy.lstm_actor, features, b, t, state["h_pi"], state["c_pi"])
+        return self._critic(batch, features, latent_pi, b, t)[0]
 
 
 class MatchLabels(ConnectorV2):
@@ -160,7 +166,7 @@ class MatchLabels(ConnectorV2):
 
 class SearchPPOLearner(PPOTorchLearner):
     """RLlib's PPO loss plus ``aux_weight`` x the contrastive match loss of the labelled windows
-    (:func:`~matchenv.agents.policy.contrastive_loss`, margin ``aux_margin``); both weights come
+    (:meth:`~matchenv.agents.policy.SearchLstmPolicy.match_loss`, margin ``aux_margin``); both weights come
     from ``config.learner_config_dict``. Logs ``match_loss`` and ``match_accuracy``."""
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
@@ -174,10 +180,8 @@ class SearchPPOLearner(PPOTorchLearner):
         if not bool(labelled.any()):
             return loss
         policy = self.module[module_id].unwrapped().policy
-        distance = policy.match_distance(fwd_out[QUERY_EMB][labelled], fwd_out[WINDOW_EMB][labelled])
-        match_loss = contrastive_loss(distance, label[labelled], margin)
-        with torch.no_grad():
-            accuracy = ((distance < margin / 2).float() == label[labelled]).float().mean()
+        match_loss, accuracy = policy.match_loss(fwd_out[QUERY_EMB][labelled], fwd_out[WINDOW_EMB][labelled],
+                                                 label[labelled], margin)
         self.metrics.log_dict({"match_loss": match_loss.detach(), "match_accuracy": accuracy}, key=module_id, window=1)
         return loss + weight * match_loss
 

@@ -95,7 +95,10 @@ def test_the_module_computes_what_the_sb3_policy_computes(case):
         starts[0] = 1.0
         zeros = torch.zeros(1, 1, 32)
         values = policy.predict_values(obs_t, (zeros, zeros), starts)
+        # the advantage step's own call, without the train pass's values
+        computed = module.compute_values({Columns.OBS: as_batch(observations[:-1]), Columns.STATE_IN: state})
     np.testing.assert_allclose(out[Columns.EMBEDDINGS][0].numpy(), values[:, 0].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(computed[0].numpy(), values[:, 0].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[Columns.ACTION_DIST_INPUTS][0, :, :2].numpy(), np.stack(means), rtol=1e-5, atol=1e-5)
 
 
