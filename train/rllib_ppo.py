@@ -32,6 +32,10 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # (ray is imported only when a run starts)
+    from matchenv.agents.rllib_agent import InitialWeights
 
 
 @dataclass
@@ -104,7 +108,15 @@ def env_kwargs_of(args: Args) -> dict:
     return kwargs
 
 
-def parse_args() -> Args:
+def policy_kwargs_of(args: Args) -> dict:
+    """The policy's arguments for a run's network flags (a new run; ``--init`` takes the checkpoint's)."""
+    return {"lstm_hidden_size": args.lstm_hidden_size,
+            "features_extractor_kwargs": {"channels": [int(c) for c in args.cnn_channels.split(",")]}}
+
+
+def parse_args() -> tuple[Args, Optional[InitialWeights]]:
+    """The run's flags, checked, and with ``--init`` the checkpoint's weights (read here once, to
+    check them against the env before Ray starts)."""
     import gymnasium as gym
 
     import matchenv
@@ -114,6 +126,7 @@ def parse_args() -> Args:
     parser = dataclass_parser(Args, __doc__, CHOICES)
     args = parse_dataclass_args(parser, Args)
     given = given_flags(parser)
+    start = None
     if args.resume:  # the run's own flags, unless given again (its task and network cannot change)
         folder = Path(args.resume).parent
         if not (Path(args.resume) / "rllib_checkpoint.json").is_file():
@@ -151,7 +164,7 @@ def parse_args() -> Args:
     if args.minibatch_size > args.train_batch_size:
         parser.error(f"--minibatch-size {args.minibatch_size} is larger than --train-batch-size {args.train_batch_size}")
     cnn_channels_arg(parser, args.cnn_channels)
-    return args
+    return args, start
 
 
 def build_algorithm(args: Args, policy_kwargs: dict, aux_margin: float):
@@ -189,17 +202,18 @@ def build_algorithm(args: Args, policy_kwargs: dict, aux_margin: float):
 
 
 def main() -> None:
-    args = parse_args()
+    args, start = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from matchenv.agents.run_dir import train_in_run_folder
 
     run_name = args.env_id.replace("TemplateSearch-", "").replace("-v0", "").lower()
     # errors: a checkpoint that cannot start this run (an unsafe or wrong file)
-    train_in_run_folder(functools.partial(train, args), args.out_dir, f"runs/rllib-{run_name}-seed{args.seed}",
+    train_in_run_folder(functools.partial(train, args, start), args.out_dir, f"runs/rllib-{run_name}-seed{args.seed}",
                         resume=args.resume, overwrite=args.overwrite, checkpoint="checkpoint", errors=(ValueError,))
 
 
-def train(args: Args, out_dir: Path) -> None:
+def train(args: Args, start: Optional[InitialWeights], out_dir: Path) -> None:
+    """The run: ``start`` is ``--init``'s weights (:func:`parse_args`), else ``None``."""
     import numpy as np
     import ray
     import torch
@@ -209,23 +223,20 @@ def train(args: Args, out_dir: Path) -> None:
 
     from matchenv.agents.evaluation import TestSplitEvaluator
     from matchenv.agents.policy import SearchLstmPolicy
-    from matchenv.agents.rllib_agent import export_checkpoint, initial_weights
+    from matchenv.agents.rllib_agent import export_checkpoint
     from matchenv.agents.run_dir import terminate_as_interrupt, write_json_atomic
 
     torch.set_num_threads(args.threads)
     state_file = out_dir / "state.json"
     state = {"timesteps": 0, "best_success": -1.0, "evaluations": [], "minutes": 0.0}
-    if args.resume:
-        state = json.loads(state_file.read_text()) if state_file.is_file() else state
-        saved = json.loads((out_dir / "args.json").read_text())  # (parse_args: out_dir is the checkpoint's folder)
+    if args.resume:  # (parse_args: out_dir is the checkpoint's folder, with state.json and args.json)
+        state = json.loads(state_file.read_text())
+        saved = json.loads((out_dir / "args.json").read_text())
         policy_kwargs, aux_margin = saved["policy_kwargs"], saved["aux_margin"]
-    elif args.init:
-        warm = initial_weights(args.init)
-        policy_kwargs, aux_margin = warm.policy_kwargs, warm.aux_margin
+    elif start is not None:
+        policy_kwargs, aux_margin = start.policy_kwargs, start.aux_margin
     else:
-        policy_kwargs = {"lstm_hidden_size": args.lstm_hidden_size,
-                         "features_extractor_kwargs": {"channels": [int(c) for c in args.cnn_channels.split(",")]}}
-        aux_margin = args.aux_margin
+        policy_kwargs, aux_margin = policy_kwargs_of(args), args.aux_margin
     write_json_atomic(out_dir / "args.json", {**dataclasses.asdict(args), "policy_kwargs": policy_kwargs,
                                               "aux_margin": aux_margin})
     env_kwargs = env_kwargs_of(args)
@@ -240,8 +251,8 @@ def train(args: Args, out_dir: Path) -> None:
         if args.resume:
             algo.restore_from_path(str(Path(args.resume).resolve()))
             print(f"resumed from {args.resume} at {state['timesteps']} environment steps")
-        elif args.init:
-            algo.learner_group.set_weights({DEFAULT_MODULE_ID: {f"policy.{k}": v for k, v in warm.state_dict.items()}})
+        elif start is not None:
+            algo.learner_group.set_weights({DEFAULT_MODULE_ID: {f"policy.{k}": v for k, v in start.state_dict.items()}})
             algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
             print(f"starting from the weights of {args.init}")
         evaluator = TestSplitEvaluator(args.env_id, args.eval_pairs, env_kwargs)
@@ -294,7 +305,7 @@ def train(args: Args, out_dir: Path) -> None:
                 step = state["timesteps"] + int(result["env_runners"]["num_env_steps_sampled"])  # this iteration's
                 bar.update(step - state["timesteps"])
                 state["timesteps"] = step
-                state["minutes"] = round(state.get("minutes", 0.0) + (time.time() - started_at) / 60, 3)
+                state["minutes"] = round(state["minutes"] + (time.time() - started_at) / 60, 3)
                 started_at = time.time()
                 row = {"timesteps": step, "episode_return_mean": result["env_runners"].get("episode_return_mean", np.nan)}
                 for key, value in result["learners"][DEFAULT_MODULE_ID].items():

@@ -46,12 +46,11 @@ def main() -> None:
     import torch
 
     import matchenv  # noqa: F401
-    from rllib_ppo import Args, build_algorithm
+    from rllib_ppo import Args, build_algorithm, policy_kwargs_of
 
     torch.set_num_threads(1)
     args = Args(env_id=options.env_id, num_envs_per_env_runner=options.num_envs_per_env_runner)
-    policy_kwargs = {"lstm_hidden_size": args.lstm_hidden_size,
-                     "features_extractor_kwargs": {"channels": [int(c) for c in args.cnn_channels.split(",")]}}
+    policy_kwargs = policy_kwargs_of(args)
     rows = []
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     try:
