@@ -307,7 +307,7 @@ class LoadedModel:
         return MatchResult(box=match.box, score=match.score, evaluated=match.evaluated)
 
 
-class AgentMatcher:
+class AgentMatcher(LoadedModel):
     """A trained searcher, loaded through :func:`matchenv.load`, behind the matcher interface (one
     query at a time). This class only turns the benchmark's method names into ``load`` calls.
 
@@ -360,12 +360,6 @@ class AgentMatcher:
         # threads=None: the benchmark sets the process's threads itself (one per method)
         self.searcher = matchenv.load(spec, threads=None, **options)
         self.features = f"{self.searcher.kind}: {checkpoint} ({runtime_description(self.searcher.model)})"
-
-    def locate(self, query: np.ndarray, reference: np.ndarray):
-        from matchenv.agents.baselines.base import MatchResult
-
-        match = self.searcher.locate(query, reference)
-        return MatchResult(box=match.box, score=match.score, evaluated=match.evaluated)
 
 
 def runtime_description(model: Any) -> str:
